@@ -1,0 +1,125 @@
+"""Record the residual stream at chosen layers in one batched forward pass.
+
+Layer ℓ is the output of decoder block ℓ (see :class:`steerscope.models.LoadedModel`). Hooks are
+forward hooks on the blocks, registered for the duration of a call only; when steering is active
+(:mod:`steerscope.intervene`) the recorded states are the steered ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+
+from steerscope.encoding import Batch, Encoded, Item, encode_item, pad_batch
+from steerscope.models.loading import LoadedModel
+from steerscope.progress import track
+
+Position = Literal["last", "mean", "all"]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook so that later blocks and the LM head are skipped."""
+
+
+def block_hidden(output: object) -> torch.Tensor:
+    """The hidden-state tensor ``[B, T, d]`` inside a decoder block's output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextmanager
+def record(lm: LoadedModel, layers: Sequence[int], stop_early: bool = False) -> Iterator[dict[int, torch.Tensor]]:
+    """Context manager yielding a dict that each forward pass fills with ``{ℓ: [B, T, d]}``."""
+    store: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+    for layer in layers:
+        def hook(_module, _args, output, layer=layer):
+            store[layer] = block_hidden(output).detach()
+            if stop_early and layer == deepest:
+                raise _StopForward
+        handles.append(lm.layers[layer].register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward(lm: LoadedModel, batch: Batch, **kwargs) -> object:
+    """Run the model on a padded batch with explicit position ids (so padding does not shift them)."""
+    batch = batch.to(lm.device)
+    return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs)
+
+
+def _reduce(hidden: torch.Tensor, enc: Encoded, offset: int, position: Position, span: tuple[int, int]) -> torch.Tensor:
+    start, end = span
+    if position == "last":
+        return hidden[offset + end - 1]
+    if position == "mean":
+        return hidden[offset + start:offset + end].mean(dim=0)
+    return hidden[offset:offset + len(enc.ids)]
+
+
+def capture(
+    lm: LoadedModel,
+    items: Sequence[Item],
+    layers: Sequence[int],
+    position: Position = "last",
+    spans: Sequence[tuple[int, int]] | None = None,
+    batch_size: int = 16,
+    padding_side: Literal["left", "right"] = "left",
+    progress: bool = False,
+    norms_out: dict[int, float] | None = None,
+) -> dict[int, torch.Tensor] | dict[int, list[torch.Tensor]]:
+    """Residual-stream states of ``items`` at ``layers`` (float32, on CPU).
+
+    ``position``: ``"last"`` — last token of each item's span, ``[N, d]``; ``"mean"`` — mean over
+    the span, ``[N, d]``; ``"all"`` — every real token, a list of ``[T_i, d]``. Spans default to
+    each item's completion span (:func:`steerscope.encoding.encode_item`); pass ``spans`` to choose
+    token ranges yourself. Items are batched by length; results come back in input order.
+    If ``norms_out`` is a dict, it receives the mean L2 norm of the states per layer over all real
+    tokens except each item's first (an attention sink whose norm is often far larger).
+    """
+    if not items:
+        raise ValueError("capture needs at least one item")
+    layer_ids = sorted({lm.check_layer(layer) for layer in layers})
+    encoded = [encode_item(lm.tokenizer, item) for item in items]
+    if spans is not None:
+        if len(spans) != len(items):
+            raise ValueError(f"got {len(spans)} spans for {len(items)} items")
+        encoded = [Encoded(e.ids, tuple(s)) for e, s in zip(encoded, spans)]  # type: ignore[arg-type]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    results: dict[int, list] = {layer: [None] * len(items) for layer in layer_ids}
+    norm_sum = dict.fromkeys(layer_ids, 0.0)
+    norm_count = 0
+    with torch.inference_mode(), record(lm, layer_ids, stop_early=True) as store:
+        for chunk in track(chunks, "capture", enabled=progress):
+            batch = pad_batch([encoded[i].ids for i in chunk], lm.tokenizer.pad_token_id, padding_side)
+            try:
+                forward(lm, batch)
+            except _StopForward:
+                pass
+            real = batch.attention_mask.bool().clone()
+            real[torch.arange(len(chunk)), torch.tensor(batch.offsets)] = False
+            norm_count += int(real.sum())
+            for layer in layer_ids:
+                hidden = store[layer].float().cpu()
+                norm_sum[layer] += float(hidden.norm(dim=-1)[real].sum())
+                for row, idx in enumerate(chunk):
+                    results[layer][idx] = _reduce(hidden[row], encoded[idx], batch.offsets[row], position, encoded[idx].span)
+    if norms_out is not None:
+        norms_out.update({layer: norm_sum[layer] / norm_count if norm_count else float("nan") for layer in layer_ids})
+    if position == "all":
+        return {layer: list(vals) for layer, vals in results.items()}
+    return {layer: torch.stack(vals) for layer, vals in results.items()}
+
+
+def mean_norms(lm: LoadedModel, items: Sequence[Item], layers: Sequence[int], batch_size: int = 16) -> dict[int, float]:
+    """Mean L2 norm of the residual stream per layer (see ``norms_out`` in :func:`capture`)."""
+    norms: dict[int, float] = {}
+    capture(lm, items, layers, position="last", batch_size=batch_size, norms_out=norms)
+    return norms

@@ -1,0 +1,59 @@
+"""Built-in trait datasets (written for steerscope) and their evaluation prompt sets."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from steerscope.data.pairs import ContrastivePair, select_split, validate_lines
+from steerscope.errors import DataError, SteerscopeError
+
+TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness")
+ENVIRONMENTS = ("in_distribution", "topic_shift", "genre_shift")
+
+
+def _resource(kind: str, trait: str) -> str:
+    if trait not in TRAITS:
+        raise SteerscopeError(f"unknown built-in trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    return resources.files("steerscope.data").joinpath("builtin", kind, f"{trait}.jsonl").read_text(encoding="utf-8")
+
+
+def builtin_pairs(trait: str, split: str | None = None) -> list[ContrastivePair]:
+    """The built-in pairs of ``trait`` (``split``: ``train``, ``test`` or None for all)."""
+    pairs, problems = validate_lines(_resource("pairs", trait).splitlines(), f"<builtin {trait}>")
+    if problems:
+        raise DataError(f"<builtin {trait}>", problems)
+    return select_split(pairs, split)
+
+
+def builtin_prompts(trait: str, env: str | None = None) -> list[str]:
+    """Evaluation prompts of ``trait`` in environment ``env`` (all environments when None)."""
+    if env is not None and env not in ENVIRONMENTS:
+        raise SteerscopeError(f"unknown environment {env!r}; use one of {', '.join(ENVIRONMENTS)}")
+    records = [json.loads(line) for line in _resource("prompts", trait).splitlines() if line.strip()]
+    return [r["prompt"] for r in records if env is None or r["env"] == env]
+
+
+def load_pairs(source: str | Path, split: str | None = None) -> list[ContrastivePair]:
+    """Pairs from a built-in trait name or a JSONL file path."""
+    from steerscope.data.pairs import read_pairs_file
+
+    if isinstance(source, str) and source in TRAITS:
+        return builtin_pairs(source, split)
+    return select_split(read_pairs_file(source), split)
+
+
+def dataset_summary() -> list[dict]:
+    """One row per built-in trait: pair counts per split and prompt counts per environment."""
+    rows = []
+    for trait in TRAITS:
+        pairs = builtin_pairs(trait)
+        rows.append({
+            "trait": trait,
+            "pairs": len(pairs),
+            "train": sum(p.split == "train" for p in pairs),
+            "test": sum(p.split == "test" for p in pairs),
+            "prompts": {env: len(builtin_prompts(trait, env)) for env in ENVIRONMENTS},
+        })
+    return rows

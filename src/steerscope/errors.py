@@ -1,0 +1,22 @@
+"""Errors that steerscope reports to the user as a one-line message (CLI exit code 2)."""
+
+from __future__ import annotations
+
+
+class SteerscopeError(Exception):
+    """Bad input or an unsatisfiable request; the message says what is wrong and how to fix it."""
+
+
+class DataError(SteerscopeError):
+    """A data file is malformed; ``problems`` lists every ``file:line: field: message``."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"{len(problems)} problem(s) in {path}: {shown}{more}")
+
+
+class VectorFileError(SteerscopeError):
+    """A steering-vector file is unreadable, invalid, or does not fit the model."""

@@ -1,0 +1,83 @@
+"""Batched, seeded generation, optionally steered; returns completions without the prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from steerscope.encoding import ChatMode, Item, encode_prompt, pad_batch
+from steerscope.errors import SteerscopeError
+from steerscope.intervene import Steering
+from steerscope.models.loading import LoadedModel
+from steerscope.progress import track
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. Greedy unless ``do_sample``; ``seed`` fixes sampling (recorded in outputs)."""
+
+    max_new_tokens: int = 40
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    chat: ChatMode = "auto"
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SteerscopeError("max_new_tokens must be at least 1")
+        if self.do_sample and self.temperature <= 0:
+            raise SteerscopeError("temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise SteerscopeError("top_p must be in (0, 1]")
+
+
+def _generate_batch(lm: LoadedModel, rows: Sequence[list[int]], config: GenerationConfig, steering: Steering | None) -> list[str]:
+    tok = lm.tokenizer
+    batch = pad_batch(rows, tok.pad_token_id, "left").to(lm.device)
+    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, pad_token_id=tok.pad_token_id)
+    if config.do_sample:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    with steering if steering is not None else nullcontext(), torch.inference_mode():
+        out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    new = out[:, batch.input_ids.shape[1]:]
+    return tok.batch_decode(new, skip_special_tokens=True)
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[Item],
+    config: GenerationConfig | None = None,
+    steering: Steering | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
+    """Complete each prompt; ``steering`` may be shared or per-row (one row per prompt).
+
+    Prompts are rendered with the chat template (``config.chat``), left-padded and generated in
+    batches of ``batch_size``. Sampling is seeded once per call from ``config.seed`` inside a
+    forked RNG, so the global RNG is untouched and equal calls give equal outputs.
+    """
+    config = config or GenerationConfig()
+    config.validate()
+    if not prompts:
+        raise SteerscopeError("no prompts to generate from")
+    if steering is not None and steering.batch_size not in (None, len(prompts)):
+        raise SteerscopeError(f"per-row steering has {steering.batch_size} rows but there are {len(prompts)} prompts")
+    encoded = [encode_prompt(lm.tokenizer, p, config.chat) for p in prompts]
+    starts = list(range(0, len(encoded), batch_size))
+    outputs: list[str] = []
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        for start in track(starts, "generate", enabled=progress):
+            stop = start + batch_size
+            rows_steering = steering.rows(slice(start, stop)) if steering is not None and steering.batch_size else steering
+            outputs += _generate_batch(lm, encoded[start:stop], config, rows_steering)
+    return outputs

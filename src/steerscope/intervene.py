@@ -1,0 +1,276 @@
+"""Edit the residual stream during a forward pass or KV-cached generation.
+
+An edit acts on the output of decoder block ℓ (the layer convention of
+:class:`steerscope.models.LoadedModel`) at selected token positions:
+
+* :class:`Add` — ``h' = h + α·v``;
+* :class:`Ablate` — ``h' = h − (h·û)û`` (directional ablation, ``û = u/‖u‖``);
+* :class:`Clamp` — ``h' = h + (c − h·û)û`` (the projection on ``û`` set to ``c``).
+
+Vectors may be ``[d]`` (shared by all rows) or ``[B, d]`` (one per batch row), and ``α``/``c``
+scalars or ``[B]``, so that many conditions run as the rows of one batched call. Positions are
+absolute sequence positions; the prompt is what the first (uncached) forward call of a
+generation sees:
+
+* ``"all"`` — every position; ``"prompt"`` / ``"generated"`` — prompt tokens / new tokens;
+* ``"last"`` — each row's last real prompt token; ``"last-K"`` — its last K real prompt tokens.
+
+Hooks exist only inside ``with Steering(...)``; after exit the model is exactly as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Union
+
+import torch
+
+from steerscope.capture import block_hidden
+from steerscope.errors import SteerscopeError
+from steerscope.models.loading import LoadedModel
+
+Scalar = Union[float, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Add:
+    """``h' = h + alpha·vector``; vector ``[d]`` or ``[B, d]``, alpha scalar or ``[B]``."""
+
+    vector: torch.Tensor
+    alpha: Scalar = 1.0
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Project ``direction`` (``[d]`` or ``[B, d]``, any norm) out of the hidden state."""
+
+    direction: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """Set the projection of the hidden state on unit ``direction`` to ``value`` (scalar or ``[B]``)."""
+
+    direction: torch.Tensor
+    value: Scalar = 0.0
+
+
+Edit = Union[Add, Ablate, Clamp]
+_LAST_K = re.compile(r"^last-(\d+)$")
+
+
+def parse_positions(spec: str) -> tuple[str, int]:
+    """Validate a position spec; return ``(kind, k)`` with k the count for ``last``/``last-K``."""
+    if spec in ("all", "prompt", "generated"):
+        return spec, 0
+    if spec == "last":
+        return "last", 1
+    match = _LAST_K.match(spec)
+    if match and int(match.group(1)) > 0:
+        return "last", int(match.group(1))
+    raise SteerscopeError(f"unknown positions {spec!r}: use all, prompt, generated, last or last-K (e.g. last-3)")
+
+
+def _rows(value: Scalar, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or ``[B]`` value as a ``[B, 1, 1]`` tensor matching ``like``'s device and dtype."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return t.reshape(-1, 1, 1) if t.ndim == 1 else t.reshape(1, 1, 1).expand(batch, 1, 1)
+
+
+def _vec(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``[d]`` or ``[B, d]`` vector as ``[1 or B, 1, d]``."""
+    v = vector.to(device=like.device, dtype=like.dtype)
+    return v.reshape(1, 1, -1) if v.ndim == 1 else v.unsqueeze(1)
+
+
+def _apply(edit: Edit, h: torch.Tensor) -> torch.Tensor:
+    batch = h.shape[0]
+    if isinstance(edit, Add):
+        return h + _rows(edit.alpha, batch, h) * _vec(edit.vector, h)
+    unit = _vec(edit.direction, h)
+    unit = unit / unit.norm(dim=-1, keepdim=True)
+    proj = (h * unit).sum(dim=-1, keepdim=True)
+    if isinstance(edit, Ablate):
+        return h - proj * unit
+    return h + (_rows(edit.value, batch, h) - proj) * unit
+
+
+def _edit_rows(edit: Edit) -> int | None:
+    """Batch size an edit is bound to (None when it is shared by all rows)."""
+    sizes = set()
+    for name in ("vector", "direction", "alpha", "value"):
+        t = getattr(edit, name, None)
+        if isinstance(t, torch.Tensor) and t.ndim >= 1 and not (name in ("vector", "direction") and t.ndim == 1):
+            sizes.add(t.shape[0])
+    if len(sizes) > 1:
+        raise SteerscopeError(f"per-row tensors of one edit disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
+def _check_edit(edit: Edit, d_model: int) -> None:
+    vec = edit.vector if isinstance(edit, Add) else edit.direction
+    if not isinstance(vec, torch.Tensor) or vec.ndim not in (1, 2) or vec.shape[-1] != d_model:
+        raise SteerscopeError(f"steering vector must have shape [{d_model}] or [B, {d_model}], got {tuple(getattr(vec, 'shape', ()))}")
+    if not torch.isfinite(vec).all():
+        raise SteerscopeError("steering vector contains NaN or Inf")
+    if not isinstance(edit, Add) and bool((vec.norm(dim=-1) == 0).any()):
+        raise SteerscopeError("ablation/clamp direction has zero norm")
+
+
+def _slice(value: object, rows: slice | Sequence[int]) -> object:
+    if isinstance(value, torch.Tensor) and value.ndim >= 1:
+        return value[rows] if isinstance(rows, slice) else value[torch.as_tensor(list(rows), dtype=torch.long)]
+    return value
+
+
+class Steering:
+    """Context manager that applies edits at decoder-block outputs.
+
+    ``edits`` maps layer ℓ to one edit or a list (applied in order). Per-row edits fix the batch
+    size of every call made inside the context. Use :meth:`rows` to take a sub-batch.
+    """
+
+    def __init__(self, lm: LoadedModel, edits: Mapping[int, Edit | Sequence[Edit]], positions: str = "all"):
+        self.lm = lm
+        self.positions = positions
+        self._kind, self._k = parse_positions(positions)
+        self.edits: dict[int, list[Edit]] = {}
+        for layer, group in edits.items():
+            group = [group] if isinstance(group, (Add, Ablate, Clamp)) else list(group)
+            for edit in group:
+                _check_edit(edit, lm.d_model)
+            self.edits[lm.check_layer(layer)] = group
+        sizes = {s for g in self.edits.values() for s in map(_edit_rows, g) if s is not None}
+        if len(sizes) > 1:
+            raise SteerscopeError(f"per-row edits disagree on the batch size: {sorted(sizes)}")
+        self.batch_size: int | None = sizes.pop() if sizes else None
+        self._handles: list = []
+        self._mask: torch.Tensor | None = None
+        self._prompt_len = 0
+        self._prompt_last: torch.Tensor | None = None
+
+    def rows(self, rows: slice | Sequence[int]) -> "Steering":
+        """The same steering restricted to a subset of the batch rows."""
+        sliced = {
+            layer: [replace(e, **{f: _slice(getattr(e, f), rows) for f in e.__dataclass_fields__}) for e in group]
+            for layer, group in self.edits.items()
+        }
+        return Steering(self.lm, sliced, self.positions)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_model_call(self, _module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        batch, width = ref.shape[0], ref.shape[1]
+        if self.batch_size is not None and batch != self.batch_size:
+            raise SteerscopeError(f"per-row steering was built for {self.batch_size} rows but the model got {batch}")
+        offset = _past_length(kwargs)
+        if offset == 0:
+            self._prompt_len = width
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+                idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+                self._prompt_last = torch.where(mask.bool(), idx, -1).max(dim=1).values
+            else:
+                self._prompt_last = torch.full((batch,), width - 1, device=ref.device)
+        pos = torch.arange(offset, offset + width, device=ref.device).unsqueeze(0).expand(batch, width)
+        if self._kind == "all":
+            self._mask = None
+        elif self._kind == "prompt":
+            self._mask = pos < self._prompt_len
+        elif self._kind == "generated":
+            self._mask = pos >= self._prompt_len
+        else:
+            last = self._prompt_last.to(ref.device).unsqueeze(1)
+            self._mask = (pos <= last) & (pos > last - self._k)
+
+    def _on_block(self, layer: int):
+        def hook(_module, _args, output):
+            h = block_hidden(output)
+            steered = h
+            for edit in self.edits[layer]:
+                steered = _apply(edit, steered)
+            if self._mask is not None:
+                steered = torch.where(self._mask.to(h.device).unsqueeze(-1), steered, h)
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return hook
+
+    def __enter__(self) -> "Steering":
+        if self._handles:
+            raise RuntimeError("this Steering context is already active")
+        self._handles.append(self.lm.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
+        for layer in self.edits:
+            self._handles.append(self.lm.layers[layer].register_forward_hook(self._on_block(layer)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._mask = None
+        self._prompt_last = None
+
+
+def _past_length(kwargs: Mapping) -> int:
+    """Number of positions already in the KV cache for this call (0 on a prefill)."""
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel() > 0:
+        return int(cache_position.reshape(-1)[0])
+    past = kwargs.get("past_key_values")
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return int(past[0][0].shape[-2]) if len(past) else 0
+
+
+def steer(
+    lm: LoadedModel,
+    vector: object,
+    alpha: Scalar = 1.0,
+    layers: Sequence[int] | None = None,
+    positions: str = "all",
+) -> Steering:
+    """Steering that adds ``alpha·v_ℓ`` at each layer of ``vector``.
+
+    ``vector`` is a :class:`steerscope.vectors.SteeringVector` or a mapping ``{ℓ: [d] tensor}``;
+    ``layers`` restricts it to some of its layers.
+    """
+    directions: Mapping[int, torch.Tensor] = getattr(vector, "directions", vector)  # type: ignore[assignment]
+    chosen = list(directions) if layers is None else [lm.check_layer(layer) for layer in layers]
+    missing = [layer for layer in chosen if layer not in directions]
+    if missing:
+        raise SteerscopeError(f"the vector has no direction for layer(s) {missing}; it has {sorted(directions)}")
+    return Steering(lm, {layer: Add(directions[layer], alpha) for layer in chosen}, positions)
+
+
+def steer_rows(
+    lm: LoadedModel,
+    vectors: Sequence[object | None],
+    alphas: Sequence[float],
+    positions: str = "all",
+) -> Steering:
+    """Per-row steering: row ``b`` gets ``alphas[b]·vectors[b]`` (``None`` = unsteered row).
+
+    Each vector is a SteeringVector or ``{ℓ: [d]}``; rows are zero at layers a vector lacks.
+    """
+    if len(vectors) != len(alphas):
+        raise SteerscopeError(f"got {len(vectors)} vectors but {len(alphas)} strengths")
+    dirs = [getattr(v, "directions", v) if v is not None else {} for v in vectors]
+    layers = sorted({layer for d in dirs for layer in d})
+    if not layers:
+        layers = [0]
+    zero = torch.zeros(lm.d_model)
+    edits = {
+        layer: Add(torch.stack([d.get(layer, zero).float().cpu() for d in dirs]), torch.tensor([float(a) for a in alphas]))
+        for layer in layers
+    }
+    return Steering(lm, edits, positions)
+
+
+def relative_dose(alpha: float, vector_norm: float, mean_hidden_norm: float) -> float:
+    """Strength as a fraction of the typical residual norm: ``|α|·‖v‖ / mean‖h‖``."""
+    return abs(alpha) * vector_norm / mean_hidden_norm
