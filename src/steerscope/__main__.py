@@ -1,0 +1,3 @@
+from steerscope.cli import main
+
+main()
