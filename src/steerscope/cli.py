@@ -33,8 +33,11 @@ LayersPathOpt = typer.Option(None, "--layers-path", help="Dotted path of the dec
 
 
 def _load(model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str]):
+    from transformers.utils import logging as hf_logging
+
     from steerscope.models import load_model
 
+    hf_logging.disable_progress_bar()
     with err.status(f"loading {model} (the first load of a built-in model converts it once)"):
         return load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, layers_path=layers_path)
 
@@ -103,7 +106,7 @@ def datasets_validate(file: Path = typer.Argument(..., help="JSONL file of contr
         pairs = read_pairs_file(file)
     except DataError as exc:
         for problem in exc.problems:
-            err.print(problem, markup=False, highlight=False)
+            err.print(problem, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     splits = {s: sum(p.split == s for p in pairs) for s in sorted({p.split or "none" for p in pairs})}
     out.print(f"{file}: {len(pairs)} valid pairs ({', '.join(f'{k}: {v}' for k, v in splits.items())})", markup=False)
@@ -188,9 +191,7 @@ def generate(
     steering, doses, rows = None, {}, list(prompts)
     if vec is not None:
         vec.check_model(lm, allow_model_mismatch)
-        chosen = [lm.check_layer(x) for x in _layers(layer)] if layer else vec.layers
-        directions = {ell: vec.directions[ell] for ell in chosen} if layer else vec
-        steering = steer(lm, directions, alpha, positions=positions)
+        steering = steer(lm, vec, alpha, layers=_layers(layer) if layer else None, positions=positions)
         if compare:
             rows = list(prompts) * 2
             sub = {ell: vec.directions[ell] for ell in steering.edits}
@@ -260,7 +261,7 @@ def main() -> None:
     try:
         app()
     except SteerscopeError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

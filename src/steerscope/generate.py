@@ -20,6 +20,7 @@ class GenerationConfig:
     """Decoding settings. Greedy unless ``do_sample``; ``seed`` fixes sampling (recorded in outputs)."""
 
     max_new_tokens: int = 40
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -30,6 +31,8 @@ class GenerationConfig:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise SteerscopeError("max_new_tokens must be at least 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise SteerscopeError("min_new_tokens must be between 0 and max_new_tokens")
         if self.do_sample and self.temperature <= 0:
             raise SteerscopeError("temperature must be > 0 when sampling")
         if not 0 < self.top_p <= 1:
@@ -39,7 +42,7 @@ class GenerationConfig:
 def _generate_batch(lm: LoadedModel, rows: Sequence[list[int]], config: GenerationConfig, steering: Steering | None) -> list[str]:
     tok = lm.tokenizer
     batch = pad_batch(rows, tok.pad_token_id, "left").to(lm.device)
-    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, pad_token_id=tok.pad_token_id)
+    kwargs = dict(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens or None, do_sample=config.do_sample, pad_token_id=tok.pad_token_id)
     if config.do_sample:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     else:

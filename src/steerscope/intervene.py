@@ -15,7 +15,9 @@ generation sees:
 * ``"all"`` — every position; ``"prompt"`` / ``"generated"`` — prompt tokens / new tokens;
 * ``"last"`` — each row's last real prompt token; ``"last-K"`` — its last K real prompt tokens.
 
-Hooks exist only inside ``with Steering(...)``; after exit the model is exactly as before.
+Hooks exist only inside ``with Steering(...)``; after exit the model is exactly as before. Steering
+hooks run before any other forward hook on a block, so observers (:func:`steerscope.capture.capture`)
+always see the steered state; when two Steering contexts are nested, the inner one edits first.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class Steering:
             raise RuntimeError("this Steering context is already active")
         self._handles.append(self.lm.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
         for layer in self.edits:
-            self._handles.append(self.lm.layers[layer].register_forward_hook(self._on_block(layer)))
+            self._handles.append(self.lm.layers[layer].register_forward_hook(self._on_block(layer), prepend=True))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,15 +30,28 @@ def completion_logprobs(lm: LoadedModel, items: Sequence[Item], steering: Steeri
         chunk = encoded[start:start + batch_size]
         batch = pad_batch([e.ids for e in chunk], lm.tokenizer.pad_token_id, "left")
         rows = steering.rows(slice(start, start + batch_size)) if steering is not None and steering.batch_size else steering
+        # Left padding puts every completion at the right edge: only the last `keep` positions
+        # need logits, which matters for large vocabularies.
+        keep = max(len(e.ids) - e.span[0] + 1 for e in chunk)
         with rows if rows is not None else nullcontext(), torch.inference_mode():
-            logits = forward(lm, batch).logits
+            logits = _logits(lm, batch, keep)
+        width = batch.input_ids.shape[1]
         for row, enc in enumerate(chunk):
-            off = batch.offsets[row]
             s, e = enc.span
-            logp = torch.log_softmax(logits[row, off + s - 1:off + e - 1].double(), dim=-1)
-            targets = torch.tensor(enc.ids[s:e], device=logp.device)
-            scores[start + row] = logp.gather(1, targets[:, None]).sum().cpu()
+            first = width - len(enc.ids) + s - 1 - (width - logits.shape[1])
+            picked = logits[row, first:first + (e - s)].float()
+            targets = torch.tensor(enc.ids[s:e], device=picked.device)
+            token_logp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+            scores[start + row] = token_logp.double().sum().cpu()
     return scores
+
+
+def _logits(lm: LoadedModel, batch, keep: int) -> torch.Tensor:
+    """Logits ``[B, K, V]`` of the last ``K >= keep`` positions (all positions if the model cannot trim)."""
+    try:
+        return forward(lm, batch, logits_to_keep=keep).logits
+    except TypeError:
+        return forward(lm, batch).logits
 
 
 def pair_margins(lm: LoadedModel, pairs: Sequence[ContrastivePair], steering: Steering | None = None, batch_size: int = 8) -> torch.Tensor:

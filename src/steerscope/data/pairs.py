@@ -63,7 +63,7 @@ def _item_problems(value: Any, name: str) -> list[str]:
         extra = set(msg) - {"role", "content"}
         if extra:
             problems.append(f"{where}: unknown key(s) {sorted(extra)}")
-        if msg.get("role") not in ROLES:
+        if not isinstance(msg.get("role"), str) or msg["role"] not in ROLES:
             problems.append(f"{where}.role: expected one of {sorted(ROLES)}, got {msg.get('role')!r}")
         content = msg.get("content")
         if not isinstance(content, str) or not content.strip():
@@ -88,7 +88,7 @@ def _record_problems(record: Any) -> list[str]:
             problems.append("negative: identical to positive")
     if "trait" in record and (not isinstance(record["trait"], str) or not record["trait"].strip()):
         problems.append("trait: expected a non-empty string")
-    if "split" in record and record["split"] not in SPLITS:
+    if "split" in record and (not isinstance(record["split"], str) or record["split"] not in SPLITS):
         problems.append(f"split: expected one of {sorted(SPLITS)}, got {record['split']!r}")
     if "meta" in record and not isinstance(record["meta"], dict):
         problems.append("meta: expected an object")
@@ -122,7 +122,7 @@ def read_pairs_file(path: str | Path) -> list[ContrastivePair]:
     if not file.is_file():
         raise SteerscopeError(f"dataset file {file} does not exist")
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028 etc.
     except UnicodeDecodeError as exc:
         raise DataError(str(file), [f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     pairs, problems = validate_lines(lines, str(file))

@@ -149,6 +149,12 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
                 raise VectorFileError(f"{path}: metadata field {key} is not valid JSON: {value[:60]!r}") from None
         else:
             meta[key] = value
+    if not isinstance(meta["layers"], list) or not all(type(x) is int for x in meta["layers"]):
+        raise VectorFileError(f"{path}: metadata field layers must be a JSON list of integers, got {raw['layers'][:60]!r}")
+    if type(meta["d_model"]) is not int:
+        raise VectorFileError(f"{path}: metadata field d_model must be an integer, got {raw['d_model'][:60]!r}")
+    if "h_norms" in meta and not isinstance(meta["h_norms"], dict):
+        raise VectorFileError(f"{path}: metadata field h_norms must be a JSON object, got {raw['h_norms'][:60]!r}")
     return meta
 
 

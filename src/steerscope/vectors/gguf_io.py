@@ -65,7 +65,7 @@ def import_gguf(path: str | Path) -> SteeringVector:
         raise VectorFileError(f"GGUF file {file} does not exist")
     try:
         reader = gguf.GGUFReader(str(file))
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, IndexError) as exc:
         raise VectorFileError(f"{file} is not a readable GGUF file: {exc}") from None
     arch = _field_value(reader, "general.architecture")
     if arch != ARCH:

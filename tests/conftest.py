@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from steerscope.testing import tiny_model
+
+torch.set_num_threads(2)
+
+ARCHS = ["llama", "gemma3", "gpt2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """One tiny random model per architecture family, built once."""
+    return {arch: tiny_model(arch) for arch in ARCHS + ["qwen2", "gpt_neox"]}
+
+
+@pytest.fixture(params=ARCHS)
+def lm(request, tiny_models):
+    return tiny_models[request.param]
+
+
+CHAT_ITEMS = [
+    [{"role": "user", "content": "Tell me about your weekend"}, {"role": "assistant", "content": "It was very good, thank you."}],
+    [{"role": "user", "content": "what is the weather like"}, {"role": "assistant", "content": "bad"}],
+    "hello there, how are you today my friend?",
+    "a short one",
+    [{"role": "system", "content": "be kind"}, {"role": "user", "content": "help me write a poem about the moon and the sun"}, {"role": "assistant", "content": "the moon is big and the sun is small"}],
+]

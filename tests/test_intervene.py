@@ -1,0 +1,216 @@
+import pytest
+import torch
+
+from steerscope.capture import block_hidden, capture, forward
+from steerscope.encoding import encode_item, encode_prompt, pad_batch
+from steerscope.errors import SteerscopeError
+from steerscope.intervene import Ablate, Add, Clamp, Steering, parse_positions, relative_dose, steer, steer_rows
+from tests.conftest import CHAT_ITEMS
+
+
+def _vec(lm, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(lm.d_model, generator=g)
+
+
+def test_add_exact_at_layer_and_nowhere_earlier(lm):
+    layer, alpha = 2, 3.5
+    v = _vec(lm)
+    layers = list(range(lm.n_layers))
+    plain = capture(lm, CHAT_ITEMS, layers, position="all")
+    with steer(lm, {layer: v}, alpha):
+        steered = capture(lm, CHAT_ITEMS, layers, position="all")
+    for i in range(len(CHAT_ITEMS)):
+        for earlier in range(layer):
+            assert torch.equal(steered[earlier][i], plain[earlier][i])
+        assert torch.equal(steered[layer][i], plain[layer][i] + alpha * v)
+        assert not torch.allclose(steered[layer + 1][i], plain[layer + 1][i])
+
+
+def test_no_residue_after_exit(lm):
+    batch = pad_batch([encode_item(lm.tokenizer, CHAT_ITEMS[0]).ids], lm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = forward(lm, batch).logits
+        with steer(lm, {1: _vec(lm)}, 10.0):
+            during = forward(lm, batch).logits
+        after = forward(lm, batch).logits
+    assert not torch.equal(before, during)
+    assert torch.equal(before, after)
+    assert all(not block._forward_hooks for block in lm.layers)
+    assert not lm.model._forward_pre_hooks
+
+
+def test_hooks_removed_when_the_body_raises(tiny_models):
+    lm = tiny_models["llama"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(lm, {1: _vec(lm)}, 1.0):
+            raise RuntimeError("boom")
+    assert all(not block._forward_hooks for block in lm.layers)
+
+
+def test_zero_alpha_is_bit_identical(lm):
+    plain = capture(lm, CHAT_ITEMS, [lm.n_layers - 1], position="all")
+    with steer(lm, {0: _vec(lm)}, 0.0):
+        zero = capture(lm, CHAT_ITEMS, [lm.n_layers - 1], position="all")
+    for a, b in zip(plain[lm.n_layers - 1], zero[lm.n_layers - 1]):
+        assert torch.equal(a, b)
+
+
+def test_per_row_edits_equal_separate_runs(lm):
+    vs = [_vec(lm, s) for s in (1, 2)]
+    item = CHAT_ITEMS[0]
+    rows = [(vs[0], 2.0), (vs[1], -1.0), (None, 0.0)]
+    steering = steer_rows(lm, [{1: v} if v is not None else None for v, _ in rows], [a for _, a in rows])
+    with steering:
+        together = capture(lm, [item] * 3, [1, 3], position="all", batch_size=3)
+    for row, (v, a) in enumerate(rows):
+        if v is None:
+            single = capture(lm, [item], [1, 3], position="all")
+        else:
+            with steer(lm, {1: v}, a):
+                single = capture(lm, [item], [1, 3], position="all")
+        for layer in (1, 3):
+            assert torch.allclose(together[layer][row], single[layer][0], atol=1e-5)
+
+
+def test_per_row_batch_mismatch_is_refused(tiny_models):
+    lm = tiny_models["llama"]
+    steering = steer_rows(lm, [{1: _vec(lm)}] * 2, [1.0, 2.0])
+    with pytest.raises(SteerscopeError, match="built for 2 rows"):
+        with steering:
+            capture(lm, ["a", "b", "c"], [1], batch_size=3)
+
+
+def test_rows_slices_per_row_tensors(tiny_models):
+    lm = tiny_models["llama"]
+    steering = steer_rows(lm, [{1: _vec(lm, s)} for s in range(4)], [0.0, 1.0, 2.0, 3.0])
+    sub = steering.rows(slice(1, 3))
+    assert sub.batch_size == 2
+    assert torch.equal(sub.edits[1][0].alpha, torch.tensor([1.0, 2.0]))
+    assert torch.equal(sub.edits[1][0].vector, steering.edits[1][0].vector[1:3])
+
+
+def _changed_positions(lm, seqs, side, positions):
+    batch = pad_batch(seqs, lm.tokenizer.pad_token_id, side)
+    with torch.no_grad():
+        from steerscope.capture import record
+        with record(lm, [1]) as store:
+            forward(lm, batch)
+            plain = store[1].clone()
+            with steer(lm, {1: _vec(lm)}, 1.0, positions=positions):
+                forward(lm, batch)
+            steered = store[1].clone()
+    return (steered != plain).any(-1), batch
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_last_k_positions_follow_each_rows_real_tokens(tiny_models, side):
+    lm = tiny_models["llama"]
+    seqs = [[2, 10, 11, 12, 13, 14], [2, 10, 11]]
+    changed, batch = _changed_positions(lm, seqs, side, "last-2")
+    for row, seq in enumerate(seqs):
+        last = batch.offsets[row] + len(seq) - 1
+        assert changed[row].nonzero().flatten().tolist() == [last - 1, last]
+    changed, batch = _changed_positions(lm, seqs, side, "last")
+    assert changed.sum() == 2
+
+
+def test_prompt_and_generated_positions_in_a_forward_pass(tiny_models):
+    lm = tiny_models["llama"]
+    seqs = [[2, 10, 11, 12]]
+    assert _changed_positions(lm, seqs, "left", "prompt")[0].all()
+    assert not _changed_positions(lm, seqs, "left", "generated")[0].any()
+    assert _changed_positions(lm, seqs, "left", "all")[0].all()
+
+
+def _manual_greedy(lm, ids, n_new, layer, v, alpha, first_steered):
+    """Reference: no KV cache, full recompute each step, hook adds alpha*v at positions >= first_steered."""
+    def hook(_m, _a, out):
+        h = block_hidden(out).clone()
+        h[:, first_steered:] += alpha * v
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+    seq = list(ids)
+    handle = lm.layers[layer].register_forward_hook(hook)
+    try:
+        for _ in range(n_new):
+            with torch.no_grad():
+                logits = lm.model(torch.tensor([seq]), use_cache=False).logits
+            seq.append(int(logits[0, -1].argmax()))
+    finally:
+        handle.remove()
+    return seq[len(ids):]
+
+
+@pytest.mark.parametrize("positions,first", [("all", 0), ("generated", None)])
+def test_kv_cached_generate_is_steered(lm, positions, first):
+    ids = encode_prompt(lm.tokenizer, "tell me about your weekend")
+    v, alpha, layer, n_new = _vec(lm, 3), 4.0, 1, 6
+    first = len(ids) if first is None else first
+    expected = _manual_greedy(lm, ids, n_new, layer, v, alpha, first)
+    plain = _manual_greedy(lm, ids, n_new, layer, v, 0.0, 0)
+    with steer(lm, {layer: v}, alpha, positions=positions), torch.no_grad():
+        out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=n_new, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
+                                min_new_tokens=n_new)
+    got = out[0, len(ids):].tolist()
+    assert got == expected
+    assert expected != plain  # the steering changed the generated tokens
+
+
+def test_ablate_and_clamp_set_the_projection(lm):
+    v = _vec(lm, 5)
+    unit = v / v.norm()
+    with Steering(lm, {2: Ablate(v)}):
+        ablated = capture(lm, CHAT_ITEMS, [2], position="all")[2]
+    for h in ablated:
+        assert torch.allclose(h @ unit, torch.zeros(h.shape[0]), atol=1e-4)
+    with Steering(lm, {2: Clamp(v, 3.0)}):
+        clamped = capture(lm, CHAT_ITEMS, [2], position="all")[2]
+    for h in clamped:
+        assert torch.allclose(h @ unit, torch.full((h.shape[0],), 3.0), atol=1e-4)
+    plain = capture(lm, CHAT_ITEMS, [2], position="all")[2]
+    for h, a in zip(plain, ablated):  # only the component along v changes
+        assert torch.allclose(h - (h @ unit)[:, None] * unit, a, atol=1e-4)
+
+
+def test_edits_compose_in_order(tiny_models):
+    lm = tiny_models["llama"]
+    v = _vec(lm, 6)
+    unit = v / v.norm()
+    with Steering(lm, {1: [Ablate(v), Add(unit, 2.0)]}):
+        h = capture(lm, ["hello there"], [1], position="all")[1][0]
+    assert torch.allclose(h @ unit, torch.full((h.shape[0],), 2.0), atol=1e-4)
+
+
+def test_invalid_edits_are_refused(tiny_models):
+    lm = tiny_models["llama"]
+    with pytest.raises(SteerscopeError, match=r"shape \[32\]"):
+        steer(lm, {1: torch.zeros(7)})
+    bad = _vec(lm)
+    bad[0] = float("nan")
+    with pytest.raises(SteerscopeError, match="NaN"):
+        steer(lm, {1: bad})
+    with pytest.raises(SteerscopeError, match="zero norm"):
+        Steering(lm, {1: Ablate(torch.zeros(lm.d_model))})
+    with pytest.raises(SteerscopeError, match="valid layers"):
+        steer(lm, {9: _vec(lm)})
+    with pytest.raises(SteerscopeError, match="no direction for layer"):
+        steer(lm, {1: _vec(lm)}, layers=[2])
+    with pytest.raises(SteerscopeError, match="unknown positions"):
+        parse_positions("middle")
+    with pytest.raises(SteerscopeError, match="got 1 vectors but 2 strengths"):
+        steer_rows(lm, [{1: _vec(lm)}], [1.0, 2.0])
+    with pytest.raises(SteerscopeError, match="disagree"):
+        Steering(lm, {1: Add(torch.stack([_vec(lm)] * 2), torch.ones(3))})
+
+
+def test_parse_positions():
+    assert parse_positions("last") == ("last", 1)
+    assert parse_positions("last-4") == ("last", 4)
+    assert parse_positions("generated") == ("generated", 0)
+    with pytest.raises(SteerscopeError):
+        parse_positions("last-0")
+
+
+def test_relative_dose():
+    assert relative_dose(-4.0, 2.0, 16.0) == 0.5
