@@ -27,8 +27,13 @@ def test_add_exact_at_layer_and_nowhere_earlier(lm):
         assert not torch.allclose(steered[layer + 1][i], plain[layer + 1][i])
 
 
+def _hook_counts(lm):
+    return [len(b._forward_hooks) for b in lm.layers], len(lm.model._forward_pre_hooks)
+
+
 def test_no_residue_after_exit(lm):
     batch = pad_batch([encode_item(lm.tokenizer, CHAT_ITEMS[0]).ids], lm.tokenizer.pad_token_id)
+    hooks_before = _hook_counts(lm)
     with torch.no_grad():
         before = forward(lm, batch).logits
         with steer(lm, {1: _vec(lm)}, 10.0):
@@ -36,16 +41,17 @@ def test_no_residue_after_exit(lm):
         after = forward(lm, batch).logits
     assert not torch.equal(before, during)
     assert torch.equal(before, after)
-    assert all(not block._forward_hooks for block in lm.layers)
-    assert not lm.model._forward_pre_hooks
+    assert _hook_counts(lm) == hooks_before
 
 
 def test_hooks_removed_when_the_body_raises(tiny_models):
     lm = tiny_models["llama"]
+    hooks_before = _hook_counts(lm)
     with pytest.raises(RuntimeError, match="boom"):
         with steer(lm, {1: _vec(lm)}, 1.0):
+            assert _hook_counts(lm) != hooks_before
             raise RuntimeError("boom")
-    assert all(not block._forward_hooks for block in lm.layers)
+    assert _hook_counts(lm) == hooks_before
 
 
 def test_zero_alpha_is_bit_identical(lm):

@@ -108,7 +108,7 @@ def datasets_validate(file: Path = typer.Argument(..., help="JSONL file of contr
         for problem in exc.problems:
             err.print(problem, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    splits = {s: sum(p.split == s for p in pairs) for s in sorted({p.split or "none" for p in pairs})}
+    splits = {s: sum((p.split or "none") == s for p in pairs) for s in sorted({p.split or "none" for p in pairs})}
     out.print(f"{file}: {len(pairs)} valid pairs ({', '.join(f'{k}: {v}' for k, v in splits.items())})", markup=False)
 
 

@@ -41,6 +41,8 @@ def load_pairs(source: str | Path, split: str | None = None) -> list[Contrastive
 
     if isinstance(source, str) and source in TRAITS:
         return builtin_pairs(source, split)
+    if isinstance(source, str) and not Path(source).exists() and Path(source).suffix != ".jsonl" and "/" not in source:
+        raise SteerscopeError(f"{source!r} is neither a built-in trait ({', '.join(TRAITS)}) nor an existing file")
     return select_split(read_pairs_file(source), split)
 
 

@@ -106,6 +106,9 @@ class SteeringVector:
         meta.setdefault("format_version", FORMAT_VERSION)
         meta["layers"] = self.layers
         meta["d_model"] = self.d_model
+        missing = [k for k in REQUIRED_METADATA if k not in meta]
+        if missing:
+            raise VectorFileError(f"refusing to save a vector without metadata field(s) {', '.join(missing)}")
         strings = {k: json.dumps(v) if k in _JSON_KEYS or not isinstance(v, str) else v for k, v in meta.items()}
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=strings), overwrite)
 
