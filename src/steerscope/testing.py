@@ -1,6 +1,7 @@
 """Tiny random causal LMs built in code (no downloads), for tests and examples.
 
-``tiny_model("llama" | "gemma3" | "gpt2" | "qwen2" | "gpt_neox")`` returns a LoadedModel with a
+``tiny_model(arch)`` (``arch`` in :data:`ARCHITECTURES`: Llama, Mistral, Qwen2/3, Phi-3, Gemma 1–3,
+Phi, GPT-2, GPT-NeoX) returns a LoadedModel with a
 word-level tokenizer over a small English vocabulary and a simple chat template.
 """
 
@@ -54,17 +55,24 @@ def _config(arch: str, vocab: int, n_layers: int, d_model: int):
     import transformers as tf
 
     common = dict(vocab_size=vocab, bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    if arch == "llama":
-        return tf.LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, **common)
-    if arch == "qwen2":
-        return tf.Qwen2Config(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, **common)
-    if arch == "gemma3":
-        return tf.Gemma3TextConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=1, head_dim=d_model // 4, sliding_window=8, **common)
+    decoder = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, **common)
+    if arch in ("llama", "mistral", "qwen2", "qwen3", "phi3"):
+        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "phi3": tf.Phi3Config}[arch]
+        return cls(num_key_value_heads=2, **decoder)
+    if arch in ("gemma", "gemma2", "gemma3"):
+        cls = {"gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config, "gemma3": tf.Gemma3TextConfig}[arch]
+        extra = {"sliding_window": 8} if arch != "gemma" else {}
+        return cls(num_key_value_heads=1, head_dim=d_model // 4, **extra, **decoder)
+    if arch == "phi":
+        return tf.PhiConfig(max_position_embeddings=256, **decoder)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, max_position_embeddings=256, **common)
-    raise ValueError(f"unknown tiny architecture {arch!r}")
+        return tf.GPTNeoXConfig(max_position_embeddings=256, **decoder)
+    raise ValueError(f"unknown tiny architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "phi", "gpt2", "gpt_neox")
 
 
 def tiny_model(arch: str = "llama", n_layers: int = 4, d_model: int = 32, seed: int = 0, chat_template: bool = True) -> LoadedModel:
