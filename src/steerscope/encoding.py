@@ -37,10 +37,9 @@ class Batch:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     offsets: list[int]
-    lengths: list[int]
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), self.offsets, self.lengths)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), self.offsets)
 
 
 def has_chat_template(tokenizer: object) -> bool:
@@ -133,4 +132,4 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", 
         mask[row, start:start + len(seq)] = 1
         offsets.append(start)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return Batch(ids, mask, positions, offsets, [len(s) for s in seqs])
+    return Batch(ids, mask, positions, offsets)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,6 @@ class LoadedModel:
     layers_path: str
     fingerprint: str
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
