@@ -63,18 +63,17 @@ def test_zero_alpha_is_bit_identical(lm):
 
 
 def test_per_row_edits_equal_separate_runs(lm):
+    """Rows get their own edits, also when capture reorders items by length."""
     vs = [_vec(lm, s) for s in (1, 2)]
-    item = CHAT_ITEMS[0]
+    items = [CHAT_ITEMS[0], CHAT_ITEMS[3], CHAT_ITEMS[4]]
     rows = [(vs[0], 2.0), (vs[1], -1.0), (None, 0.0)]
     steering = steer_rows(lm, [{1: v} if v is not None else None for v, _ in rows], [a for _, a in rows])
-    with steering:
-        together = capture(lm, [item] * 3, [1, 3], position="all", batch_size=3)
+    together = capture(lm, items, [1, 3], position="all", batch_size=3, steering=steering)
     for row, (v, a) in enumerate(rows):
         if v is None:
-            single = capture(lm, [item], [1, 3], position="all")
+            single = capture(lm, [items[row]], [1, 3], position="all")
         else:
-            with steer(lm, {1: v}, a):
-                single = capture(lm, [item], [1, 3], position="all")
+            single = capture(lm, [items[row]], [1, 3], position="all", steering=steer(lm, {1: v}, a))
         for layer in (1, 3):
             assert torch.allclose(together[layer][row], single[layer][0], atol=1e-5)
 
@@ -85,6 +84,8 @@ def test_per_row_batch_mismatch_is_refused(tiny_models):
     with pytest.raises(SteerscopeError, match="built for 2 rows"):
         with steering:
             capture(lm, ["a", "b", "c"], [1], batch_size=3)
+    with pytest.raises(SteerscopeError, match="2 rows but there are 3 items"):
+        capture(lm, ["a", "b", "c"], [1], steering=steering)
 
 
 def test_rows_slices_per_row_tensors(tiny_models):

@@ -8,14 +8,18 @@ forward hooks on the blocks, registered for the duration of a call only; when st
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Literal
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from steerscope.encoding import Batch, Encoded, Item, encode_item, pad_batch
+from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
 from steerscope.progress import track
+
+if TYPE_CHECKING:
+    from steerscope.intervene import Steering
 
 Position = Literal["last", "mean", "all"]
 
@@ -73,6 +77,7 @@ def capture(
     padding_side: Literal["left", "right"] = "left",
     progress: bool = False,
     norms_out: dict[int, float] | None = None,
+    steering: "Steering | None" = None,
 ) -> dict[int, torch.Tensor] | dict[int, list[torch.Tensor]]:
     """Residual-stream states of ``items`` at ``layers`` (float32, on CPU).
 
@@ -82,9 +87,13 @@ def capture(
     token ranges yourself. Items are batched by length; results come back in input order.
     If ``norms_out`` is a dict, it receives the mean L2 norm of the states per layer over all real
     tokens except each item's first (an attention sink whose norm is often far larger).
+    ``steering`` (shared or per-row, one row per item) is applied during the pass; pass per-row
+    steering here rather than entering it around the call, since items are reordered by length.
     """
     if not items:
         raise ValueError("capture needs at least one item")
+    if steering is not None and steering.batch_size not in (None, len(items)):
+        raise SteerscopeError(f"per-row steering has {steering.batch_size} rows but there are {len(items)} items")
     layer_ids = sorted({lm.check_layer(layer) for layer in layers})
     encoded = [encode_item(lm.tokenizer, item) for item in items]
     if spans is not None:
@@ -99,8 +108,10 @@ def capture(
     with torch.inference_mode(), record(lm, layer_ids, stop_early=True) as store:
         for chunk in track(chunks, "capture", enabled=progress):
             batch = pad_batch([encoded[i].ids for i in chunk], lm.tokenizer.pad_token_id, padding_side)
+            rows = steering.rows(chunk) if steering is not None and steering.batch_size else steering
             try:
-                forward(lm, batch)
+                with rows if rows is not None else nullcontext():
+                    forward(lm, batch)
             except _StopForward:
                 pass
             real = batch.attention_mask.bool().clone()

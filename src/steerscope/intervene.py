@@ -131,7 +131,9 @@ class Steering:
     """Context manager that applies edits at decoder-block outputs.
 
     ``edits`` maps layer ℓ to one edit or a list (applied in order). Per-row edits fix the batch
-    size of every call made inside the context. Use :meth:`rows` to take a sub-batch.
+    size of every call made inside the context. Use :meth:`rows` to take a sub-batch; steerscope
+    functions that batch internally (``capture``, ``generate``, ``completion_logprobs``,
+    ``condition_divergences``) take per-row steering as an argument and slice it themselves.
     """
 
     def __init__(self, lm: LoadedModel, edits: Mapping[int, Edit | Sequence[Edit]], positions: str = "all"):

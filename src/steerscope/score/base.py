@@ -1,0 +1,180 @@
+"""The :class:`Scorer` protocol, the scorer corpora and the scorer registry.
+
+A *scorer* maps completion texts (never the prompts) to one float per text: higher means more of
+the trait's positive pole (formal, polite, agreeable, true, positive sentiment). Scorers are
+offline: they read only files shipped with steerscope or with an installed package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from steerscope.errors import DataError, SteerscopeError
+
+#: Traits with a labelled scorer corpus in ``data/builtin/scorer/``.
+CORPUS_TRAITS = ("formality", "politeness", "agreeableness", "truthfulness")
+#: Traits that :func:`get_scorer` knows (the built-in steering traits).
+SCORER_TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness")
+#: Phrase completing "Is the following text ...?" for the LM judge.
+TRAIT_DESCRIPTIONS = {
+    "formality": "written in a formal register (rather than casual or slangy)",
+    "sentiment": "positive and upbeat in tone (rather than negative or gloomy)",
+    "politeness": "polite and courteous (rather than rude or dismissive)",
+    "agreeableness": "warm, agreeable and cooperative (rather than cold or contrarian)",
+    "truthfulness": "a true statement of fact (rather than a false one)",
+}
+SPLITS = ("train", "test")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Maps texts to trait scores.
+
+    ``name``: short identifier (e.g. ``"vader"``); ``trait``: the trait scored; ``validity``: how
+    well the scorer is known to work (e.g. ``{"heldout_accuracy": 0.91, "n_test": 60,
+    "corpus_hash": ...}``) or None. ``scorer(texts)`` returns a float64 array of shape ``[N]``;
+    higher = more of the trait's positive pole.
+    """
+
+    name: str
+    trait: str
+    validity: dict | None
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def require(module: str, package: str, what: str) -> object:
+    """Import an optional dependency, or raise a SteerscopeError naming the pip package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SteerscopeError(
+            f"{what} needs the optional package {package!r}: pip install {package} "
+            "(or pip install 'steerscope[audit]')"
+        ) from None
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as a list of str (a single string is rejected: pass a list)."""
+    if isinstance(texts, str):
+        raise SteerscopeError("a scorer takes a sequence of texts, not a single string; wrap it in a list")
+    out = list(texts)
+    bad = [i for i, t in enumerate(out) if not isinstance(t, str)]
+    if bad:
+        raise SteerscopeError(f"scorer inputs must be strings; item {bad[0]} is {type(out[bad[0]]).__name__}")
+    return out
+
+
+# --- scorer corpora ---------------------------------------------------------------------------
+
+def _corpus_text(trait: str) -> str:
+    if trait not in CORPUS_TRAITS:
+        raise SteerscopeError(
+            f"no built-in scorer corpus for trait {trait!r}; corpora exist for: {', '.join(CORPUS_TRAITS)}"
+        )
+    return resources.files("steerscope.data").joinpath("builtin", "scorer", f"{trait}.jsonl").read_text(encoding="utf-8")
+
+
+def corpus_hash(trait: str) -> str:
+    """SHA-256 of the scorer corpus file of ``trait`` (UTF-8 text)."""
+    return hashlib.sha256(_corpus_text(trait).encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _corpus(trait: str) -> tuple[dict, ...]:
+    where = f"<builtin scorer {trait}>"
+    records, problems = [], []
+    for n, line in enumerate(_corpus_text(trait).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}:{n}: invalid JSON: {exc.msg}")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"{where}:{n}: expected a JSON object")
+            continue
+        if not isinstance(rec.get("text"), str) or not rec["text"].strip():
+            problems.append(f"{where}:{n}: text: must be a non-empty string")
+        if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
+            problems.append(f"{where}:{n}: label: must be 0 or 1")
+        if rec.get("split") not in SPLITS:
+            problems.append(f"{where}:{n}: split: must be 'train' or 'test'")
+        records.append({"text": rec.get("text"), "label": rec.get("label"), "split": rec.get("split")})
+    if problems:
+        raise DataError(where, problems)
+    return tuple(records)
+
+
+def scorer_corpus(trait: str, split: str | None = None) -> list[dict]:
+    """Labelled texts ``{"text", "label", "split"}`` of ``trait`` (label 1 = positive pole).
+
+    ``split``: ``"train"``, ``"test"`` or None for all. Note: label-0 truthfulness texts are false
+    on purpose.
+    """
+    if split is not None and split not in SPLITS:
+        raise SteerscopeError(f"unknown split {split!r}; use train, test or None")
+    return [dict(r) for r in _corpus(trait) if split is None or r["split"] == split]
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+KINDS = ("default", "lexicon", "embedding", "judge", "classifier")
+
+
+def _default_kind(trait: str) -> str:
+    return "lexicon" if trait == "sentiment" else "embedding"
+
+
+def get_scorer(trait: str, kind: str = "default", **kwargs) -> Scorer:
+    """A scorer for ``trait``.
+
+    Kinds: ``default`` (VADER for sentiment, the embedding probe for the other built-in traits),
+    ``lexicon`` (:class:`~steerscope.score.lexicon.VaderScorer`, sentiment only), ``embedding``
+    (:class:`~steerscope.score.embedding.EmbeddingProbeScorer`), ``judge``
+    (:class:`~steerscope.score.judge.LMJudgeScorer`; pass ``lm=``), ``classifier``
+    (:func:`~steerscope.score.classifier.from_pretrained`; pass ``path_or_id=`` and
+    ``positive_label=``). Other keyword arguments go to the scorer's constructor.
+    """
+    if kind not in KINDS:
+        raise SteerscopeError(f"unknown scorer kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind != "classifier" and trait not in SCORER_TRAITS:
+        raise SteerscopeError(f"unknown trait {trait!r} for scorers; known traits: {', '.join(SCORER_TRAITS)}")
+    if kind == "default":
+        kind = _default_kind(trait)
+    if kind == "lexicon":
+        if trait != "sentiment":
+            raise SteerscopeError(f"the lexicon (VADER) scorer scores sentiment only, not {trait!r}")
+        from steerscope.score.lexicon import VaderScorer
+
+        return VaderScorer(**kwargs)
+    if kind == "embedding":
+        if trait not in CORPUS_TRAITS:
+            raise SteerscopeError(
+                f"no embedding-probe scorer for {trait!r}: probes exist for {', '.join(CORPUS_TRAITS)}"
+            )
+        from steerscope.score.embedding import EmbeddingProbeScorer
+
+        return EmbeddingProbeScorer(trait, **kwargs)
+    if kind == "judge":
+        if "lm" not in kwargs:
+            raise SteerscopeError("the judge scorer needs a model: get_scorer(trait, 'judge', lm=load_model(...))")
+        from steerscope.score.judge import LMJudgeScorer
+
+        return LMJudgeScorer(trait=trait, **kwargs)
+    from steerscope.score.classifier import from_pretrained
+
+    if "path_or_id" not in kwargs or "positive_label" not in kwargs:
+        raise SteerscopeError(
+            "the classifier scorer needs path_or_id= (a model folder or hub id) and positive_label="
+        )
+    return from_pretrained(trait=trait, **kwargs)

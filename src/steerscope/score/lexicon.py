@@ -1,0 +1,32 @@
+"""VADER sentiment: a rule-based lexicon scorer (needs the optional package ``vaderSentiment``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from steerscope.score.base import check_texts, require
+
+
+class VaderScorer:
+    """VADER compound score per text, in ``[-1, 1]`` (higher = more positive sentiment).
+
+    ``validity`` is ``{"method": "lexicon"}``: there is no steerscope sentiment scorer corpus to
+    measure VADER against.
+    """
+
+    name = "vader"
+    trait = "sentiment"
+
+    def __init__(self) -> None:
+        module = require("vaderSentiment.vaderSentiment", "vaderSentiment", "the VADER sentiment scorer")
+        self._analyzer = module.SentimentIntensityAnalyzer()
+        self.validity: dict | None = {"method": "lexicon"}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        items = check_texts(texts)
+        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in items], dtype=np.float64).reshape(len(items))
+
+    def __repr__(self) -> str:
+        return "VaderScorer()"
