@@ -81,3 +81,16 @@ def test_steered_generation_and_gguf_round_trip(real, tmp_path):
     back = ss.import_gguf(gguf)
     assert torch.equal(back.directions[layer], vec.directions[layer])
     back.check_model(lm)
+
+
+def test_a_gguf_file_path_loads_like_the_builtin_name():
+    """Any GGUF file loads by path (dequantised on the fly); it is the same model as the cached one."""
+    spec = BUILTIN_MODELS["smollm2-135m"]
+    if not is_installed(spec):
+        pytest.skip(f"{spec.name} is not installed: {spec.install_hint}")
+    direct = ss.load_model(str(spec.locate()), device="cpu")
+    cached = ss.load_model("smollm2-135m", device="cpu")
+    assert direct.fingerprint == cached.fingerprint
+    ids = torch.tensor([cached.tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(direct.model(ids).logits, cached.model(ids).logits)
