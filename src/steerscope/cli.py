@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Activation steering for language models, with audits of what a vector means.")
 datasets_app = typer.Typer(help="List the built-in trait datasets, or validate a JSONL pair file.")
 app.add_typer(datasets_app, name="datasets")
+audit_app = typer.Typer(help="Audits of what a steering vector means.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True)
 
@@ -255,6 +257,51 @@ def info(vector: Path = typer.Argument(..., help="Vector file (.safetensors)."))
 
     vec = SteeringVector.load(vector)
     print(json.dumps({"metadata": vec.metadata, "norms": {str(k): vec.norm(k) for k in vec.layers}}, indent=2, default=str))
+
+
+@audit_app.command("identifiability")
+def audit_identifiability(
+    trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
+    alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength α of every steered condition."),
+    seeds: int = typer.Option(4, "--seeds", help="Number of orthogonal draws u ⊥ v."),
+    env: str = typer.Option("in_distribution", "--env", help="in_distribution, topic_shift or genre_shift."),
+    n_prompts: int = typer.Option(12, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
+    samples: int = typer.Option(3, "--samples", help="Sampled completions per prompt."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"),
+    margin: float = typer.Option(0.2, "--margin", help="Equivalence margin in |Hedges' g|."),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="Small run: 2 draws, 8 prompts, 2 samples, 16 tokens."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics."""
+    from steerscope.audit.identifiability import run_identifiability
+    from steerscope.audit.markdown import identifiability_markdown
+    from steerscope.data import ENVIRONMENTS, TRAITS
+    from steerscope.fileio import atomic_write, check_output_path
+
+    if trait not in TRAITS:
+        raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    if env not in ENVIRONMENTS:
+        raise SteerscopeError(f"unknown environment {env!r}; use one of {', '.join(ENVIRONMENTS)}")
+    results_path, summary_path = out_dir / "results.json", out_dir / "summary.md"
+    for path in (results_path, summary_path):
+        check_output_path(path, overwrite)
+    if quick:
+        seeds, n_prompts, samples, max_new_tokens = 2, 8, 2, 16
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
+    with err.status(f"auditing {trait} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
+        report = run_identifiability(lm, trait, chosen, alpha, n_draws=seeds, env=env, n_prompts=n_prompts,
+                                     samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, margin_g=margin)
+    atomic_write(results_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
+    markdown = identifiability_markdown(report)
+    atomic_write(summary_path, lambda tmp: tmp.write_text(markdown), overwrite)
+    out.print(markdown, markup=False, highlight=False)
+    out.print(f"wrote {results_path} and {summary_path}", markup=False)
 
 
 def main() -> None:
