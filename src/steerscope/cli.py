@@ -262,7 +262,7 @@ def info(vector: Path = typer.Argument(..., help="Vector file (.safetensors)."))
 @audit_app.command("identifiability")
 def audit_identifiability(
     trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
     alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength α of every steered condition."),
     seeds: int = typer.Option(4, "--seeds", help="Number of orthogonal draws u ⊥ v."),
@@ -273,13 +273,23 @@ def audit_identifiability(
     margin: float = typer.Option(0.2, "--margin", help="Equivalence margin in |Hedges' g|."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="Small run: 2 draws, 8 prompts, 2 samples, 16 tokens."),
+    alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
+                                          "(v and v+perp at each α; writes alpha_sweep.png)."),
+    all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
+                                  "environment (writes environments.png)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
-    """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics."""
+    """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics.
+
+    Writes results.json, summary.md and effect_ratio.png (plus alpha_sweep.png with --alphas and
+    environments.png with --all-envs; plots need matplotlib).
+    """
     from steerscope.audit.identifiability import run_identifiability
     from steerscope.audit.markdown import identifiability_markdown
+    from steerscope.audit.plots import _pyplot, plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
+    from steerscope.audit.sweep import parse_alphas, run_extensions
     from steerscope.data import ENVIRONMENTS, TRAITS
     from steerscope.fileio import atomic_write, check_output_path
 
@@ -287,21 +297,43 @@ def audit_identifiability(
         raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
     if env not in ENVIRONMENTS:
         raise SteerscopeError(f"unknown environment {env!r}; use one of {', '.join(ENVIRONMENTS)}")
+    sweep_alphas = parse_alphas(alphas) if alphas is not None else None
     results_path, summary_path = out_dir / "results.json", out_dir / "summary.md"
-    for path in (results_path, summary_path):
+    plot_paths = {"effect_ratio": out_dir / "effect_ratio.png"}
+    if sweep_alphas:
+        plot_paths["alpha_sweep"] = out_dir / "alpha_sweep.png"
+    if all_envs:
+        plot_paths["environments"] = out_dir / "environments.png"
+    for path in (results_path, summary_path, *plot_paths.values()):
         check_output_path(path, overwrite)
+    _pyplot()  # fail before loading the model when matplotlib is missing
     if quick:
         seeds, n_prompts, samples, max_new_tokens = 2, 8, 2, 16
     lm = _load(model, device, dtype, cache_dir, layers_path)
     chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
+    from steerscope.score.base import get_scorer
+
+    scorer = get_scorer(trait)
     with err.status(f"auditing {trait} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
         report = run_identifiability(lm, trait, chosen, alpha, n_draws=seeds, env=env, n_prompts=n_prompts,
-                                     samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, margin_g=margin)
+                                     samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, margin_g=margin,
+                                     scorer=scorer)
+    if sweep_alphas or all_envs:
+        with err.status("running the α sweep / environment comparison"):
+            report |= run_extensions(lm, trait, chosen, alpha, alphas=sweep_alphas, all_envs=all_envs, n_draws=seeds,
+                                     env=env, n_prompts=n_prompts, samples_per_prompt=samples,
+                                     max_new_tokens=max_new_tokens, seed=seed, margin_g=margin, scorer=scorer)
     atomic_write(results_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
     markdown = identifiability_markdown(report)
     atomic_write(summary_path, lambda tmp: tmp.write_text(markdown), overwrite)
+    plot_effect_ratio(report, plot_paths["effect_ratio"], overwrite)
+    if "alpha_sweep" in plot_paths:
+        plot_alpha_sweep(report["alpha_sweep"], plot_paths["alpha_sweep"], overwrite)
+    if "environments" in plot_paths:
+        plot_environment_heatmap(report["environments"], plot_paths["environments"], overwrite)
     out.print(markdown, markup=False, highlight=False)
-    out.print(f"wrote {results_path} and {summary_path}", markup=False)
+    written = ", ".join(str(p) for p in (results_path, summary_path, *plot_paths.values()))
+    out.print(f"wrote {written}", markup=False)
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ from steerscope.audit.identifiability import (
     summarise,
     verdict,
 )
+from steerscope.audit.sweep import alpha_sweep, environment_runs, run_extensions
 
 __all__ = [
     "Condition", "behavioural_scores", "build_conditions", "distributional_readout", "reference_continuations",
-    "run_identifiability", "summarise", "verdict",
+    "run_identifiability", "summarise", "verdict", "alpha_sweep", "environment_runs", "run_extensions",
 ]

@@ -42,5 +42,49 @@ def identifiability_markdown(report: dict[str, Any]) -> str:
             f"{_num(row.get('p_tost_holm'), '.3g')} | {_num(row.get('p_diff_holm'), '.3g')} | "
             f"{_ci(js.get('estimate'), js.get('low'), js.get('high'))} |"
         )
+    lines += _alpha_sweep_lines(report.get("alpha_sweep")) + _environment_lines(report.get("environments"))
     lines += ["", f"Note: {report['statement']}.", ""]
     return "\n".join(lines)
+
+
+def _alpha_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
+    """The α-sweep section (empty without a sweep): mean scores and efficacy of each v+perp draw."""
+    if not sweep:
+        return []
+    lines = [
+        "", "## α sweep (scale invariance)", "",
+        f"Unsteered mean score {_num(sweep.get('mean_none'))}; {sweep.get('n_prompts')} prompts × "
+        f"{sweep.get('samples_per_prompt')} samples; draws seeds {sweep.get('draw_seeds')}. "
+        "At α = 0 every condition is the unsteered model, so efficacy is undefined (n/a).",
+        "", "| α | relative dose | mean v | draw | mean | efficacy [CI] | g vs v [CI] |", "|---|---|---|---|---|---|---|",
+    ]
+    for p in sweep["points"]:
+        for name, d in p["draws"].items():
+            lines.append(
+                f"| {p['alpha']:g} | {_num(p.get('relative_dose'))} | {_num(p.get('mean_v'))} | {name} | {_num(d.get('mean'))} | "
+                f"{_ci(d.get('efficacy'), d.get('efficacy_low'), d.get('efficacy_high'))} | "
+                f"{_ci(d.get('g'), d.get('g_low'), d.get('g_high'))} |"
+            )
+    return lines
+
+
+def _environment_lines(envs: dict[str, Any] | None) -> list[str]:
+    """The per-environment section (empty without environment runs): behavioural verdicts and g."""
+    if not envs:
+        return []
+    lines = [
+        "", "## Environments (behavioural readout only)", "",
+        "| environment | prompts | g(v vs none) | mean g(v+perp vs v) | positive control diff p (Holm) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env, res in envs.get("environments", {}).items():
+        summary = res["summary"]
+        gs = [r.get("g") for r in summary["conditions"].values() if r.get("kind") == "v+perp" and r.get("g") is not None]
+        control = summary.get("positive_control")
+        p_control = summary["conditions"][control].get("p_diff_holm") if control else None
+        lines.append(
+            f"| {env} | {res.get('n_prompts')} | {_num(summary['v_vs_none'].get('g'))} | "
+            f"{_num(sum(gs) / len(gs) if gs else None)} | {_num(p_control, '.3g')} | "
+            f"{res['verdict']['verdict']}: {res['verdict']['reason']} |"
+        )
+    return lines

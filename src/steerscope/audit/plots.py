@@ -1,0 +1,149 @@
+"""PNG figures of identifiability audit results (matplotlib, Agg backend, imported lazily).
+
+* :func:`plot_effect_ratio` — efficacy relative to v of every steered condition (Figure 1 style);
+* :func:`plot_alpha_sweep` — mean trait score against α with the relative dose (Figure 2 style);
+* :func:`plot_environment_heatmap` — g(v+perp vs v) per trait × environment, with verdicts.
+
+Every figure is written atomically (temporary file + rename) and closed afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+from steerscope.fileio import atomic_write
+
+_ORDER = ("v+perp", "sqrt2*v", "perp", "random", "targeted")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SteerscopeError("plotting needs matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, overwrite: bool) -> Path:
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"), overwrite)
+    finally:
+        plt.close(fig)
+
+
+def _f(x: Any) -> float:
+    """``x`` as a float, NaN for None."""
+    return math.nan if x is None else float(x)
+
+
+def plot_effect_ratio(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Efficacy relative to v (with CI error bars) of each steered condition in ``report["summary"]``."""
+    plt = _pyplot()
+    conds = report["summary"]["conditions"]
+    names = [n for kind in _ORDER for n, row in conds.items() if row.get("kind") == kind]
+    names += [n for n in conds if n not in names]
+    est = [_f(conds[n].get("efficacy")) for n in names]
+    low = [_f(conds[n].get("efficacy_low")) for n in names]
+    high = [_f(conds[n].get("efficacy_high")) for n in names]
+    err = [[e - lo if math.isfinite(e) and math.isfinite(lo) else 0.0 for e, lo in zip(est, low)],
+           [hi - e if math.isfinite(e) and math.isfinite(hi) else 0.0 for e, hi in zip(est, high)]]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.6))
+    xs = list(range(len(names)))
+    colours = ["tab:red" if conds[n].get("kind") == "targeted" else "tab:blue" for n in names]
+    ax.bar(xs, [e if math.isfinite(e) else 0.0 for e in est], color=colours, alpha=0.7)
+    ax.errorbar(xs, est, yerr=err, fmt="none", ecolor="black", capsize=3)
+    for x, e in zip(xs, est):
+        if not math.isfinite(e):
+            ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="v (efficacy 1)")
+    ax.axhline(0.0, color="black", linewidth=0.8, label="unsteered (0)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("efficacy relative to v")
+    cfg = report.get("config", {})
+    ax.set_title(f"{cfg.get('trait', '')} layer {cfg.get('layer', '')} α={cfg.get('alpha', '')}".strip())
+    ax.legend(fontsize=8)
+    return _save(fig, path, overwrite)
+
+
+def plot_alpha_sweep(sweep: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Mean trait score against α for none (horizontal line), v and each v+perp draw."""
+    plt = _pyplot()
+    points = sorted(sweep["points"], key=lambda p: p["alpha"])
+    alphas = [p["alpha"] for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.axhline(_f(sweep.get("mean_none")), color="black", linestyle="--", linewidth=1, label="none")
+    ax.plot(alphas, [_f(p["mean_v"]) for p in points], "o-", color="tab:blue", linewidth=2, label="v")
+    draws = sorted({d for p in points for d in p["draws"]})
+    for i, name in enumerate(draws):
+        ys = [_f(p["draws"].get(name, {}).get("mean")) for p in points]
+        ax.plot(alphas, ys, "s:", color="tab:orange", alpha=0.8, label="v+perp draws" if i == 0 else None)
+    ax.set_xlabel("α")
+    ax.set_ylabel("mean trait score")
+    ax.legend(fontsize=8)
+    doses = [p.get("relative_dose") for p in points]
+    if alphas and all(d is not None for d in doses):
+        top = ax.twiny()
+        top.set_xlim(ax.get_xlim())
+        top.set_xticks(alphas)
+        top.set_xticklabels([format(d, ".2g") for d in doses], fontsize=8)
+        top.set_xlabel("relative dose |α|·‖v‖/‖h‖")
+    return _save(fig, path, overwrite)
+
+
+def _env_blocks(env_results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    blocks = [env_results] if isinstance(env_results, Mapping) else list(env_results)
+    if not blocks or any("environments" not in b for b in blocks):
+        raise SteerscopeError("environment results must come from environment_runs (a dict with 'environments')")
+    return blocks
+
+
+def plot_environment_heatmap(
+    env_results: Mapping[str, Any] | Sequence[Mapping[str, Any]], path: str | os.PathLike, overwrite: bool = False,
+) -> Path:
+    """Heat map trait × environment of g(v+perp vs v) (mean over draws), annotated with the verdict.
+
+    ``env_results`` is one :func:`environment_runs` result or a list of them (one row per trait).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    blocks = _env_blocks(env_results)
+    envs: list[str] = []
+    for b in blocks:
+        envs += [e for e in b["environments"] if e not in envs]
+    traits = [str(b.get("trait", f"#{i}")) for i, b in enumerate(blocks)]
+    grid = np.full((len(blocks), len(envs)), np.nan)
+    labels = [["" for _ in envs] for _ in blocks]
+    for r, b in enumerate(blocks):
+        for c, env in enumerate(envs):
+            res = b["environments"].get(env)
+            if res is None:
+                continue
+            gs = [_f(row.get("g")) for row in res["summary"]["conditions"].values() if row.get("kind") == "v+perp"]
+            gs = [g for g in gs if math.isfinite(g)]
+            grid[r, c] = float(np.mean(gs)) if gs else np.nan
+            labels[r][c] = f"{grid[r, c]:.2f}\n{res['verdict']['verdict']}" if gs else f"n/a\n{res['verdict']['verdict']}"
+    finite = grid[np.isfinite(grid)]
+    lim = max(0.5, float(np.abs(finite).max())) if finite.size else 1.0
+    fig, ax = plt.subplots(figsize=(1.8 * len(envs) + 2, 0.9 * len(blocks) + 1.6))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(envs)))
+    ax.set_xticklabels(envs)
+    ax.set_yticks(range(len(traits)))
+    ax.set_yticklabels(traits)
+    for r in range(len(blocks)):
+        for c in range(len(envs)):
+            ax.text(c, r, labels[r][c], ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="mean g(v+perp vs v)")
+    ax.set_title("v+perp vs v by environment (behavioural verdict)")
+    return _save(fig, path, overwrite)

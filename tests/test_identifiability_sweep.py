@@ -1,0 +1,189 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from steerscope.audit.identifiability import build_conditions, jsonable, orthogonal_draw, summarise, verdict
+from steerscope.audit.sweep import alpha_sweep, environment_runs, parse_alphas, sweep_conditions
+from steerscope.errors import SteerscopeError
+from steerscope.generate import GenerationConfig
+from steerscope.testing import tiny_model
+
+PROMPTS = ["tell me about your weekend", "write a short poem about the moon", "what is the weather like", "help me write a letter"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class FakeScorer:
+    """Deterministic: fraction of words in a small set."""
+
+    name = "fake"
+
+    def __init__(self, words=("the", "a", ".", "!", "of", "and")):
+        self.words = set(words)
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        return np.array([sum(w in self.words for w in t.split()) / max(1, len(t.split())) for t in texts], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
+
+
+def _v(d=32, seed=123):
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed))
+
+
+CONFIG = GenerationConfig(max_new_tokens=4, do_sample=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sweep(llama):
+    scorer = FakeScorer()
+    out = alpha_sweep(llama, 1, _v(llama.d_model), [0.0, 4.0, 16.0], 2, 5, PROMPTS, scorer, 2, CONFIG,
+                      h_norm=2.0, n_boot=50)
+    assert scorer.calls == 1  # one batched generation for every α
+    return out
+
+
+@pytest.fixture(scope="module")
+def env_results(llama):
+    return environment_runs(llama, "formality", 1, _v(llama.d_model), 8.0, 2, 0, FakeScorer(), 1, CONFIG,
+                            control_direction=_v(llama.d_model, 9), n_boot=50,
+                            prompts_by_env={e: PROMPTS[:3] for e in ("in_distribution", "topic_shift", "genre_shift")})
+
+
+def test_sweep_conditions_reuse_audit_draws():
+    v = _v()
+    conds = {c.name: c for c in sweep_conditions(v, [1.0, 2.5], 2, seed=5)}
+    assert list(conds) == ["none", "v@1", "v+perp#0@1", "v+perp#1@1", "v@2.5", "v+perp#0@2.5", "v+perp#1@2.5"]
+    audit = {c.name: c for c in build_conditions(v, 2.5, 2, seed=5)}
+    assert torch.equal(conds["v+perp#1@2.5"].vector, audit["v+perp#1"].vector)
+    assert torch.allclose(conds["v+perp#0@1"].vector - v, orthogonal_draw(v, 5), atol=1e-6)
+    assert conds["v@2.5"].alpha == 2.5 and conds["v+perp#1@1"].seed == 6
+    with pytest.raises(SteerscopeError):
+        sweep_conditions(v, [1.0, 1.0], 2, seed=0)
+    assert parse_alphas("0, 2,4.5") == [0.0, 2.0, 4.5]
+    for bad in ("", "a,b", "1,1", "nan"):
+        with pytest.raises(SteerscopeError):
+            parse_alphas(bad)
+
+
+def test_alpha_sweep_structure(sweep, llama):
+    assert json.loads(json.dumps(sweep, allow_nan=False)) == sweep
+    assert [p["alpha"] for p in sweep["points"]] == [0.0, 4.0, 16.0]
+    assert sweep["draw_seeds"] == [5, 6]
+    v_norm = float(_v(llama.d_model).norm())
+    for p in sweep["points"]:
+        assert set(p["draws"]) == {"v+perp#0", "v+perp#1"}
+        assert p["relative_dose"] == pytest.approx(abs(p["alpha"]) * v_norm / 2.0)
+        for d in p["draws"].values():
+            assert {"mean", "efficacy", "efficacy_low", "efficacy_high", "g", "g_low", "g_high", "seed"} <= set(d)
+    assert set(sweep["mean_scores"]) == {"none", "v@0", "v+perp#0@0", "v+perp#1@0", "v@4", "v+perp#0@4",
+                                         "v+perp#1@4", "v@16", "v+perp#0@16", "v+perp#1@16"}
+
+
+def test_alpha_zero_equals_none_and_efficacy_undefined(sweep):
+    zero = sweep["points"][0]
+    assert zero["alpha"] == 0.0 and zero["relative_dose"] == 0.0
+    assert zero["mean_v"] == sweep["mean_none"]
+    for d in zero["draws"].values():
+        assert d["mean"] == sweep["mean_none"]
+        assert d["efficacy"] is None and d["efficacy_low"] is None and d["efficacy_high"] is None
+        assert "efficacy undefined" in d["error"]
+
+
+def test_environment_runs_all_envs(env_results):
+    assert json.loads(json.dumps(env_results, allow_nan=False)) == env_results
+    assert set(env_results["environments"]) == {"in_distribution", "topic_shift", "genre_shift"}
+    for res in env_results["environments"].values():
+        assert set(res["mean_scores"]) == {"none", "v", "v+perp#0", "v+perp#1", "targeted"}
+        assert set(res["summary"]["conditions"]) == {"v+perp#0", "v+perp#1", "targeted"}
+        assert res["summary"]["positive_control"] == "targeted" and "distributional" not in res["summary"]
+        assert res["verdict"]["verdict"] in ("equivalent", "different", "inconclusive")
+
+
+def _check_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = matplotlib.image.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0
+
+
+def _report():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(8, 2))
+    conds = build_conditions(_v(), 1.0, 2, seed=0, control_direction=_v(seed=4))
+    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 1.9, "sqrt2*v": 2.5, "perp": 0, "random": 0.1, "targeted": 4}
+    scores = {c.name: base + shift[c.name] + 0.1 * rng.normal(size=base.shape) for c in conds}
+    summary = summarise(scores, None, conds, n_boot=50)
+    return jsonable({"config": {"trait": "formality", "layer": 1, "alpha": 1.0}, "summary": summary, "verdict": verdict(summary)})
+
+
+def test_plots_write_valid_pngs(tmp_path, sweep, env_results):
+    pytest.importorskip("matplotlib")
+    from steerscope.audit.plots import plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
+
+    paths = [tmp_path / "effect_ratio.png", tmp_path / "alpha_sweep.png", tmp_path / "environments.png"]
+    plot_effect_ratio(_report(), paths[0])
+    plot_alpha_sweep(sweep, paths[1])
+    rep = _report()  # non-degenerate scores, so the heat map has finite g values
+    other = {"trait": "politeness", "environments": {"in_distribution": {"summary": rep["summary"],
+                                                                         "verdict": rep["verdict"]["behavioural"]}}}
+    plot_environment_heatmap([env_results, other], paths[2])
+    for p in paths:
+        _check_png(p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temp files left
+    with pytest.raises(SteerscopeError, match="already exists"):
+        plot_effect_ratio(_report(), paths[0])
+    plot_environment_heatmap(env_results, paths[2], overwrite=True)
+    _check_png(paths[2])
+
+
+def test_markdown_sections(sweep, env_results):
+    from steerscope.audit.markdown import _alpha_sweep_lines, _environment_lines
+
+    text = "\n".join(_alpha_sweep_lines(sweep) + _environment_lines(env_results))
+    assert "## α sweep" in text and "| 0 |" in text and "n/a [n/a, n/a]" in text
+    assert "## Environments" in text and all(e in text for e in ("in_distribution", "topic_shift", "genre_shift"))
+    assert _alpha_sweep_lines(None) == [] and _environment_lines(None) == []
+
+
+def test_cli_sweep_envs_and_plots(tmp_path, monkeypatch, llama):
+    """`audit identifiability --quick --alphas --all-envs` in-process, tiny model and fake scorer."""
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    import steerscope.cli as cli
+    import steerscope.score.base as score_base
+
+    loads = []
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: loads.append(a) or llama)
+    monkeypatch.setattr(score_base, "get_scorer", lambda trait, *a, **k: FakeScorer())
+    out = tmp_path / "audit"
+    args = ["audit", "identifiability", "--trait", "formality", "--layer", "1", "--out", str(out), "--seeds", "1",
+            "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--alphas", "0,8", "--all-envs"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads((out / "results.json").read_text())
+    assert [p["alpha"] for p in report["alpha_sweep"]["points"]] == [0.0, 8.0]
+    assert set(report["environments"]["environments"]) == {"in_distribution", "topic_shift", "genre_shift"}
+    assert "## α sweep" in (out / "summary.md").read_text()
+    for name in ("effect_ratio.png", "alpha_sweep.png", "environments.png"):
+        _check_png(out / name)
+    # every output path (plots included) is checked, and --alphas parsed, before the model is loaded
+    (out / "results.json").unlink()
+    (out / "summary.md").unlink()
+    again = CliRunner().invoke(cli.app, args)
+    assert again.exit_code != 0 and "effect_ratio.png already exists" in str(again.exception)
+    (out / "effect_ratio.png").unlink()
+    (out / "alpha_sweep.png").unlink()
+    again = CliRunner().invoke(cli.app, args)
+    assert again.exit_code != 0 and "environments.png already exists" in str(again.exception)
+    bad = CliRunner().invoke(cli.app, args[:-3] + ["--alphas", "1,x", "--overwrite"])
+    assert bad.exit_code != 0 and "--alphas" in str(bad.exception)
+    assert len(loads) == 1
