@@ -286,7 +286,7 @@ def audit_identifiability(
     Writes results.json, summary.md and effect_ratio.png (plus alpha_sweep.png with --alphas and
     environments.png with --all-envs; plots need matplotlib).
     """
-    from steerscope.audit.identifiability import run_identifiability
+    from steerscope.audit.identifiability import audit_vectors, run_identifiability
     from steerscope.audit.markdown import identifiability_markdown
     from steerscope.audit.plots import _pyplot, plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
     from steerscope.audit.sweep import parse_alphas, run_extensions
@@ -315,14 +315,16 @@ def audit_identifiability(
 
     scorer = get_scorer(trait)
     with err.status(f"auditing {trait} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
+        vectors = audit_vectors(lm, trait, chosen)
         report = run_identifiability(lm, trait, chosen, alpha, n_draws=seeds, env=env, n_prompts=n_prompts,
                                      samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, margin_g=margin,
-                                     scorer=scorer)
+                                     scorer=scorer, vectors=vectors)
     if sweep_alphas or all_envs:
         with err.status("running the α sweep / environment comparison"):
             report |= run_extensions(lm, trait, chosen, alpha, alphas=sweep_alphas, all_envs=all_envs, n_draws=seeds,
                                      env=env, n_prompts=n_prompts, samples_per_prompt=samples,
-                                     max_new_tokens=max_new_tokens, seed=seed, margin_g=margin, scorer=scorer)
+                                     max_new_tokens=max_new_tokens, seed=seed, margin_g=margin, scorer=scorer,
+                                     vectors=vectors)
     atomic_write(results_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
     markdown = identifiability_markdown(report)
     atomic_write(summary_path, lambda tmp: tmp.write_text(markdown), overwrite)

@@ -1,6 +1,7 @@
 """Audits of what a steering vector means."""
 
 from steerscope.audit.identifiability import (
+    audit_vectors,
     Condition,
     behavioural_scores,
     build_conditions,
@@ -13,6 +14,6 @@ from steerscope.audit.identifiability import (
 from steerscope.audit.sweep import alpha_sweep, environment_runs, run_extensions
 
 __all__ = [
-    "Condition", "behavioural_scores", "build_conditions", "distributional_readout", "reference_continuations",
+    "Condition", "audit_vectors", "behavioural_scores", "build_conditions", "distributional_readout", "reference_continuations",
     "run_identifiability", "summarise", "verdict", "alpha_sweep", "environment_runs", "run_extensions",
 ]

@@ -415,6 +415,20 @@ def default_control_trait(trait: str) -> str:
     return "politeness" if trait == "formality" else "formality"
 
 
+def audit_vectors(lm: LoadedModel, trait: str, layer: int, control_trait: str | None = None):
+    """``(vector, control_vector, control_trait)``: mean-diff vectors on the train pairs of
+    ``trait`` and of its control trait at ``layer`` (shared by the main audit and its extensions)."""
+    from steerscope.data.traits import builtin_pairs
+    from steerscope.extract import extract
+
+    control_trait = control_trait or default_control_trait(trait)
+    if control_trait == trait:
+        raise SteerscopeError("the control trait must differ from the audited trait")
+    vec = extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
+    control = extract(lm, builtin_pairs(control_trait, "train"), [layer], method="mean_diff", trait=control_trait)
+    return vec, control, control_trait
+
+
 def jsonable(x: Any) -> Any:
     """``x`` with numpy/torch values as plain Python, NaN/Inf as None, tuples as lists."""
     if isinstance(x, Mapping):
@@ -448,21 +462,20 @@ def run_identifiability(
     control_trait: str | None = None,
     n_boot: int = 2000,
     temperature: float = 0.8,
+    vectors: tuple | None = None,
 ) -> dict[str, Any]:
-    """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report."""
-    from steerscope.data.traits import builtin_pairs, builtin_prompts
-    from steerscope.extract import extract
+    """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
+
+    ``vectors`` is the result of :func:`audit_vectors` when the caller already has it.
+    """
+    from steerscope.data.traits import builtin_prompts
 
     layer = lm.check_layer(layer)
-    control_trait = control_trait or default_control_trait(trait)
-    if control_trait == trait:
-        raise SteerscopeError("the control trait must differ from the audited trait")
     if scorer is None:
         from steerscope.score.base import get_scorer
 
         scorer = get_scorer(trait)
-    vec = extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
-    control = extract(lm, builtin_pairs(control_trait, "train"), [layer], method="mean_diff", trait=control_trait)
+    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, control_trait)
     v = vec.directions[layer]
     prompts = builtin_prompts(trait, env)[:n_prompts]
     if len(prompts) < 2:

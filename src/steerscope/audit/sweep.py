@@ -199,15 +199,17 @@ def run_extensions(
     control_trait: str | None = None,
     n_boot: int = 2000,
     temperature: float = 0.8,
+    vectors: tuple | None = None,
 ) -> dict[str, Any]:
     """The α sweep (when ``alphas``) and environment runs (when ``all_envs``) with the settings of
     :func:`run_identifiability` (same mean-diff vectors, prompts, draws and generation config).
 
     Returns ``{"alpha_sweep": ...}`` and/or ``{"environments": ...}`` (empty dict when neither).
+    ``vectors`` is the result of :func:`~steerscope.audit.identifiability.audit_vectors` when the
+    caller already has it.
     """
-    from steerscope.audit.identifiability import default_control_trait
-    from steerscope.data.traits import builtin_pairs, builtin_prompts
-    from steerscope.extract import extract
+    from steerscope.audit.identifiability import audit_vectors
+    from steerscope.data.traits import builtin_prompts
 
     if not alphas and not all_envs:
         return {}
@@ -216,7 +218,7 @@ def run_extensions(
         from steerscope.score.base import get_scorer
 
         scorer = get_scorer(trait)
-    vec = extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
+    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, control_trait)
     v = vec.directions[layer]
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
     out: dict[str, Any] = {}
@@ -227,8 +229,6 @@ def run_extensions(
         out["alpha_sweep"] = alpha_sweep(lm, layer, v, alphas, n_draws, seed, prompts, scorer, samples_per_prompt,
                                          config, h_norm=h_norm, n_boot=n_boot) | {"env": env}
     if all_envs:
-        control_trait = control_trait or default_control_trait(trait)
-        control = extract(lm, builtin_pairs(control_trait, "train"), [layer], method="mean_diff", trait=control_trait)
         out["environments"] = environment_runs(
             lm, trait, layer, v, alpha, n_draws, seed, scorer, samples_per_prompt, config,
             control_direction=control.directions[layer], n_prompts=n_prompts, margin_g=margin_g, n_boot=n_boot,
