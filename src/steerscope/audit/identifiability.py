@@ -10,7 +10,8 @@ design flaws of the original protocol:
 * a positive control (``targeted``: ``v + w`` with ``w ⊥ v`` taken from another trait's vector)
   that the readout must detect before equivalence can be claimed;
 * prompt-clustered statistics (per-prompt means, cluster-bootstrap CIs), paired TOST equivalence
-  tests and paired difference tests, Holm-corrected across conditions;
+  tests and paired difference tests, Holm-corrected across conditions (and across traits when
+  several are audited together, :func:`holm_across_traits`);
 * a distributional readout (teacher-forced per-token KL/JS from the ``v`` condition).
 
 A failed search for a difference is not proof of equivalence.
@@ -46,6 +47,8 @@ KINDS = ("none", "v", "v+perp", "sqrt2*v", "perp", "random", "targeted")
 RANDOM_SEED_OFFSET = 10_000
 #: Distributional "negligible" threshold as a fraction of JS(v, none): a reporting convention, not a test.
 JS_THRESHOLD_FRACTION = 0.1
+#: Scorers whose held-out accuracy is below this cannot support a behavioural verdict.
+MIN_SCORER_ACCURACY = 0.7
 STATEMENT = (
     "a failed search for a difference is not proof of equivalence; equivalence is claimed only with a "
     "detected positive control and a TOST at margin |g| < {margin}"
@@ -102,25 +105,35 @@ def build_conditions(
     n_draws: int,
     seed: int,
     control_direction: torch.Tensor | None = None,
+    perp_directions: Sequence[torch.Tensor] | None = None,
 ) -> list[Condition]:
     """The audit's conditions, all at strength ``alpha`` (``v``: ``[d]``).
 
-    ``none``; ``v``; ``v+perp#i`` (``u_i`` from seed ``seed + i``); ``sqrt2*v`` (norm control,
+    ``none``; ``v``; ``v+perp#i`` (``u_i`` from seed ``seed + i``, or the ``i``-th of
+    ``perp_directions`` made ⟂ v and rescaled to ‖v‖, e.g. directions from a readout's null space,
+    seed recorded as None); ``sqrt2*v`` (norm control,
     ``‖√2·v‖ = ‖v + u‖``); ``perp`` (``u_0``); ``random`` (same norm, seed ``seed + 10000``);
     ``targeted`` (``v + w``, ``w`` = ``control_direction`` ⊥ v rescaled to ‖v‖), only when a
     control direction is given (otherwise there is no positive control).
     """
     if v.ndim != 1 or not torch.isfinite(v).all() or float(v.norm()) == 0:
         raise SteerscopeError(f"v must be a finite non-zero [d] vector, got shape {tuple(v.shape)}")
-    if n_draws < 1:
+    if perp_directions is None and n_draws < 1:
         raise SteerscopeError(f"n_draws must be at least 1, got {n_draws}")
     v32 = v.detach().float().cpu()
     v64 = v32.double()
-    draws = [orthogonal_draw(v32, seed + i) for i in range(n_draws)]
+    if perp_directions is not None:
+        draws = [_orthogonal_to(u.detach().cpu().double(), v64).float() for u in perp_directions]
+        seeds: list[int | None] = [None] * len(draws)
+    else:
+        draws = [orthogonal_draw(v32, seed + i) for i in range(n_draws)]
+        seeds = [seed + i for i in range(n_draws)]
+    if not draws:
+        raise SteerscopeError("perp_directions is empty")
     conds = [Condition("none", None, 0.0, None, "none"), Condition("v", v32, alpha, None, "v")]
-    conds += [Condition(f"v+perp#{i}", (v64 + u.double()).float(), alpha, seed + i, "v+perp") for i, u in enumerate(draws)]
+    conds += [Condition(f"v+perp#{i}", (v64 + u.double()).float(), alpha, s, "v+perp") for i, (u, s) in enumerate(zip(draws, seeds))]
     conds.append(Condition("sqrt2*v", (math.sqrt(2.0) * v64).float(), alpha, None, "sqrt2*v"))
-    conds.append(Condition("perp", draws[0], alpha, seed, "perp"))
+    conds.append(Condition("perp", draws[0], alpha, seeds[0], "perp"))
     conds.append(Condition("random", random_draw(v32, seed + RANDOM_SEED_OFFSET), alpha, seed + RANDOM_SEED_OFFSET, "random"))
     if control_direction is not None:
         w = _orthogonal_to(control_direction.detach().cpu().double(), v64)
@@ -353,8 +366,11 @@ def _distributional(divergences, conditions, names, out, n_boot: int, seed: int,
 
 # --- verdicts ---------------------------------------------------------------------------------
 
-def _behavioural_verdict(summary: Mapping[str, Any], alpha: float) -> dict[str, str]:
+def _behavioural_verdict(summary: Mapping[str, Any], alpha: float, scorer_accuracy: float | None) -> dict[str, str]:
     conds = summary["conditions"]
+    if scorer_accuracy is not None and scorer_accuracy < MIN_SCORER_ACCURACY:
+        return {"verdict": "inconclusive", "reason": f"scorer invalid: held-out accuracy {scorer_accuracy:.2f} < "
+                f"{MIN_SCORER_ACCURACY} (near chance)"}
     if not summary["v_vs_none"]["p_diff"] < alpha:
         return {"verdict": "inconclusive", "reason": "vector has no detectable effect (v vs none: p = "
                 f"{summary['v_vs_none']['p_diff']:.3g} >= {alpha})"}
@@ -397,15 +413,46 @@ def _distributional_verdict(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"verdict": "inconclusive", "reason": f"{why}; {rule}"} | extra
 
 
-def verdict(summary: Mapping[str, Any], alpha: float = 0.05) -> dict[str, dict]:
+def verdict(summary: Mapping[str, Any], alpha: float = 0.05, scorer_accuracy: float | None = None) -> dict[str, dict]:
     """Behavioural and distributional verdicts (``equivalent`` / ``different`` / ``inconclusive``).
 
-    Behavioural: requires v to have an effect and the positive control to be detected before
+    Behavioural: requires a scorer whose held-out accuracy (when known) is at least
+    :data:`MIN_SCORER_ACCURACY`, v to have an effect and the positive control to be detected before
     equivalence (all v+perp draws Holm-TOST p < alpha) or difference (any draw Holm p < alpha).
     Distributional: the pooled v+perp JS from v against ``0.1 × JS(v, none)`` (a reporting
     convention, not a hypothesis test); equivalence also needs the control's JS above it.
     """
-    return {"behavioural": _behavioural_verdict(summary, alpha), "distributional": _distributional_verdict(summary)}
+    return {"behavioural": _behavioural_verdict(summary, alpha, scorer_accuracy),
+            "distributional": _distributional_verdict(summary)}
+
+
+def scorer_accuracy(scorer: object) -> float | None:
+    """A scorer's held-out accuracy from its ``validity`` dict (None when not measured)."""
+    return (getattr(scorer, "validity", None) or {}).get("heldout_accuracy")
+
+
+def holm_across_traits(reports: Mapping[str, dict], alpha: float = 0.05) -> dict[str, dict]:
+    """Holm-correct the TOST and difference p-values over every condition of every trait.
+
+    ``reports``: trait → :func:`run_identifiability` report; each summary's ``p_tost_holm`` and
+    ``p_diff_holm`` are replaced by the family-wide values (``summary["holm_family"]`` records the
+    family) and the verdicts recomputed. Returns the new reports (inputs are not modified).
+    """
+    import copy
+
+    out = {t: copy.deepcopy(r) for t, r in reports.items()}
+    keys = [(t, n) for t, r in out.items() for n in r["summary"]["conditions"]]
+    if not keys:
+        return out
+    rows = [out[t]["summary"]["conditions"][n] for t, n in keys]
+    p_tost = holm([p if p is not None and math.isfinite(p) else 1.0 for p in (r["p_tost"] for r in rows)])
+    p_diff = holm([r["p_diff"] for r in rows])
+    for row, pt, pd in zip(rows, p_tost, p_diff):
+        row["p_tost_holm"], row["p_diff_holm"] = float(pt), float(pd)
+    for report in out.values():
+        report["summary"]["holm_family"] = {"traits": list(out), "n_tests": len(keys)}
+        report["verdict"] = verdict(report["summary"], alpha, (report["scorer"].get("validity") or {}).get("heldout_accuracy"))
+    return out
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -427,6 +474,19 @@ def audit_vectors(lm: LoadedModel, trait: str, layer: int, control_trait: str | 
     vec = extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
     control = extract(lm, builtin_pairs(control_trait, "train"), [layer], method="mean_diff", trait=control_trait)
     return vec, control, control_trait
+
+
+def evaluation_prompts(trait: str, env: str, n_prompts: int) -> list[str]:
+    """The first ``n_prompts`` built-in evaluation prompts of ``trait`` in ``env``; SteerscopeError
+    when fewer exist or fewer than 2 are asked for (the prompt is the statistical unit)."""
+    from steerscope.data.traits import builtin_prompts
+
+    prompts = builtin_prompts(trait, env)
+    if n_prompts < 2:
+        raise SteerscopeError(f"need at least 2 prompts, got {n_prompts}")
+    if n_prompts > len(prompts):
+        raise SteerscopeError(f"asked for {n_prompts} prompts but the {trait!r} {env} set has only {len(prompts)}")
+    return prompts[:n_prompts]
 
 
 def jsonable(x: Any) -> Any:
@@ -468,8 +528,6 @@ def run_identifiability(
 
     ``vectors`` is the result of :func:`audit_vectors` when the caller already has it.
     """
-    from steerscope.data.traits import builtin_prompts
-
     layer = lm.check_layer(layer)
     if scorer is None:
         from steerscope.score.base import get_scorer
@@ -477,9 +535,7 @@ def run_identifiability(
         scorer = get_scorer(trait)
     vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, control_trait)
     v = vec.directions[layer]
-    prompts = builtin_prompts(trait, env)[:n_prompts]
-    if len(prompts) < 2:
-        raise SteerscopeError(f"need at least 2 prompts, got {len(prompts)}")
+    prompts = evaluation_prompts(trait, env, n_prompts)
     conditions = build_conditions(v, alpha, n_draws, seed, control.directions[layer])
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
     scores = behavioural_scores(lm, layer, conditions, prompts, scorer, samples_per_prompt, config)
@@ -504,7 +560,7 @@ def run_identifiability(
         "prompts": prompts,
         "reference_continuations": continuations,
         "summary": summary,
-        "verdict": verdict(summary),
+        "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer)),
         "statement": STATEMENT.format(margin=margin_g),
     }
     return jsonable(report)

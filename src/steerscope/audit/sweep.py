@@ -20,10 +20,12 @@ import torch
 from steerscope.audit.identifiability import (
     Condition,
     _interval,
+    evaluation_prompts,
     behavioural_scores,
     build_conditions,
     jsonable,
     orthogonal_draw,
+    scorer_accuracy,
     summarise,
     verdict,
 )
@@ -142,18 +144,17 @@ def environment_runs(
 ) -> dict[str, Any]:
     """Behavioural comparison (none, v, v+perp draws, targeted) in every built-in environment.
 
-    Prompts are ``builtin_prompts(trait, env)[:n_prompts]`` unless ``prompts_by_env`` gives them.
+    Prompts are ``evaluation_prompts(trait, env, n_prompts)`` unless ``prompts_by_env`` gives them.
     Each environment gets :func:`summarise` (no divergences) and the behavioural :func:`verdict`.
     Returns ``{"trait", "alpha", "layer", "environments": {env: {...}}}``, JSON-serialisable.
     """
     from steerscope.data import ENVIRONMENTS
-    from steerscope.data.traits import builtin_prompts
 
     keep = ("none", "v", "v+perp", "targeted")
     conds = [c for c in build_conditions(v, alpha, n_draws, seed, control_direction) if c.kind in keep]
     results: dict[str, Any] = {}
     for env in ENVIRONMENTS:
-        prompts = list(prompts_by_env[env]) if prompts_by_env is not None else builtin_prompts(trait, env)[:n_prompts]
+        prompts = list(prompts_by_env[env]) if prompts_by_env is not None else evaluation_prompts(trait, env, n_prompts)
         if len(prompts) < 2:
             raise SteerscopeError(f"environment {env}: need at least 2 prompts, got {len(prompts)}")
         scores = behavioural_scores(lm, layer, conds, prompts, scorer, samples_per_prompt, config)
@@ -162,7 +163,7 @@ def environment_runs(
             "n_prompts": len(prompts),
             "mean_scores": {name: float(np.mean(s)) for name, s in scores.items()},
             "summary": summary,
-            "verdict": verdict(summary)["behavioural"],
+            "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer))["behavioural"],
         }
     return jsonable({"trait": trait, "layer": layer, "alpha": float(alpha), "n_draws": n_draws, "seed": seed,
                      "samples_per_prompt": samples_per_prompt, "environments": results})
@@ -209,7 +210,6 @@ def run_extensions(
     caller already has it.
     """
     from steerscope.audit.identifiability import audit_vectors
-    from steerscope.data.traits import builtin_prompts
 
     if not alphas and not all_envs:
         return {}
@@ -225,7 +225,7 @@ def run_extensions(
     if alphas:
         dose = vec.dose(1.0, layer)
         h_norm = vec.norm(layer) / dose if dose else None
-        prompts = builtin_prompts(trait, env)[:n_prompts]
+        prompts = evaluation_prompts(trait, env, n_prompts)
         out["alpha_sweep"] = alpha_sweep(lm, layer, v, alphas, n_draws, seed, prompts, scorer, samples_per_prompt,
                                          config, h_norm=h_norm, n_boot=n_boot) | {"env": env}
     if all_envs:
