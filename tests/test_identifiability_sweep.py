@@ -187,3 +187,79 @@ def test_cli_sweep_envs_and_plots(tmp_path, monkeypatch, llama):
     bad = CliRunner().invoke(cli.app, args[:-3] + ["--alphas", "1,x", "--overwrite"])
     assert bad.exit_code != 0 and "--alphas" in str(bad.exception)
     assert len(loads) == 1
+
+
+def _cli_with_tiny(monkeypatch, llama):
+    from steerscope import cli
+    import steerscope.score.base as score_base
+
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: llama)
+    monkeypatch.setattr(score_base, "get_scorer", lambda trait, *a, **k: FakeScorer())
+    return cli
+
+
+def test_cli_several_traits_share_one_holm_family(tmp_path, monkeypatch, llama):
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    cli = _cli_with_tiny(monkeypatch, llama)
+    out = tmp_path / "audit"
+    args = ["audit", "identifiability", "--trait", "formality,politeness", "--layer", "1", "--out", str(out),
+            "--seeds", "1", "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--all-envs"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["traits"]) == ["formality", "politeness"] and set(report["verdict"]) == {"formality", "politeness"}
+    n_tests = sum(len(r["summary"]["conditions"]) for r in report["traits"].values())
+    assert report["holm_family"] == {"traits": ["formality", "politeness"], "n_tests": n_tests}
+    for name in ("effect_ratio_formality.png", "effect_ratio_politeness.png", "environments.png"):
+        _check_png(out / name)
+    assert (out / "summary.md").read_text().startswith("# Identifiability audit: overview")
+
+
+def test_holm_across_traits_equals_holm_over_the_union():
+    from steerscope.audit.identifiability import holm_across_traits
+    from steerscope.stats import holm
+
+    def report(p_diff, p_tost):
+        conds = {f"c{i}": {"kind": "v+perp", "p_diff": d, "p_tost": t, "p_diff_holm": d, "p_tost_holm": t}
+                 for i, (d, t) in enumerate(zip(p_diff, p_tost))}
+        return {"summary": {"margin_g": 0.2, "v_vs_none": {"p_diff": 0.001}, "positive_control": None,
+                            "conditions": conds}, "scorer": {"validity": {"heldout_accuracy": 0.9}}}
+
+    reports = {"a": report([0.01, 0.04], [0.5, 0.02]), "b": report([0.03], [None])}
+    joint = holm_across_traits(reports)
+    expected_diff, expected_tost = holm([0.01, 0.04, 0.03]), holm([0.5, 0.02, 1.0])
+    got = [joint[t]["summary"]["conditions"][c] for t, c in (("a", "c0"), ("a", "c1"), ("b", "c0"))]
+    assert [g["p_diff_holm"] for g in got] == pytest.approx(list(expected_diff))
+    assert [g["p_tost_holm"] for g in got] == pytest.approx(list(expected_tost))
+    assert reports["a"]["summary"]["conditions"]["c0"]["p_diff_holm"] == 0.01  # inputs untouched
+    assert joint["a"]["verdict"]["behavioural"]["verdict"] == "inconclusive"  # no positive control
+
+
+def test_invalid_scorer_makes_the_behavioural_verdict_inconclusive():
+    conds = {"v+perp#0": {"kind": "v+perp", "p_tost_holm": 0.001, "p_diff_holm": 0.9},
+             "targeted": {"kind": "targeted", "p_tost_holm": 0.9, "p_diff_holm": 0.001}}
+    summary = {"margin_g": 0.2, "v_vs_none": {"p_diff": 1e-4}, "positive_control": "targeted", "conditions": conds}
+    assert verdict(summary, scorer_accuracy=0.9)["behavioural"]["verdict"] == "equivalent"
+    out = verdict(summary, scorer_accuracy=0.55)["behavioural"]
+    assert out["verdict"] == "inconclusive" and "0.55" in out["reason"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--trait", "humour"], "unknown trait 'humour'"),
+    (["--trait", "formality", "--seeds", "0"], "--seeds must be at least 1"),
+    (["--trait", "formality", "--prompts", "25"], "only 24"),
+    (["--trait", "formality", "--prompts", "1"], "at least 2 prompts"),
+    (["--trait", "formality", "--alphas", " , "], "--alphas must list at least one"),
+])
+def test_cli_bad_input(tmp_path, monkeypatch, llama, extra, message):
+    from typer.testing import CliRunner
+
+    from steerscope.errors import SteerscopeError
+
+    cli = _cli_with_tiny(monkeypatch, llama)
+    args = ["audit", "identifiability", "--layer", "1", "--out", str(tmp_path / "a"), "--samples", "1",
+            "--max-new-tokens", "2", *extra]
+    result = CliRunner().invoke(cli.app, args)
+    assert isinstance(result.exception, SteerscopeError) and message in str(result.exception), result.exception

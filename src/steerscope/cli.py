@@ -259,9 +259,35 @@ def info(vector: Path = typer.Argument(..., help="Vector file (.safetensors)."))
     print(json.dumps({"metadata": vec.metadata, "norms": {str(k): vec.norm(k) for k in vec.layers}}, indent=2, default=str))
 
 
+def _traits(values: list[str]) -> list[str]:
+    from steerscope.data import TRAITS
+
+    traits = list(dict.fromkeys(t.strip() for value in values for t in value.split(",") if t.strip()))
+    for trait in traits:
+        if trait not in TRAITS:
+            raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    if not traits:
+        raise SteerscopeError("--trait needs at least one built-in trait")
+    return traits
+
+
+def _identifiability_paths(out_dir: Path, traits: list[str], sweep: bool, all_envs: bool) -> dict[str, Path]:
+    """Output files: results.json, summary.md and plots (per-trait names when several traits)."""
+    suffix = (lambda t: f"_{t}") if len(traits) > 1 else (lambda t: "")
+    paths = {"results": out_dir / "results.json", "summary": out_dir / "summary.md"}
+    for t in traits:
+        paths[f"effect_ratio{suffix(t)}"] = out_dir / f"effect_ratio{suffix(t)}.png"
+        if sweep:
+            paths[f"alpha_sweep{suffix(t)}"] = out_dir / f"alpha_sweep{suffix(t)}.png"
+    if all_envs:
+        paths["environments"] = out_dir / "environments.png"
+    return paths
+
+
 @audit_app.command("identifiability")
 def audit_identifiability(
-    trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait."),
+    trait: list[str] = typer.Option(..., "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. "
+                                    "Several traits share one model load and one Holm family."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
     alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength α of every steered condition."),
@@ -276,7 +302,7 @@ def audit_identifiability(
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
                                           "(v and v+perp at each α; writes alpha_sweep.png)."),
     all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
-                                  "environment (writes environments.png)."),
+                                  "environment (writes environments.png, a trait × environment heat map)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -284,58 +310,65 @@ def audit_identifiability(
     """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics.
 
     Writes results.json, summary.md and effect_ratio.png (plus alpha_sweep.png with --alphas and
-    environments.png with --all-envs; plots need matplotlib).
+    environments.png with --all-envs; plots need matplotlib). With several traits, results.json
+    holds every trait's report under "traits", p-values are Holm-corrected across all traits'
+    conditions, and plots are named per trait.
     """
-    from steerscope.audit.identifiability import audit_vectors, run_identifiability
-    from steerscope.audit.markdown import identifiability_markdown
+    from steerscope.audit.identifiability import audit_vectors, holm_across_traits, run_identifiability
+    from steerscope.audit.markdown import identifiability_markdown, traits_overview_markdown
     from steerscope.audit.plots import _pyplot, plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
     from steerscope.audit.sweep import parse_alphas, run_extensions
-    from steerscope.data import ENVIRONMENTS, TRAITS
+    from steerscope.data import ENVIRONMENTS
     from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.score.base import get_scorer
 
-    if trait not in TRAITS:
-        raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    traits = _traits(trait)
     if env not in ENVIRONMENTS:
         raise SteerscopeError(f"unknown environment {env!r}; use one of {', '.join(ENVIRONMENTS)}")
+    if seeds < 1:
+        raise SteerscopeError(f"--seeds must be at least 1, got {seeds}")
+    if samples < 1 or max_new_tokens < 1:
+        raise SteerscopeError("--samples and --max-new-tokens must be at least 1")
     sweep_alphas = parse_alphas(alphas) if alphas is not None else None
-    results_path, summary_path = out_dir / "results.json", out_dir / "summary.md"
-    plot_paths = {"effect_ratio": out_dir / "effect_ratio.png"}
-    if sweep_alphas:
-        plot_paths["alpha_sweep"] = out_dir / "alpha_sweep.png"
-    if all_envs:
-        plot_paths["environments"] = out_dir / "environments.png"
-    for path in (results_path, summary_path, *plot_paths.values()):
+    paths = _identifiability_paths(out_dir, traits, bool(sweep_alphas), all_envs)
+    for path in paths.values():
         check_output_path(path, overwrite)
     _pyplot()  # fail before loading the model when matplotlib is missing
     if quick:
         seeds, n_prompts, samples, max_new_tokens = 2, 8, 2, 16
     lm = _load(model, device, dtype, cache_dir, layers_path)
     chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
-    from steerscope.score.base import get_scorer
-
-    scorer = get_scorer(trait)
-    with err.status(f"auditing {trait} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
-        vectors = audit_vectors(lm, trait, chosen)
-        report = run_identifiability(lm, trait, chosen, alpha, n_draws=seeds, env=env, n_prompts=n_prompts,
-                                     samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, margin_g=margin,
-                                     scorer=scorer, vectors=vectors)
-    if sweep_alphas or all_envs:
-        with err.status("running the α sweep / environment comparison"):
-            report |= run_extensions(lm, trait, chosen, alpha, alphas=sweep_alphas, all_envs=all_envs, n_draws=seeds,
-                                     env=env, n_prompts=n_prompts, samples_per_prompt=samples,
-                                     max_new_tokens=max_new_tokens, seed=seed, margin_g=margin, scorer=scorer,
-                                     vectors=vectors)
-    atomic_write(results_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
-    markdown = identifiability_markdown(report)
-    atomic_write(summary_path, lambda tmp: tmp.write_text(markdown), overwrite)
-    plot_effect_ratio(report, plot_paths["effect_ratio"], overwrite)
-    if "alpha_sweep" in plot_paths:
-        plot_alpha_sweep(report["alpha_sweep"], plot_paths["alpha_sweep"], overwrite)
-    if "environments" in plot_paths:
-        plot_environment_heatmap(report["environments"], plot_paths["environments"], overwrite)
+    settings = {"n_draws": seeds, "env": env, "n_prompts": n_prompts, "samples_per_prompt": samples,
+                "max_new_tokens": max_new_tokens, "seed": seed, "margin_g": margin}
+    reports = {}
+    for t in traits:
+        scorer = get_scorer(t)
+        with err.status(f"auditing {t} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
+            vectors = audit_vectors(lm, t, chosen)
+            reports[t] = run_identifiability(lm, t, chosen, alpha, scorer=scorer, vectors=vectors, **settings)
+        if sweep_alphas or all_envs:
+            with err.status(f"{t}: running the α sweep / environment comparison"):
+                reports[t] |= run_extensions(lm, t, chosen, alpha, alphas=sweep_alphas, all_envs=all_envs,
+                                             scorer=scorer, vectors=vectors, **settings)
+    if len(traits) > 1:
+        reports = holm_across_traits(reports)
+        result = {"traits": reports, "verdict": {t: r["verdict"] for t, r in reports.items()},
+                  "holm_family": reports[traits[0]]["summary"]["holm_family"]}
+        markdown = "\n".join([traits_overview_markdown(reports)] + [identifiability_markdown(r) for r in reports.values()])
+    else:
+        result = reports[traits[0]]
+        markdown = identifiability_markdown(result)
+    atomic_write(paths["results"], lambda tmp: tmp.write_text(json.dumps(result, indent=2, allow_nan=False)), overwrite)
+    atomic_write(paths["summary"], lambda tmp: tmp.write_text(markdown), overwrite)
+    for t, report in reports.items():
+        suffix = f"_{t}" if len(traits) > 1 else ""
+        plot_effect_ratio(report, paths[f"effect_ratio{suffix}"], overwrite)
+        if sweep_alphas:
+            plot_alpha_sweep(report["alpha_sweep"], paths[f"alpha_sweep{suffix}"], overwrite)
+    if all_envs:
+        plot_environment_heatmap([r["environments"] for r in reports.values()], paths["environments"], overwrite)
     out.print(markdown, markup=False, highlight=False)
-    written = ", ".join(str(p) for p in (results_path, summary_path, *plot_paths.values()))
-    out.print(f"wrote {written}", markup=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
 
 
 def main() -> None:

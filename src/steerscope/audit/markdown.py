@@ -47,6 +47,32 @@ def identifiability_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def traits_overview_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """One table over traits: v's effect, mean v+perp efficacy, JS ratio and both verdicts."""
+    family = next(iter(reports.values()))["summary"].get("holm_family") or {}
+    lines = [
+        "# Identifiability audit: overview", "",
+        f"Holm correction across all {family.get('n_tests', '?')} condition tests of "
+        f"{len(reports)} traits ({', '.join(reports)}).", "",
+        "| trait | scorer accuracy | g(v vs none) [CI] | mean efficacy of v+perp | JS(v, v+perp) / JS(v, none) "
+        "| behavioural verdict | distributional verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for trait, r in reports.items():
+        s, v = r["summary"], r["verdict"]
+        base = s["v_vs_none"]
+        effs = [row.get("efficacy") for row in s["conditions"].values() if row["kind"] == "v+perp"]
+        effs = [e for e in effs if e is not None]
+        validity = (r["scorer"].get("validity") or {}).get("heldout_accuracy")
+        ratio = (s.get("distributional") or {}).get("ratio_perp_to_none")
+        lines.append(
+            f"| {trait} | {_num(validity)} | {_ci(base.get('g'), base.get('g_low'), base.get('g_high'))} | "
+            f"{_num(sum(effs) / len(effs) if effs else None, '.2f')} | {_num(ratio, '.2f')} | "
+            f"{v['behavioural']['verdict']} | {v['distributional']['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _alpha_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
     """The α-sweep section (empty without a sweep): mean scores and efficacy of each v+perp draw."""
     if not sweep:
