@@ -223,3 +223,44 @@ def test_cli_writes_results_and_summary(tmp_path):
     assert summary.startswith("# Identifiability audit: formality") and "targeted" in summary
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_perp_in_the_readout_null_space_is_equivalent_and_targeted_is_different():
+    """Both directions of the claim, on a model whose readout has a known null direction.
+
+    Every LayerNorm subtracts the mean over the hidden dimension, so in a GPT-2-style model the
+    all-ones direction of the residual stream is invisible to every later block and to the logits:
+    ``v + c·1`` must be judged equivalent to ``v``. The positive control pushes the unembedding
+    direction of "yes", which the scorer counts, and must be judged different.
+    """
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("gpt2")
+    tok = lm.tokenizer
+    unembed = lm.model.get_output_embeddings().weight.detach()
+
+    def centred(row):
+        return row - row.mean()  # ⟂ the all-ones direction
+
+    v, w = centred(unembed[tok.convert_tokens_to_ids("no")]), centred(unembed[tok.convert_tokens_to_ids("yes")])
+
+    def scorer(texts):
+        return np.array([t.split().count("no") + 3 * t.split().count("yes") for t in texts], float)
+
+    prompts = ["tell me about your weekend", "write a short poem about the moon", "what is the weather like",
+               "help me write a letter", "who is your friend", "what do you think about music", "give me a story",
+               "how is the city"]
+    conds = build_conditions(v, 1.5, 1, 0, control_direction=w, perp_directions=[torch.ones(lm.d_model)])
+    scores = behavioural_scores(lm, 1, conds, prompts, scorer, 1, GenerationConfig(max_new_tokens=8, do_sample=False))
+    continuations = reference_continuations(lm, 1, conds[1], prompts, 8)
+    summary = summarise(scores, distributional_readout(lm, 1, conds, prompts, continuations), conds, n_boot=200)
+    out = verdict(summary)
+    assert out["behavioural"]["verdict"] == "equivalent", out
+    assert out["distributional"]["verdict"] == "equivalent", out
+    assert np.array_equal(scores["v+perp#0"], scores["v"])
+    assert summary["conditions"]["targeted"]["p_diff_holm"] < 0.05
+    assert summary["conditions"]["v+perp#0"]["js"]["estimate"] < 1e-9 < summary["distributional"]["threshold"]
+    # the same audit with a Gaussian u ⊥ v (not in the null space) is not judged equivalent
+    gauss = build_conditions(v, 1.5, 1, 0, control_direction=w)
+    div = distributional_readout(lm, 1, gauss, prompts, continuations)
+    assert verdict(summarise(scores | {"v+perp#0": scores["v"]}, div, gauss, n_boot=200))["distributional"]["verdict"] != "equivalent"
