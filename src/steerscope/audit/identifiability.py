@@ -19,6 +19,7 @@ A failed search for a difference is not proof of equivalence.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -438,8 +439,6 @@ def holm_across_traits(reports: Mapping[str, dict], alpha: float = 0.05) -> dict
     ``p_diff_holm`` are replaced by the family-wide values (``summary["holm_family"]`` records the
     family) and the verdicts recomputed. Returns the new reports (inputs are not modified).
     """
-    import copy
-
     out = {t: copy.deepcopy(r) for t, r in reports.items()}
     keys = [(t, n) for t, r in out.items() for n in r["summary"]["conditions"]]
     if not keys:

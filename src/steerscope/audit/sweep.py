@@ -20,9 +20,9 @@ import torch
 from steerscope.audit.identifiability import (
     Condition,
     _interval,
-    evaluation_prompts,
     behavioural_scores,
     build_conditions,
+    evaluation_prompts,
     jsonable,
     orthogonal_draw,
     scorer_accuracy,
