@@ -24,6 +24,8 @@ datasets_app = typer.Typer(help="List the built-in trait datasets, or validate a
 app.add_typer(datasets_app, name="datasets")
 audit_app = typer.Typer(help="Audits of what a steering vector means.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+bench_app = typer.Typer(help="Benchmarks with planted ground truth.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 out = Console()
 err = Console(stderr=True)
 
@@ -369,6 +371,186 @@ def audit_identifiability(
         plot_environment_heatmap([r["environments"] for r in reports.values()], paths["environments"], overwrite)
     out.print(markdown, markup=False, highlight=False)
     out.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+
+
+def _prompt_list(spec: str) -> list[str]:
+    """``N`` (that many built-in prompts, mixed over traits and environments) or a text/JSONL file."""
+    from steerscope.audit.nullspace import builtin_prompt_mix
+
+    if spec.isdigit():
+        return builtin_prompt_mix(int(spec))
+    path = Path(spec)
+    if not path.is_file():
+        raise SteerscopeError(f"--prompts must be a number of built-in prompts or a file, got {spec!r}")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        try:
+            return [json.loads(line)["prompt"] for line in lines]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SteerscopeError(f"{path}: every JSONL line must be an object with a 'prompt' field") from None
+    return lines
+
+
+@audit_app.command("nullspace")
+def audit_nullspace(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, spectra.png)."),
+    layer: list[str] = typer.Option(..., "--layers", "--layer", "-l", help="Layer(s) ℓ; repeat or comma-separate."),
+    prompts: str = typer.Option("64", "--prompts", help="Number of built-in prompts, or a .txt (one per line) / .jsonl ('prompt') file."),
+    positions: str = typer.Option("-1", "--positions", help="Comma-separated token positions where δ is applied (negative: from the end)."),
+    tolerances: str = typer.Option("1e-2,1e-3,1e-4", "--tolerances", help="Relative gain tolerances."),
+    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Also report the gain of this built-in trait's mean_diff vector."),
+    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Also report the gain of this vector file's directions."),
+    chunk: int = typer.Option(144, "--chunk", help="Backward passes batched together (memory vs speed)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Which residual directions does the output ignore? Exact Jacobian spectra over many prompts."""
+    from steerscope.audit.markdown import nullspace_markdown
+    from steerscope.audit.nullspace import nullspace_audit
+    from steerscope.audit.plots import _pyplot, plot_spectra
+    from steerscope.fileio import atomic_write, check_output_path
+
+    if trait is not None and vector is not None:
+        raise SteerscopeError("give at most one of --trait or --vector")
+    try:
+        tols = [float(t) for t in tolerances.split(",")]
+        pos = [int(p) for p in positions.split(",")]
+    except ValueError:
+        raise SteerscopeError("--tolerances must be numbers and --positions integers, comma-separated") from None
+    paths = [out_dir / "results.json", out_dir / "summary.md", out_dir / "spectra.png"]
+    for path in paths:
+        check_output_path(path, overwrite)
+    _pyplot()
+    prompt_list = _prompt_list(prompts)
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    layers = [lm.check_layer(x) for x in _layers(layer)]
+    vectors = None
+    if vector is not None:
+        from steerscope.vectors import SteeringVector
+
+        vec = SteeringVector.load(vector, lm)
+        vectors = vec.directions
+    elif trait is not None:
+        from steerscope.data import load_pairs
+        from steerscope.extract import extract as run_extract
+
+        vectors = run_extract(lm, load_pairs(trait, "train"), layers).directions
+    results = nullspace_audit(lm, prompt_list, layers, pos, tols, vectors, progress=True, chunk=chunk)
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(results, indent=1, allow_nan=False)), overwrite)
+    markdown = nullspace_markdown(results)
+    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown), overwrite)
+    plot_spectra(results, paths[2], overwrite)
+    out.print(markdown, markup=False, highlight=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+
+
+@app.command()
+def recover(
+    method: str = typer.Option(..., "--method", help="ica, sparse, multienv or crosslayer."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (recovery.json, summary.md, vector.safetensors)."),
+    layer: int = typer.Option(..., "--layer", "-l", help="Layer ℓ of the direction."),
+    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Your JSONL pair file."),
+    env_prompts: int = typer.Option(8, "--env-prompts", help="multienv/crosslayer/sparse --observe jacobian: prompts per environment."),
+    environments: Optional[Path] = typer.Option(None, "--environments", help="JSONL with 'prompt' and 'env' fields (default: built-in environments)."),
+    later: Optional[str] = typer.Option(None, "--later-layers", help="crosslayer: comma-separated later layers (default ℓ+3, ℓ+6)."),
+    dictionary: str = typer.Option("neurons", "--dictionary", help="sparse: neurons, learned, or a .npy/.safetensors file of rows."),
+    k: int = typer.Option(8, "--k", help="sparse: number of atoms."),
+    observe: str = typer.Option("activations", "--observe", help="sparse: activations or jacobian (what is observed of v)."),
+    components: Optional[int] = typer.Option(None, "--components", help="ica: number of components."),
+    tol: float = typer.Option(1e-3, "--tol", help="Relative gain tolerance of the remaining class dimension."),
+    boot: int = typer.Option(30, "--boot", help="Bootstrap resamples for stability."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Recover a trait direction under a structural constraint, with an identifiability report.
+
+    The saved vector is the recovered unit direction (methods recover a direction, not a scale).
+    """
+    from steerscope.audit.markdown import recovery_markdown
+    from steerscope.data import ENVIRONMENTS, builtin_prompts, load_pairs
+    from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.recover import METHODS
+    from steerscope.recover.trait import layer_maps, prompt_grams, recover_trait
+    from steerscope.vectors.file import SteeringVector, vector_metadata
+
+    if method not in METHODS:
+        raise SteerscopeError(f"unknown recovery method {method!r}; use {', '.join(METHODS)}")
+    if (trait is None) == (dataset is None):
+        raise SteerscopeError("give exactly one of --trait or --dataset")
+    paths = [out_dir / "recovery.json", out_dir / "summary.md", out_dir / "vector.safetensors"]
+    for path in paths:
+        check_output_path(path, overwrite)
+    pairs = load_pairs(trait if trait is not None else dataset, "train" if trait is not None else None)
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    layer = lm.check_layer(layer)
+    needs_grams = method in ("multienv", "crosslayer") or (method == "sparse" and observe == "jacobian")
+    grams = maps = None
+    if needs_grams:
+        if environments is not None:
+            records = [json.loads(line) for line in environments.read_text(encoding="utf-8").splitlines() if line.strip()]
+            by_env: dict[str, list[str]] = {}
+            for r in records:
+                by_env.setdefault(str(r["env"]), []).append(r["prompt"])
+        else:
+            source = trait if trait is not None else "formality"
+            by_env = {e: builtin_prompts(source, e) for e in ENVIRONMENTS}
+        with err.status(f"Jacobians at layer {layer} ({env_prompts} prompts × {len(by_env)} environments)"):
+            grams = {e: prompt_grams(lm, p[:env_prompts], layer) for e, p in by_env.items()}
+    if method == "crosslayer":
+        targets = _layers([later]) if later else [x for x in (layer + 3, layer + 6) if x < lm.n_layers]
+        first = next(iter(by_env.values()))[:env_prompts]
+        with err.status(f"layer maps {layer} → {targets}"):
+            maps = layer_maps(lm, first, layer, [lm.check_layer(t) for t in targets])
+    with err.status(f"recovering ({method}, {boot} bootstrap resamples)"):
+        result = recover_trait(lm, method, pairs, layer, grams=grams, maps=maps, n_boot=boot, seed=seed, tol=tol,
+                               n_components=components, dictionary=dictionary, k=k, observe=observe)
+    report = result.to_dict() | {"model": lm.name, "trait": trait or str(dataset)}
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=1, allow_nan=False)), overwrite)
+    markdown = recovery_markdown(report)
+    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown), overwrite)
+    import torch
+
+    from steerscope.data.pairs import dataset_hash
+
+    meta = vector_metadata(lm, method=f"recover-{method}", layers=[layer], dataset_hash=dataset_hash(pairs), trait=trait or "",
+                           n_pairs=len(pairs))
+    SteeringVector({layer: torch.as_tensor(result.direction, dtype=torch.float32)}, meta).save(paths[2], overwrite=overwrite)
+    out.print(markdown, markup=False, highlight=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+
+
+@bench_app.command("recovery")
+def bench_recovery(
+    seed: int = typer.Option(0, "--seed"),
+    boot: int = typer.Option(5, "--boot", help="Bootstrap resamples per case."),
+    output: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Planted ground truth: every recovery method with its assumption holding and broken."""
+    from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.recover.planted import planted_benchmark
+
+    if output is not None:
+        check_output_path(output, overwrite)
+    with err.status("running the planted recovery problems"):
+        rows = planted_benchmark(seed, boot)
+    table = Table(title=f"Planted recovery (seed {seed}): correct = recovers when the assumption holds, reports failure when not")
+    for col in ("method", "case", "assumption", "cos", "identifiable", "class dim", "stability", "correct"):
+        table.add_column(col)
+    for r in rows:
+        stab = r["stability"]
+        table.add_row(r["method"], r["case"], "holds" if r["assumption_holds"] else "broken", f"{r['cos']:.3f}", str(r["identifiable"]),
+                      "n/a" if r["class_dim"] is None else str(r["class_dim"]),
+                      f"{stab['mean_cos']:.3f} [{stab['ci_low']:.3f}, {stab['ci_high']:.3f}]" if stab else "—", "✔" if r["correct"] else "✘")
+    out.print(table)
+    if output is not None:
+        atomic_write(output, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)), overwrite)
+    if not all(r["correct"] for r in rows):
+        raise typer.Exit(1)
 
 
 def main() -> None:

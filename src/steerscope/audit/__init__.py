@@ -11,9 +11,11 @@ from steerscope.audit.identifiability import (
     summarise,
     verdict,
 )
+from steerscope.audit.nullspace import nullspace_audit
 from steerscope.audit.sweep import alpha_sweep, environment_runs, run_extensions
 
 __all__ = [
     "Condition", "audit_vectors", "behavioural_scores", "build_conditions", "distributional_readout", "reference_continuations",
     "run_identifiability", "summarise", "verdict", "alpha_sweep", "environment_runs", "run_extensions",
+    "nullspace_audit",
 ]

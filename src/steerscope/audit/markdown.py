@@ -114,3 +114,53 @@ def _environment_lines(envs: dict[str, Any] | None) -> list[str]:
             f"{res['verdict']['verdict']}: {res['verdict']['reason']} |"
         )
     return lines
+
+
+def nullspace_markdown(results: dict[str, Any]) -> str:
+    """Summary of a null-space audit: stacked spectra per layer, then the covariance spectrum."""
+    cfg = results["config"]
+    tols = [str(t) for t in cfg["tolerances"]]
+    lines = [
+        f"# Null-space audit: {results['model']['name']} ({results['model']['d_model']} dims)", "",
+        f"{cfg['n_prompts']} prompts, positions {cfg['positions']}, {cfg['dtype']}; {cfg['method']}.",
+        "Inert fraction = share of directions whose gain through the stacked Jacobian is ≤ tol × the largest gain.",
+        f"Paper reference: {results['paper_reference']}.", "",
+        "| layer | readout | σ_max | stable rank | " + " | ".join(f"inert @ {t} (stacked)" for t in tols)
+        + " | " + " | ".join(f"rank @ {t} per prompt (mean)" for t in tols) + " |",
+        "|---|---|---|---|" + "---|" * (2 * len(tols)),
+    ]
+    for layer, entry in results["layers"].items():
+        for readout in ("logits", "logprobs"):
+            st = entry[readout]["stacked"]
+            per = entry[readout]["per_prompt_effective_rank"]
+            lines.append(f"| {layer} | {readout} | {st['sigma_max']:.3g} | {st['stable_rank']:.2f} | "
+                         + " | ".join(f"{st['inert_fraction'][t]:.3f}" for t in tols) + " | "
+                         + " | ".join(f"{per[t]['mean']:.1f}" for t in tols) + " |")
+    gains = [(layer, e["logits"]["vector_gain"]) for layer, e in results["layers"].items() if "vector_gain" in e["logits"]]
+    if gains:
+        lines += ["", "## Gain of the steering vector (logits, RMS per prompt)", "",
+                  "| layer | gain(v̂) | mean gain of a random direction | complement max | complement min |", "|---|---|---|---|---|"]
+        lines += [f"| {layer} | {g['gain_v']:.3g} | {g['random_mean']:.3g} | {g['complement_max']:.3g} | {g['complement_min']:.3g} |" for layer, g in gains]
+    lines += ["", "## Activation covariance (a different object: where activations vary)", "",
+              "| layer | samples | " + " | ".join(f"low-variance fraction @ {t}" for t in tols) + " | top-10 variance share |",
+              "|---|---|" + "---|" * (len(tols) + 1)]
+    for layer, entry in results["layers"].items():
+        for name, cov in entry["covariance"].items():
+            lines.append(f"| {layer} ({name}) | {cov['n_samples']} | " + " | ".join(f"{cov['low_variance_fraction'][t]:.3f}" for t in tols)
+                         + f" | {_num(cov['variance_top10'])} |")
+    return "\n".join(lines + [""])
+
+
+def recovery_markdown(report: dict[str, Any]) -> str:
+    """Summary of one recovery run (``Recovery.to_dict()`` plus ``model``/``trait`` keys)."""
+    stab = report.get("stability") or {}
+    lines = [
+        f"# Recovery ({report['method']}): {report.get('trait', '')} on {report.get('model', '')}, layer {report['details'].get('layer')}", "",
+        f"- Identifiable: **{report['identifiable']}** — {report['reason']}",
+        f"- Remaining class dimension: {report['class_dim'] if report['class_dim'] is not None else 'not defined'}; symmetry: {report['symmetry']}",
+        f"- cos(recovered, mean difference) = {_num(report['details'].get('cos_with_mean_diff'))}",
+    ]
+    if stab:
+        lines.append(f"- Bootstrap stability ({stab['n_boot']} resamples, seed {stab['seed']}): mean cos {_num(stab['mean_cos'])} "
+                     f"[{_num(stab['ci_low'])}, {_num(stab['ci_high'])}]")
+    return "\n".join(lines + [""])

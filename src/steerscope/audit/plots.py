@@ -147,3 +147,50 @@ def plot_environment_heatmap(
     fig.colorbar(im, ax=ax, label="mean g(v+perp vs v)")
     ax.set_title("v+perp vs v by environment (behavioural verdict)")
     return _save(fig, path, overwrite)
+
+
+def plot_spectra(results: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Normalised singular values of the stacked logit Jacobian per layer, with the covariance spectra."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for layer, entry in results["layers"].items():
+        for readout, style in (("logits", "-"), ("logprobs", ":")):
+            s = np.asarray(entry[readout]["stacked"]["singular_values"])
+            ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / s[0], 1e-12), style, label=f"layer {layer} {readout}")
+        lam = np.asarray(entry["covariance"]["all_tokens"]["eigenvalues"])
+        bx.semilogy(np.arange(1, len(lam) + 1), np.maximum(np.sqrt(lam / lam[0]), 1e-12), label=f"layer {layer}")
+    for tol in results["config"]["tolerances"]:
+        ax.axhline(tol, color="grey", linewidth=0.7, linestyle="--")
+    ax.set_xlabel("index")
+    ax.set_ylabel("σ / σ_max (stacked Jacobian)")
+    ax.set_title(f"{results['model']['name']}: {results['config']['n_prompts']} prompts")
+    ax.legend(fontsize=7)
+    bx.set_xlabel("index")
+    bx.set_ylabel("sqrt(λ / λ_max) (activation covariance)")
+    bx.set_title("activation covariance (different object)")
+    bx.legend(fontsize=7)
+    return _save(fig, path, overwrite)
+
+
+def plot_stability(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Bootstrap mean cosine with CI per (trait, method); hatched bars are not identifiable."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.get("stability")]
+    labels = [f"{r.get('trait', '')}\n{r['method']}" for r in rows]
+    means = [r["stability"]["mean_cos"] for r in rows]
+    err = [[m - r["stability"]["ci_low"] for m, r in zip(means, rows)], [r["stability"]["ci_high"] - m for m, r in zip(means, rows)]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(rows) + 2), 3.8))
+    xs = list(range(len(rows)))
+    colours = {True: "tab:green", False: "tab:red", None: "tab:grey"}
+    bars = ax.bar(xs, means, color=[colours[r["identifiable"]] for r in rows], alpha=0.75)
+    for bar, r in zip(bars, rows):
+        if r["identifiable"] is False:
+            bar.set_hatch("//")
+    ax.errorbar(xs, means, yerr=err, fmt="none", ecolor="black", capsize=3)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, fontsize=7, rotation=90)
+    ax.set_ylabel("bootstrap cos with the full-data direction")
+    ax.set_title("recovered-direction stability (green: identifiable, red: not, grey: not certified)")
+    return _save(fig, path, overwrite)

@@ -1,0 +1,54 @@
+"""Cross-layer recovery: directions at several layers must agree through the layer-to-layer maps.
+
+At the base layer ℓ₀ the behavioural class of ``v`` is ``v + ker J`` (``J``: stacked output
+Jacobian, Gram ``G``). Requiring in addition that the direction, carried forward by the maps
+``Φ_i = ∂h_{ℓ_i}/∂h_{ℓ₀}``, equals the direction ``v_i`` extracted at layer ℓ_i leaves the class
+``v + (ker J ∩ ⋂_i ker Φ_i)``. (Requiring only *behavioural* equivalence at the later layers adds
+nothing: by the chain rule ``J = J_i Φ_i``, so ``ker J`` is mapped into ``ker J_i``.)
+
+The recovered direction solves the normal equations of ``‖J (w − v)‖² + Σ_i ‖Φ_i w − v_i‖²``, each
+term scaled by the largest eigenvalue of its Gram matrix so that no layer dominates by units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from steerscope.errors import SteerscopeError
+from steerscope.recover.result import Recovery, null_dim, unit
+
+
+def recover_crosslayer(
+    gram: np.ndarray, vector: np.ndarray, maps: Sequence[np.ndarray], targets: Sequence[np.ndarray], tol: float = 1e-3,
+) -> Recovery:
+    """Recover the base-layer direction from ``G`` (``[d, d]``), ``v`` (``[d]``), maps and target vectors.
+
+    ``maps[i]``: ``Φ_i`` as ``[d, d]`` or a stack ``[P, d, d]`` over prompts (each prompt's map must
+    carry ``w`` to ``targets[i]``).
+    """
+    if len(maps) != len(targets):
+        raise SteerscopeError(f"got {len(maps)} layer maps but {len(targets)} target vectors")
+    g = np.asarray(gram, dtype=np.float64)
+    v = np.asarray(vector, dtype=np.float64)
+    lhs = g / np.linalg.eigvalsh(g).max()
+    rhs = lhs @ v
+    for phi, target in zip(maps, targets):
+        stack = np.asarray(phi, dtype=np.float64).reshape(-1, len(v), len(v))
+        normal = np.einsum("pij,pik->jk", stack, stack)
+        scale = np.linalg.eigvalsh(normal).max()
+        lhs = lhs + normal / scale
+        rhs = rhs + np.einsum("pij,i->j", stack, np.asarray(target, dtype=np.float64)) / scale
+    k, lam, vecs = null_dim(lhs, tol)
+    keep = vecs[:, k:]
+    direction = unit(keep @ ((keep.T @ rhs) / lam[k:]))
+    base_k = null_dim(g, tol)[0]
+    identifiable = k == 0
+    reason = (f"kernel of the output Jacobian ({base_k} dims at tolerance {tol:g}) meets the kernels of the "
+              f"{len(maps)} layer map(s) only in 0: unique" if identifiable else
+              f"{k} direction(s) are invisible to the output and to every layer map: not identifiable")
+    return Recovery("crosslayer", direction, identifiable, k, reason,
+                    details={"tol": tol, "n_maps": len(maps), "class_dim_output_only": base_k,
+                             "cos_with_base_vector": float(direction @ unit(v)),
+                             "cos_with_targets_after_map": [float(unit(np.asarray(p, dtype=np.float64).reshape(-1, len(v), len(v)).mean(axis=0) @ direction) @ unit(t)) for p, t in zip(maps, targets)]})

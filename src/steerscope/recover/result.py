@@ -1,0 +1,53 @@
+"""The common result of every recovery method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Recovery:
+    """A recovered direction and its identifiability report.
+
+    ``direction``: unit ``[d]`` float64. ``identifiable``: True when the method's condition is
+    certified, False when it provably fails (a witness or a non-trivial remaining class), None
+    when the direction was recovered but uniqueness could not be certified. ``class_dim``:
+    dimension of the remaining equivalence class (0 = unique up to the stated symmetry; None =
+    not defined for this method/situation). ``stability``: bootstrap cosines (see
+    :func:`steerscope.recover.bootstrap_stability`) or None.
+    """
+
+    method: str
+    direction: np.ndarray
+    identifiable: bool | None
+    class_dim: int | None
+    reason: str
+    symmetry: str = "scale"
+    stability: dict | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (the direction as a list)."""
+        return {"method": self.method, "identifiable": self.identifiable, "class_dim": self.class_dim,
+                "reason": self.reason, "symmetry": self.symmetry, "stability": self.stability,
+                "details": self.details, "direction": [float(x) for x in self.direction]}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """``x / ‖x‖`` in float64 (zero stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = np.linalg.norm(x)
+    return x / n if n > 0 else x
+
+
+def null_dim(matrix: np.ndarray, tol: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(k, eigenvalues, eigenvectors)`` of a PSD ``matrix``: k = directions with gain ≤ tol × max gain.
+
+    Gains are square roots of eigenvalues (a Gram matrix ``JᵀJ`` has eigenvalues σ²).
+    """
+    lam, vecs = np.linalg.eigh(np.asarray(matrix, dtype=np.float64))
+    sigma = np.sqrt(np.clip(lam, 0.0, None))
+    k = int((sigma <= tol * sigma.max()).sum()) if sigma.max() > 0 else len(sigma)
+    return k, lam, vecs

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from steerscope.data.traits import builtin_pairs
+from steerscope.errors import SteerscopeError
+from steerscope.recover import METHODS, Recovery, bootstrap_stability, recover_sparse
+from steerscope.recover.result import null_dim, unit
+from steerscope.recover.sparse import coherence, welch_bound
+from steerscope.recover.trait import _sqrt_operator, layer_maps, load_dictionary, pair_activations, prompt_grams, recover_trait
+
+PROMPTS = ["hello there my friend", "what is the weather like today"]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="module")
+def inputs(llama):
+    grams = {env: prompt_grams(llama, PROMPTS, 1) for env in ("a", "b")}
+    maps = layer_maps(llama, PROMPTS, 1, [2])
+    return builtin_pairs("formality", "train")[:16], grams, maps
+
+
+def test_registry():
+    assert set(METHODS) == {"ica", "sparse", "multienv", "crosslayer"}
+
+
+@pytest.mark.parametrize("method", ["ica", "sparse", "multienv", "crosslayer"])
+def test_recover_trait_returns_a_unit_direction_and_a_report(llama, inputs, method):
+    pairs, grams, maps = inputs
+    r = recover_trait(llama, method, pairs, 1, grams=grams, maps=maps, n_boot=3, seed=1)
+    assert isinstance(r, Recovery) and r.method == method
+    assert r.direction.shape == (llama.d_model,) and np.linalg.norm(r.direction) == pytest.approx(1.0)
+    assert r.identifiable in (True, False, None) and r.reason
+    assert r.stability["n_boot"] == 3 and -1 <= r.stability["ci_low"] <= r.stability["mean_cos"] <= r.stability["ci_high"] <= 1
+    assert r.details["layer"] == 1 and r.details["n_pairs"] == 16
+    assert r.to_dict()["direction"] == pytest.approx(list(r.direction))
+
+
+def test_multienv_on_the_mean_difference_keeps_it_when_the_stack_has_full_rank(llama, inputs):
+    pairs, grams, _ = inputs
+    r = recover_trait(llama, "multienv", pairs, 1, grams=grams, n_boot=0)
+    if r.class_dim == 0:
+        assert r.details["cos_with_mean_diff"] == pytest.approx(1.0)
+    else:  # the recovered direction is the mean difference with its kernel component removed
+        assert r.details["cos_with_mean_diff"] < 1.0
+
+
+def test_recover_trait_errors(llama, inputs):
+    pairs, grams, _ = inputs
+    with pytest.raises(SteerscopeError, match="unknown recovery method"):
+        recover_trait(llama, "pca", pairs, 1)
+    with pytest.raises(SteerscopeError, match="Gram"):
+        recover_trait(llama, "multienv", pairs, 1)
+    with pytest.raises(SteerscopeError, match="layer maps"):
+        recover_trait(llama, "crosslayer", pairs, 1, grams=grams)
+    with pytest.raises(SteerscopeError, match="observe"):
+        recover_trait(llama, "sparse", pairs, 1, observe="logits")
+
+
+def test_pair_activations_match_extract(llama, inputs):
+    from steerscope.extract import extract
+
+    pairs = inputs[0]
+    pos, neg = pair_activations(llama, pairs, [1])[1]
+    v = extract(llama, pairs, [1]).directions[1].double().numpy()
+    assert np.allclose((pos - neg).mean(axis=0), v, atol=1e-5)
+
+
+def test_load_dictionary(tmp_path):
+    rows = np.random.default_rng(0).standard_normal((10, 8))
+    np.save(tmp_path / "d.npy", rows)
+    save_file({"decoder": rows.T.copy()}, str(tmp_path / "d.safetensors"))
+    assert np.allclose(load_dictionary(str(tmp_path / "d.npy"), 8), rows)
+    assert np.allclose(load_dictionary(str(tmp_path / "d.safetensors"), 8), rows)  # [d, K] is transposed
+    assert np.array_equal(load_dictionary("neurons", 4), np.eye(4))
+    assert load_dictionary("learned", 8, rows, n_atoms=5).shape == (5, 8)
+    with pytest.raises(SteerscopeError, match="expected"):
+        load_dictionary(str(tmp_path / "d.npy"), 7)
+    with pytest.raises(SteerscopeError, match="neurons, learned"):
+        load_dictionary("dict.txt", 8)
+
+
+def test_sqrt_operator_reproduces_the_gram():
+    a = np.random.default_rng(1).standard_normal((5, 5))
+    gram = a.T @ a
+    m = _sqrt_operator(gram)
+    assert np.allclose(m.T @ m, gram)
+
+
+def test_sparse_helpers():
+    assert coherence(np.eye(4)) == 0.0
+    assert coherence(np.array([[1.0, 1.0], [0.0, 1.0]])) == pytest.approx(1 / np.sqrt(2))
+    assert welch_bound(4, 4) == 0.0 and welch_bound(3, 2) == pytest.approx(0.5)
+    with pytest.raises(SteerscopeError, match="sparsity k"):
+        recover_sparse(np.ones(3), np.eye(3), 0)
+    r = recover_sparse(np.array([0.0, 3.0, 0.1]), np.eye(3), 1)
+    assert r.identifiable is True and r.details["support"] == [1] and r.direction == pytest.approx([0, 1, 0])
+
+
+def test_bootstrap_stability_is_seeded_and_signed():
+    ref = np.array([1.0, 0.0])
+    data = np.array([[1.0, 0.1], [1.0, -0.1], [0.5, 0.0], [1.0, 0.3]])
+    fn = lambda idx: data[idx].mean(axis=0)  # noqa: E731
+    a = bootstrap_stability(fn, 4, ref, n_boot=20, seed=3)
+    assert a == bootstrap_stability(fn, 4, ref, n_boot=20, seed=3)
+    assert a["ci_low"] <= a["mean_cos"] <= a["ci_high"] and a["seed"] == 3
+    flipped = bootstrap_stability(lambda idx: -fn(idx), 4, ref, n_boot=20, seed=3, signed=False)
+    assert flipped["mean_cos"] == pytest.approx(a["mean_cos"])  # |cos| undoes the sign flip
+    signed_flip = bootstrap_stability(lambda idx: -fn(idx), 4, ref, n_boot=20, seed=3)
+    assert signed_flip["mean_cos"] == pytest.approx(-a["mean_cos"])
+
+
+def test_null_dim_and_unit():
+    k, lam, _ = null_dim(np.diag([4.0, 1e-8, 0.0]), 1e-3)
+    assert k == 2 and lam[-1] == 4.0
+    assert np.linalg.norm(unit(np.array([3.0, 4.0]))) == pytest.approx(1.0)
+    assert np.array_equal(unit(np.zeros(2)), np.zeros(2))
