@@ -166,7 +166,9 @@ def _dist(pooled, control, base=0.1):
 
 
 def test_distributional_verdict_branches():
-    ci = lambda e, lo, hi: {"estimate": e, "low": lo, "high": hi}
+    def ci(e, lo, hi):
+        return {"estimate": e, "low": lo, "high": hi}
+
     assert verdict(_summary() | _dist(ci(0.05, 0.04, 0.06), ci(0.2, 0.1, 0.3)))["distributional"]["verdict"] == "different"
     out = verdict(_summary() | _dist(ci(0.001, 0.0005, 0.002), ci(0.2, 0.1, 0.3)))["distributional"]
     assert out["verdict"] == "equivalent" and "threshold" in out["reason"]
