@@ -1,13 +1,14 @@
 """Inversion benchmark: gradient-guided candidate policy vs exhaustive search (CPU by default).
 
 Natural (unsteered) states of chat-templated evaluation prompts at one layer are inverted with
-both policies; the tokens before the last ``--positions`` positions of each prompt are given (the
-shared chat template) and the rest are searched. Exhaustive search scans the vocabulary in id
+both policies. The chat template's closing tokens (the suffix shared by all prompts) are dropped,
+the last ``--positions`` tokens of the user message are searched, and the tokens before them are
+given. Exhaustive search scans the vocabulary in id
 order in chunks and stops at the first chunk with an accepted token. Reports time and candidates
 per recovered token, the exact-recovery rate and whether both policies return the same tokens.
 
 Prints a table and writes JSON. Usage:
-python benchmarks/bench_inversion.py [--model smollm2-135m] [--layer 12] [--prompts 2] [--positions 3] [--threads 2]
+python benchmarks/bench_inversion.py [--model smollm2-135m] [--layer 12] [--prompts 3] [--positions 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -43,13 +44,20 @@ def run_policy(lm, layer, seqs, positions, epsilon, policy):
             "exact_rate": sum(exact) / n, "tokens": tokens}
 
 
+def _common_suffix(seqs):
+    n = 0
+    while all(len(s) > n + 1 for s in seqs) and len({tuple(s[len(s) - n - 1:]) for s in seqs}) == 1:
+        n += 1
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--trait", default="formality", help="built-in trait whose evaluation prompts are used")
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--positions", type=int, default=3, help="searched positions per prompt (the last ones)")
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--positions", type=int, default=2, help="searched positions per prompt (the last ones of the user message)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inversion.json")
     args = parser.parse_args()
@@ -57,6 +65,8 @@ def main() -> None:
     lm = ss.load_model(args.model, device="cpu")
     prompts = ss.builtin_prompts(args.trait, "in_distribution")
     seqs = [encode_prompt(lm.tokenizer, p) for p in prompts[: args.prompts]]
+    tail = _common_suffix(seqs)
+    seqs = [ids[: len(ids) - tail] for ids in seqs]
     calib = [encode_prompt(lm.tokenizer, p) for p in prompts[-2:]]
     start = time.perf_counter()
     threshold = calibrate_threshold(lm, args.layer, calib, last=12)
@@ -66,7 +76,7 @@ def main() -> None:
     vocab = lm.model.get_input_embeddings().weight.shape[0]
     report = {
         "model": args.model, "layer": args.layer, "threads": args.threads, "prompts": args.prompts,
-        "positions_per_prompt": args.positions, "vocab": vocab, "threshold": threshold.to_json(),
+        "positions_per_prompt": args.positions, "template_tail_dropped": tail, "vocab": vocab, "threshold": threshold.to_json(),
         "calibration_seconds": calib_s, "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__, "results": [{k: v for k, v in r.items() if k != "tokens"} for r in results],
         "same_tokens": grad["tokens"] == exh["tokens"],

@@ -339,8 +339,7 @@ def _gradient_search(state: _Prefix, target: torch.Tensor, eps: float, embed: tu
     """Rounds of: gradient ``g`` of ``½·d²`` at the proxy ``e``; score the unvisited tokens with the best
     first-order gain ``g·E_v`` (half the batch) and those nearest to ``e`` (the other half); Adam steps on ``e``."""
     weight, scale = embed
-    rows = weight.float() * scale
-    rms = float(rows.norm(dim=-1).pow(2).mean().sqrt())
+    rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
     e = init.clone().float().requires_grad_(True)
     opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(e.numel()))
     tgt = target.to(state.lm.device)
@@ -350,7 +349,8 @@ def _gradient_search(state: _Prefix, target: torch.Tensor, eps: float, embed: tu
                 loss = 0.5 * (state.embed_state(e[None])[0] - tgt).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, e)
             if step == 0:
-                linear = (rows @ grad.detach().to(rows.device)).masked_fill(pos.visited.to(rows.device), math.inf)
+                gain = (weight.float() @ grad.detach().to(weight.device)) * scale
+                linear = gain.masked_fill(pos.visited.to(gain.device), math.inf)
                 first = linear.topk(min(cfg.batch // 2 or 1, int(torch.isfinite(linear).sum())), largest=False).indices.cpu()
             if cfg.steps:
                 e.grad = grad
