@@ -42,7 +42,7 @@ def check_assumptions(lm: LoadedModel) -> list[dict]:
     if non_float:
         detail.append(f"non-float parameters ({', '.join(non_float)})")
     if gguf:
-        detail.append("weights dequantised from a quantised GGUF file: they lie on a finite grid, so statements "
+        detail.append("weights dequantised from a quantised GGUF file: the quantised tensors lie on a finite grid, so statements "
                       "'almost surely over θ' (Thm 4.4, 4.5) do not formally apply; Thm 4.2 (over a random v) still does")
     checks.append({"component": "quantised weights", "breaks": bool(detail), "detail": "; ".join(detail) or "float weights"})
     experts = _config_value(config, _MOE_KEYS)
