@@ -22,7 +22,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,14 +206,9 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
 def _continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int], steering=None) -> torch.Tensor:
     """``[L, V]`` log-probabilities of the next token at each continuation position (teacher-forced)."""
     x = torch.tensor([list(prompt) + list(cont)], device=lm.device)
-    with torch.inference_mode(), steering if steering is not None else _null():
+    with torch.inference_mode(), steering if steering is not None else nullcontext():
         logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0].float()
     return logits[len(prompt) - 1: len(prompt) + len(cont) - 1].log_softmax(-1).cpu()
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence[Sequence[int]], nearest: Sequence[Sequence[int]],
