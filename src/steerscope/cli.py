@@ -553,6 +553,98 @@ def bench_recovery(
         raise typer.Exit(1)
 
 
+@audit_app.command("reachability")
+def audit_reachability(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
+    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Steering vector (.safetensors)."),
+    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer "
+                                        "(instead of --vector); also selects the scorer and the instruction baseline."),
+    alpha: float = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, "
+                                        "or 40 % of the depth with --trait)."),
+    capture_layer: Optional[int] = typer.Option(None, "--capture-layer", help="Layer whose states are compared (default: ℓ)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a "
+                                                "'prompt' field (default: built-in evaluation prompts)."),
+    n_prompts: int = typer.Option(8, "--n-prompts", help="Number of prompts audited."),
+    positions: int = typer.Option(12, "--positions", help="Searched positions per prompt (the last ones)."),
+    alphas: str = typer.Option("0.5,1,2,4", "--alphas", help="Comma-separated α values of the sweep."),
+    sweep_prompts: int = typer.Option(3, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
+    budget: int = typer.Option(128, "--budget", help="Candidates per position for steered states (no exhaustive fallback)."),
+    exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the "
+                                         "adversarial construction."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="Small run: 3 prompts × 6 positions, α sweep 1,4 on 1 prompt, 12 tokens."),
+    allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Is the steered state reachable by a prompt? Invert natural and steered states and compare.
+
+    Writes results.json, summary.md, positions.png and alpha_sweep.png (plots need matplotlib).
+    A failed search is an upper bound on the distance to the reachable set, not a proof.
+    """
+    from steerscope.audit.identifiability import audit_vectors
+    from steerscope.audit.markdown import reachability_markdown
+    from steerscope.audit.plots import _pyplot, plot_reachability_positions, plot_reachability_sweep
+    from steerscope.audit.reachability import AuditSettings, read_prompts, run_reachability
+    from steerscope.audit.sweep import parse_alphas
+    from steerscope.data import TRAITS, builtin_prompts
+    from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.invert import SearchConfig
+    from steerscope.vectors import SteeringVector
+
+    if (vector is None) == (trait is None):
+        raise SteerscopeError("pass exactly one of --vector and --trait")
+    if trait is not None and trait not in TRAITS:
+        raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    paths = {name: out_dir / name for name in ("results.json", "summary.md", "positions.png", "alpha_sweep.png")}
+    for path in paths.values():
+        check_output_path(path, overwrite)
+    _pyplot()
+    sweep = tuple(parse_alphas(alphas))
+    if quick:
+        n_prompts, positions, sweep, sweep_prompts, max_new_tokens = 3, 6, (1.0, 4.0), 1, 12
+    vec = SteeringVector.load(vector) if vector is not None else None
+    prompts = read_prompts(prompts_file) if prompts_file is not None else None
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    if vec is not None:
+        vec.check_model(lm, allow_model_mismatch)
+        if layer is None and len(vec.layers) != 1:
+            raise SteerscopeError(f"the vector has layers {vec.layers}; choose one with --layer")
+        chosen = lm.check_layer(layer) if layer is not None else vec.layers[0]
+        if chosen not in vec.directions:
+            raise SteerscopeError(f"the vector has no direction for layer {chosen}; it has {vec.layers}")
+        direction, info = vec.directions[chosen], {"source": str(vector), "method": vec.metadata.get("method")}
+        trait_name = vec.metadata.get("trait") or None
+    else:
+        chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
+        direction = audit_vectors(lm, trait, chosen)[0].directions[chosen]
+        info, trait_name = {"source": f"built-in {trait} pairs (train split), mean_diff", "method": "mean_diff"}, trait
+    pool = builtin_prompts(trait_name if trait_name in TRAITS else TRAITS[0], "in_distribution")
+    chosen_prompts = (prompts or pool)[:n_prompts]
+    calibration = builtin_prompts(TRAITS[0], "topic_shift")[:2]
+    scorer = None
+    if trait_name in TRAITS:
+        from steerscope.score.base import get_scorer
+
+        scorer = get_scorer(trait_name)
+    settings = AuditSettings(positions=positions, alphas=sweep, sweep_prompts=sweep_prompts,
+                             steered_search=SearchConfig(budget=budget, fallback=False),
+                             adversarial_exhaustive=exhaustive_next, max_new_tokens=max_new_tokens, seed=seed)
+    with err.status(f"inverting {len(chosen_prompts)} prompts × {positions} positions at layer {chosen}"):
+        report = run_reachability(lm, direction, chosen, alpha, chosen_prompts, calibration, capture_layer=capture_layer,
+                                  trait=trait_name, scorer=scorer, settings=settings, vector_info=info)
+    atomic_write(paths["results.json"], lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
+    markdown = reachability_markdown(report)
+    atomic_write(paths["summary.md"], lambda tmp: tmp.write_text(markdown), overwrite)
+    plot_reachability_positions(report, paths["positions.png"], overwrite)
+    plot_reachability_sweep(report, paths["alpha_sweep.png"], overwrite)
+    out.print(markdown, markup=False, highlight=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+
+
 def main() -> None:
     try:
         app()

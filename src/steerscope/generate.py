@@ -84,3 +84,25 @@ def generate(
             rows_steering = steering.rows(slice(start, stop)) if steering is not None and steering.batch_size else steering
             outputs += _generate_batch(lm, encoded[start:stop], config, rows_steering)
     return outputs
+
+
+def generate_from_ids(
+    lm: LoadedModel,
+    rows: Sequence[Sequence[int]],
+    config: GenerationConfig | None = None,
+    steering: Steering | None = None,
+    batch_size: int = 16,
+) -> list[str]:
+    """Like :func:`generate` for prompts that are already token ids (no chat template is applied)."""
+    config = config or GenerationConfig()
+    config.validate()
+    if not rows or any(len(r) == 0 for r in rows):
+        raise SteerscopeError("no prompts (or an empty prompt) to generate from")
+    outputs: list[str] = []
+    devices = [lm.device] if lm.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        for start in range(0, len(rows), batch_size):
+            sub = steering.rows(slice(start, start + batch_size)) if steering is not None and steering.batch_size else steering
+            outputs += _generate_batch(lm, [list(r) for r in rows[start:start + batch_size]], config, sub)
+    return outputs

@@ -164,3 +164,57 @@ def recovery_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Bootstrap stability ({stab['n_boot']} resamples, seed {stab['seed']}): mean cos {_num(stab['mean_cos'])} "
                      f"[{_num(stab['ci_low'])}, {_num(stab['ci_high'])}]")
     return "\n".join(lines + [""])
+
+
+def reachability_markdown(report: dict[str, Any]) -> str:
+    """A one-page summary of a reachability audit (the dict from ``run_reachability``)."""
+    cfg, s, th, adv, beh = report["config"], report["summary"], report["threshold"], report["adversarial"], report["behaviour"]
+    e = ".3g"
+    lines = [
+        f"# Reachability audit: {report['model']['name']}, α = {cfg['alpha']:g} at layer {cfg['layer']} "
+        f"(states compared at layer {cfg['capture_layer']})",
+        "",
+        f"- **Verdict: {s['verdict']}**" + (f" — prompt: {s['reachable_prompt']!r}" if s["reachable_prompt"] else "") + ".",
+        f"- Note: {report['statement']}.",
+        f"- Vector: {report['vector'].get('source', 'given')}, ‖v‖ = {_num(s['vector_norm'])}, ‖α·v‖ = {_num(s['steering_norm'])}; "
+        f"added at every position.",
+        f"- Threshold ε = {_num(th['epsilon'], e)} ({th['rule']}; noise floor {_num(th['noise'], e)}, nearest competitor "
+        f"{_num(th['margin'], e)}, {th['n_positions']} calibration positions).",
+        f"- Positive control: natural states of {cfg['n_prompts']} prompts × last {cfg['positions']} positions recovered exactly at "
+        f"{_num(100 * s['natural_exact_recovery'], '.1f')} % of {s['n_positions']} positions (median distance "
+        f"{_num(s['median_natural_distance'], e)}, median margin Δ {_num(s['median_margin'], e)}).",
+        f"- Steered states: median best-found distance {_num(s['median_steered_distance'], e)} = "
+        f"{_num(s['median_steered_over_noise'], '.3g')} × the noise floor and {_num(s['median_steered_over_displacement'])} × "
+        f"the displacement ‖steered − natural‖ (median {_num(s['median_displacement'], e)}); accepted at "
+        f"{_num(100 * s['steered_accepted_rate'], '.1f')} % of positions; best-found token = the original at "
+        f"{_num(100 * s['steered_tokens_equal_original'], '.1f')} %.",
+        "",
+        "## α sweep and random control", "",
+        "| vector | α | median best-found distance | median ‖steered − natural‖ | accepted | tokens = original |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [("v", p) for p in report["alpha_sweep"]] + [("random (same norm)", report["random_control"])]
+    for name, p in rows:
+        lines.append(f"| {name} | {p['alpha']:g} | {_num(p['median_steered_distance'], e)} | {_num(p['median_displacement'], e)} | "
+                     f"{_num(p['accepted_rate'], '.2f')} | {_num(p['tokens_equal_original'], '.2f')} |")
+    nxt = adv["next"]
+    lines += [
+        "", "## Adversarial vector (Theorem 4.5)", "",
+        f"v* = h(q)_i − h(p)_i with q = p with {adv['original_text']!r} → {adv['replacement_text']!r} at position {adv['i']} "
+        f"(‖v*‖ = {_num(adv['vector_norm'], e)}), added at positions i and i+1.",
+        f"- Collision at i: best distance {_num(adv['collision']['distance'], e)} (ε = {_num(adv['epsilon'], e)}), "
+        f"accepted: {adv['collision']['accepted']}, recovers the replacement token: {adv['collision']['recovered_replacement']}.",
+        f"- Divergence at i+1: best distance {_num(nxt['distance'], e)} over {nxt['tried']} candidates "
+        f"({'exhaustive' if nxt['exhaustive'] else 'budgeted search'}), accepted: {nxt['accepted']}.",
+        "", "## Behaviour (greedy, first prompts)", "",
+        "| column | side | trait score | KL(steered ‖ column) per token |", "|---|---|---|---|",
+    ]
+    for side in ("white_box", "black_box"):
+        for name, row in beh[side].items():
+            lines.append(f"| {name} | {side.replace('_', '-')} | {_num(row.get('trait_score'))} | {_num(row.get('kl_from_steered'), '.4f')} |")
+    if beh.get("instruction"):
+        lines.append(f"\nBlack-box baseline instruction: {beh['instruction']!r}.")
+    lines += ["", "## Assumptions of the theorems", "", "| component | breaks the hypotheses | detail |", "|---|---|---|"]
+    lines += [f"| {a['component']} | {'yes' if a['breaks'] else 'no'} | {a['detail']} |" for a in report["assumptions"]]
+    lines.append("")
+    return "\n".join(lines)

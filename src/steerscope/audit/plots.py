@@ -193,4 +193,56 @@ def plot_stability(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, o
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel("bootstrap cos with the full-data direction")
     ax.set_title("recovered-direction stability (green: identifiable, red: not, grey: not certified)")
+
+
+def plot_reachability_positions(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Per searched position (aligned at the prompt's end, median over prompts): natural and steered
+    best-found distances, displacement ‖steered − natural‖ and margin, with ε and the noise floor (log scale)."""
+    import numpy as np
+
+    plt = _pyplot()
+    prompts = report["prompts"]
+    width = max(len(p["positions"]) for p in prompts)
+    series = {key: np.full((len(prompts), width), np.nan) for key in ("natural_distance", "steered_distance", "displacement", "margin")}
+    for r, p in enumerate(prompts):
+        rows = p["positions"]
+        for j, row in enumerate(rows):
+            for key in series:
+                series[key][r, width - len(rows) + j] = _f(row.get(key))
+    xs = list(range(-width, 0))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    styles = {"natural_distance": ("o-", "tab:green", "natural (best found)"), "steered_distance": ("s-", "tab:red", "steered (best found)"),
+              "displacement": ("--", "tab:orange", "‖steered − natural‖"), "margin": (":", "tab:blue", "margin Δ (natural runner-up)")}
+    floor = 1e-12
+    for key, (fmt, colour, label) in styles.items():
+        with np.errstate(all="ignore"):
+            ys = np.nanmedian(series[key], axis=0)
+        ax.plot(xs, np.maximum(ys, floor), fmt, color=colour, label=label, markersize=4)
+    ax.axhline(_f(report["threshold"]["epsilon"]), color="black", linestyle="-.", linewidth=1, label="threshold ε")
+    ax.axhline(max(_f(report["threshold"]["noise"]), floor), color="grey", linestyle=":", linewidth=1, label="noise floor")
+    ax.set_yscale("log")
+    ax.set_xlabel("position (from the end of the prompt)")
+    ax.set_ylabel(f"L2 distance at layer {report['config']['capture_layer']}")
+    ax.set_title(f"{report['model']['name']}: α={report['config']['alpha']:g} at layer {report['config']['layer']} (median over prompts)")
+    ax.legend(fontsize=7)
+    return _save(fig, path, overwrite)
+
+
+def plot_reachability_sweep(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Median best-found steered distance and displacement against α, with the random control, ε and the noise floor."""
+    plt = _pyplot()
+    points = sorted(report["alpha_sweep"], key=lambda p: p["alpha"])
+    alphas = [p["alpha"] for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(alphas, [_f(p["median_steered_distance"]) for p in points], "s-", color="tab:red", label="steered: best found")
+    ax.plot(alphas, [_f(p["median_displacement"]) for p in points], "--", color="tab:orange", label="‖steered − natural‖")
+    rand = report.get("random_control")
+    if rand:
+        ax.plot([rand["alpha"]], [_f(rand["median_steered_distance"])], "x", color="black", markersize=9, label="random vector, same norm")
+    ax.axhline(_f(report["threshold"]["epsilon"]), color="black", linestyle="-.", linewidth=1, label="threshold ε")
+    ax.axhline(max(_f(report["threshold"]["noise"]), 1e-12), color="grey", linestyle=":", linewidth=1, label="noise floor")
+    ax.set_yscale("log")
+    ax.set_xlabel("α")
+    ax.set_ylabel("median L2 distance")
+    ax.legend(fontsize=7)
     return _save(fig, path, overwrite)

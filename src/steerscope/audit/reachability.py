@@ -1,0 +1,343 @@
+"""Reachability audit: is a steered residual-stream state produced by any prompt?
+
+For each prompt (chat-templated), the states at the capture layer are inverted with
+:func:`steerscope.invert.invert`: the natural (unsteered) states as a positive control, then the
+states steered with ``α·v`` added at layer ℓ at every position. Per searched position the audit
+reports the best-found distance to a natural state, the natural noise floor, the margin Δ (runner-up
+distance of the natural search) and the steering displacement ``‖steered − natural‖``. Controls:
+an α sweep, a matched-norm random vector, and the adversarial construction of Theorem 4.5 of
+arXiv 2604.09839 (a vector that makes the steered state collide with another prompt's state at
+position i; applied also at i+1 the state there diverges). Behaviour: greedy generations from the
+nearest-found prompt, the steered model (white-box) and an instruction prompt (black-box), with
+trait scores and teacher-forced KL from the steered model, in separate columns.
+
+Searched positions are the last ``positions`` tokens of each prompt; the tokens before them (the
+chat template's opening) are given to the search. A failed search is an upper bound on the
+distance to the prompt-reachable set, not a proof that no prompt reaches the state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steerscope.audit.assumptions import check_assumptions
+from steerscope.audit.identifiability import jsonable, random_draw
+from steerscope.capture import block_hidden
+from steerscope.divergence import kl_js
+from steerscope.encoding import encode_prompt
+from steerscope.errors import DataError, SteerscopeError
+from steerscope.generate import GenerationConfig, generate_from_ids
+from steerscope.intervene import steer
+from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, check_context, hidden_states, invert
+from steerscope.models.loading import LoadedModel
+
+STATEMENT = ("a failed search is an upper bound on the distance to the set of prompt-reachable states, not a proof "
+             "that no prompt reaches the steered state")
+#: Black-box baseline: an instruction to adopt the trait's positive (α > 0) or negative (α < 0) pole.
+INSTRUCTIONS = {
+    "formality": ("Answer in a very formal, professional register.", "Answer in a very casual, slangy way."),
+    "sentiment": ("Answer in a very upbeat, enthusiastic tone.", "Answer in a gloomy, disappointed tone."),
+    "politeness": ("Answer very courteously and respectfully.", "Answer curtly and dismissively."),
+    "truthfulness": ("Answer with correct, well-known facts.", "Answer with plausible but false claims."),
+    "agreeableness": ("Answer in a warm, cooperative, validating way.", "Answer in a cold, contrarian, dismissive way."),
+}
+RANDOM_SEED_OFFSET = 20_000
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Sizes of the audit. ``positions``: searched positions per prompt (the last ones);
+    ``sweep_prompts``: prompts used by the α sweep, the random control and the behaviour readout."""
+
+    positions: int = 12
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    sweep_prompts: int = 3
+    natural_search: SearchConfig = SearchConfig()
+    steered_search: SearchConfig = SearchConfig(budget=128, fallback=False)
+    adversarial_exhaustive: bool = False
+    max_new_tokens: int = 24
+    seed: int = 0
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line) or a JSONL file with a ``prompt`` field per line."""
+    file = Path(path)
+    if not file.is_file():
+        raise SteerscopeError(f"prompt file {file} does not exist")
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if file.suffix != ".jsonl":
+        return [line.strip() for line in lines]
+    prompts, problems = [], []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{file}:{n}: invalid JSON ({exc.msg})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            problems.append(f"{file}:{n}: prompt: missing or not a non-empty string")
+        else:
+            prompts.append(record["prompt"])
+    if problems:
+        raise DataError(str(file), problems)
+    if not prompts:
+        raise SteerscopeError(f"no prompts in {file}")
+    return prompts
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+@contextmanager
+def add_at(lm: LoadedModel, layer: int, vector: torch.Tensor, positions: Sequence[int]) -> Iterator[None]:
+    """Add ``vector`` (``[d]``) to the output of block ``layer`` at absolute ``positions`` of a full-sequence pass."""
+    idx = torch.as_tensor(list(positions), dtype=torch.long)
+
+    def hook(_module, _args, output):
+        h = block_hidden(output).clone()
+        h[:, idx] += vector.to(h.device, h.dtype)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handle = lm.layers[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def steered_states(lm: LoadedModel, ids: Sequence[int], vector: torch.Tensor, alpha: float, layer: int, capture_layer: int) -> torch.Tensor:
+    """``[T, d]`` states at ``capture_layer`` with ``alpha·vector`` added at layer ``layer``, every position."""
+    with steer(lm, {layer: vector.float()}, alpha):
+        return hidden_states(lm, ids, capture_layer)
+
+
+# --- per-prompt rows ---------------------------------------------------------------------------
+
+def _decode(lm: LoadedModel, ids: Sequence[int]) -> list[str]:
+    return [lm.tokenizer.decode([i]) for i in ids]
+
+
+def position_rows(lm: LoadedModel, ids: Sequence[int], natural: Inversion, steered: Inversion,
+                  displacement: torch.Tensor, noise: float) -> list[dict]:
+    """Per searched position: natural / steered best distances, margin, displacement, tokens (``displacement`` ``[T]``)."""
+    rows = []
+    for j, t in enumerate(natural.positions):
+        rows.append({
+            "position": t, "token": int(ids[t]), "text": _decode(lm, [ids[t]])[0],
+            "natural_distance": natural.distances[j], "natural_recovered": natural.tokens[t] == ids[t],
+            "margin": natural.second()[j], "natural_tried": natural.tried[j],
+            "natural_runner_up": natural.topk_tokens[j][1] if len(natural.topk_tokens[j]) > 1 else None,
+            "steered_distance": steered.distances[j], "steered_accepted": steered.accepted[j],
+            "steered_token": steered.tokens[t], "steered_token_is_original": steered.tokens[t] == ids[t],
+            "steered_tried": steered.tried[j], "displacement": float(displacement[t]),
+            "steered_over_noise": steered.distances[j] / noise,
+            "steered_topk": {"tokens": steered.topk_tokens[j][:5], "distances": steered.topk_distances[j][:5]},
+        })
+    return rows
+
+
+def _search(lm, target, layer, threshold, ids, settings, config) -> Inversion:
+    cut = max(0, len(ids) - settings.positions)
+    return invert(lm, target, layer, threshold.epsilon, prefix=ids[:cut], config=config)
+
+
+def steered_summary(lm, seqs, vector, alpha, layer, capture_layer, threshold, settings) -> dict:
+    """Median best-found distance, displacement and token agreement of steered states over ``seqs``."""
+    best, disp, same, accepted = [], [], [], []
+    for ids in seqs:
+        nat = hidden_states(lm, ids, capture_layer)
+        tgt = steered_states(lm, ids, vector, alpha, layer, capture_layer)
+        inv = _search(lm, tgt, capture_layer, threshold, ids, settings, settings.steered_search)
+        best += inv.distances
+        accepted += inv.accepted
+        disp += (tgt - nat).norm(dim=-1)[inv.start:].tolist()
+        same += [a == b for a, b in zip(inv.tokens[inv.start:], ids[inv.start:])]
+    return {"alpha": alpha, "median_steered_distance": statistics.median(best), "median_displacement": statistics.median(disp),
+            "accepted_rate": float(np.mean(accepted)), "tokens_equal_original": float(np.mean(same)), "n_positions": len(best)}
+
+
+# --- Theorem 4.5 ---------------------------------------------------------------------------------
+
+def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: int, replacement: int,
+                          threshold: Threshold, settings: AuditSettings) -> dict:
+    """Theorem 4.5: ``v* = h_ℓ(q)_i − h_ℓ(p)_i`` with ``q`` = ``p`` with token ``replacement`` at ``i``.
+
+    Added at positions ``i`` and ``i+1`` of ``p`` (layer ℓ, captured at ℓ), the steered state at
+    ``i`` collides with ``q``'s (the search recovers ``replacement`` within ε); at ``i+1`` the best
+    natural state found with the prefix ``q_{1:i}`` stays far (divergence). The ``i+1`` search is
+    exhaustive when ``settings.adversarial_exhaustive``, else the steered search budget.
+    """
+    if not 0 < i < len(ids) - 1:
+        raise SteerscopeError(f"the collision position must leave a next position: 0 < i < {len(ids) - 1}, got {i}")
+    q = list(ids[:i]) + [replacement] + list(ids[i + 1:])
+    h_p, h_q = hidden_states(lm, ids, layer), hidden_states(lm, q, layer)
+    v_star = h_q[i] - h_p[i]
+    with add_at(lm, layer, v_star, [i, i + 1]):
+        target = hidden_states(lm, ids[: i + 2], layer)
+    first = invert(lm, target[: i + 1], layer, threshold.epsilon, prefix=ids[:i], config=settings.natural_search)
+    nxt = SearchConfig(policy="exhaustive", chunk=settings.natural_search.chunk) if settings.adversarial_exhaustive else settings.steered_search
+    second = invert(lm, target, layer, threshold.epsilon, prefix=q[: i + 1], config=nxt)
+    continuation = hidden_states(lm, q[: i + 1] + [ids[i + 1]], layer)[i + 1]
+    return {
+        "i": i, "original_token": int(ids[i]), "replacement_token": int(replacement),
+        "original_text": _decode(lm, [ids[i]])[0], "replacement_text": _decode(lm, [replacement])[0],
+        "vector_norm": float(v_star.norm()),
+        "collision": {"distance": first.distances[0], "token": first.tokens[i], "accepted": first.accepted[0],
+                      "recovered_replacement": first.tokens[i] == replacement, "tried": first.tried[0]},
+        "next": {"distance": second.distances[0], "token": second.tokens[i + 1], "accepted": second.accepted[0],
+                 "tried": second.tried[0], "exhaustive": settings.adversarial_exhaustive,
+                 "distance_to_q_with_original_next_token": float((target[i + 1] - continuation).norm()),
+                 "distance_to_p": float((target[i + 1] - h_p[i + 1]).norm())},
+        "epsilon": threshold.epsilon,
+    }
+
+
+# --- behaviour -----------------------------------------------------------------------------------
+
+def _continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int], steering=None) -> torch.Tensor:
+    """``[L, V]`` log-probabilities of the next token at each continuation position (teacher-forced)."""
+    x = torch.tensor([list(prompt) + list(cont)], device=lm.device)
+    with torch.inference_mode(), steering if steering is not None else nullcontext():
+        logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0].float()
+    return logits[len(prompt) - 1: len(prompt) + len(cont) - 1].log_softmax(-1).cpu()
+
+
+def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence[Sequence[int]], nearest: Sequence[Sequence[int]],
+                         vector: torch.Tensor, alpha: float, layer: int, trait: str | None,
+                         scorer: Callable[[Sequence[str]], np.ndarray] | None, max_new_tokens: int) -> dict:
+    """Greedy generations and readouts for four columns: ``unsteered``, ``steered`` (white-box),
+    ``nearest_prompt`` (the search's tokens for the steered states) and ``instruction`` (black-box
+    prompt baseline; only with a built-in trait). KL: mean per-token ``KL(p_steered ‖ p_column)``
+    teacher-forced on the steered completion."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=1)
+    columns: dict[str, list[list[int]]] = {"unsteered": list(seqs), "nearest_prompt": list(nearest)}
+    if trait in INSTRUCTIONS:
+        instruction = INSTRUCTIONS[trait][0 if alpha >= 0 else 1]
+        columns["instruction"] = [encode_prompt(lm.tokenizer, f"{instruction}\n\n{p}") for p in prompts]
+    steering = steer(lm, {layer: vector.float()}, alpha)
+    texts = {"steered": generate_from_ids(lm, seqs, config, steering)}
+    texts |= {name: generate_from_ids(lm, rows, config) for name, rows in columns.items()}
+    out: dict[str, Any] = {"white_box": {}, "black_box": {}, "texts": texts, "max_new_tokens": max_new_tokens}
+    if trait in INSTRUCTIONS:
+        out["instruction"] = instruction
+    kls: dict[str, list[float]] = {name: [] for name in columns}
+    for b, ids in enumerate(seqs):
+        cont = list(lm.tokenizer(texts["steered"][b], add_special_tokens=False)["input_ids"])
+        if not cont:
+            continue
+        ref = _continuation_logprobs(lm, ids, cont, steer(lm, {layer: vector.float()}, alpha))
+        for name, rows in columns.items():
+            kls[name].append(float(kl_js(ref, _continuation_logprobs(lm, rows[b], cont))[0].mean()))
+    scores = {name: float(np.mean(scorer(t))) for name, t in texts.items()} if scorer is not None else {}
+    for name in ("steered", "unsteered", "nearest_prompt", "instruction"):
+        if name not in texts:
+            continue
+        side = "black_box" if name == "instruction" else "white_box"
+        out[side][name] = {"trait_score": scores.get(name), "kl_from_steered": float(np.mean(kls[name])) if kls.get(name) else (0.0 if name == "steered" else None)}
+    return out
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+def _window_summary(rows: Sequence[dict], noise: float) -> dict:
+    nat = [r["natural_recovered"] for r in rows]
+    ratio = [r["steered_distance"] / noise for r in rows]
+    disp_ratio = [r["steered_distance"] / r["displacement"] for r in rows if r["displacement"] > 0]
+    return {
+        "n_positions": len(rows), "natural_exact_recovery": float(np.mean(nat)),
+        "median_natural_distance": statistics.median(r["natural_distance"] for r in rows),
+        "median_margin": statistics.median(r["margin"] for r in rows if not math.isnan(r["margin"])),
+        "median_steered_distance": statistics.median(r["steered_distance"] for r in rows),
+        "median_displacement": statistics.median(r["displacement"] for r in rows),
+        "median_steered_over_noise": statistics.median(ratio),
+        "median_steered_over_displacement": statistics.median(disp_ratio) if disp_ratio else None,
+        "steered_accepted_rate": float(np.mean([r["steered_accepted"] for r in rows])),
+        "steered_tokens_equal_original": float(np.mean([r["steered_token_is_original"] for r in rows])),
+    }
+
+
+def run_reachability(
+    lm: LoadedModel,
+    vector: torch.Tensor,
+    layer: int,
+    alpha: float,
+    prompts: Sequence[str],
+    calibration_prompts: Sequence[str],
+    capture_layer: int | None = None,
+    trait: str | None = None,
+    scorer: Callable[[Sequence[str]], np.ndarray] | None = None,
+    settings: AuditSettings | None = None,
+    vector_info: dict | None = None,
+) -> dict[str, Any]:
+    """Full reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``; returns a JSON-serialisable report.
+
+    States are compared at ``capture_layer`` (default: ``layer``, i.e. right after the addition).
+    ``trait`` selects the black-box instruction baseline; ``scorer`` (texts → scores) the trait scores.
+    """
+    settings = settings or AuditSettings()
+    layer = lm.check_layer(layer)
+    capture_layer = layer if capture_layer is None else lm.check_layer(capture_layer)
+    if capture_layer < layer:
+        raise SteerscopeError(f"the capture layer ({capture_layer}) must not precede the steering layer ({layer})")
+    if vector.ndim != 1 or vector.shape[0] != lm.d_model or not torch.isfinite(vector).all():
+        raise SteerscopeError(f"the steering vector must be a finite [{lm.d_model}] tensor, got shape {tuple(vector.shape)}")
+    if not prompts or not calibration_prompts:
+        raise SteerscopeError("the audit needs at least one prompt and one calibration prompt")
+    vector = vector.detach().float().cpu()
+    seqs = [encode_prompt(lm.tokenizer, p) for p in prompts]
+    calib = [encode_prompt(lm.tokenizer, p) for p in calibration_prompts]
+    for ids in seqs + calib:
+        check_context(lm, len(ids))
+    threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.positions)
+    per_prompt, rows_all, nearest = [], [], []
+    for prompt, ids in zip(prompts, seqs):
+        nat_states = hidden_states(lm, ids, capture_layer)
+        st_states = steered_states(lm, ids, vector, alpha, layer, capture_layer)
+        natural = _search(lm, nat_states, capture_layer, threshold, ids, settings, settings.natural_search)
+        steered = _search(lm, st_states, capture_layer, threshold, ids, settings, settings.steered_search)
+        rows = position_rows(lm, ids, natural, steered, (st_states - nat_states).norm(dim=-1), threshold.noise)
+        nearest.append(steered.tokens)
+        rows_all += rows
+        per_prompt.append({"prompt": prompt, "n_tokens": len(ids), "start": natural.start, "positions": rows,
+                           "steered_trajectory_found": all(steered.accepted),
+                           "nearest_prompt": lm.tokenizer.decode(steered.tokens)})
+    k = min(settings.sweep_prompts, len(seqs))
+    sweep = [steered_summary(lm, seqs[:k], vector, a, layer, capture_layer, threshold, settings) for a in settings.alphas]
+    rand = random_draw(vector, settings.seed + RANDOM_SEED_OFFSET)
+    random_control = steered_summary(lm, seqs[:k], rand, alpha, layer, capture_layer, threshold, settings)
+    random_control |= {"seed": settings.seed + RANDOM_SEED_OFFSET, "norm": float(rand.norm())}
+    first = per_prompt[0]
+    i = first["start"] + max(0, (len(seqs[0]) - first["start"]) // 2 - 1)
+    runner_up = next(r["natural_runner_up"] for r in first["positions"] if r["position"] == i)
+    replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % lm.model.get_input_embeddings().weight.shape[0]
+    adversarial = adversarial_collision(lm, seqs[0], layer, i, replacement, threshold, settings)
+    behaviour = behaviour_comparison(lm, prompts[:k], seqs[:k], nearest[:k], vector, alpha, layer, trait, scorer,
+                                     settings.max_new_tokens)
+    found = [p for p in per_prompt if p["steered_trajectory_found"]]
+    summary = _window_summary(rows_all, threshold.noise)
+    summary |= {
+        "verdict": "reachable" if found else "unreachable-within-search",
+        "reachable_prompt": found[0]["nearest_prompt"] if found else None,
+        "vector_norm": float(vector.norm()), "steering_norm": abs(alpha) * float(vector.norm()),
+        "noise_floor": threshold.noise, "epsilon": threshold.epsilon,
+    }
+    report = {
+        "config": {"layer": layer, "capture_layer": capture_layer, "alpha": alpha, "trait": trait, "positions": settings.positions,
+                   "alphas": list(settings.alphas), "sweep_prompts": k, "seed": settings.seed,
+                   "natural_search": settings.natural_search.__dict__, "steered_search": settings.steered_search.__dict__,
+                   "adversarial_exhaustive": settings.adversarial_exhaustive, "max_new_tokens": settings.max_new_tokens,
+                   "steered_positions": "all", "n_prompts": len(prompts), "calibration_prompts": list(calibration_prompts)},
+        "model": lm.info(), "vector": vector_info or {}, "assumptions": check_assumptions(lm),
+        "threshold": threshold.to_json(), "summary": summary, "prompts": per_prompt, "alpha_sweep": sweep,
+        "random_control": random_control, "adversarial": adversarial, "behaviour": behaviour, "statement": STATEMENT,
+    }
+    return jsonable(report)

@@ -1,0 +1,413 @@
+"""Recover the prompt behind a sequence of residual-stream states (SipIt-style sequential inversion).
+
+Conventions: ``target`` is ``[T, d]``, the states of one token sequence at layer ℓ (the output of
+decoder block ℓ, see :class:`steerscope.models.LoadedModel`). Causality makes position ``t``
+depend on tokens ``≤ t`` only, so tokens are recovered one position at a time: with the KV cache
+of the prefix already recovered, each candidate token ``c`` is scored as a one-token continuation,
+``d(c) = ‖h_ℓ(prefix ⊕ c)_t − target_t‖₂`` (float32, a batch of candidates per forward pass), and
+the first candidate with ``d ≤ ε`` is accepted. Without one, the best candidate found is kept (the
+search continues) and the position is marked not accepted.
+
+Candidate policies: ``"gradient"`` (a continuous proxy input embedding is moved by gradient steps
+on ``½·d²``; the unvisited tokens with the best first-order gain along the gradient and those whose
+input embeddings are nearest to the proxy are scored in small batches; exhaustive fallback after
+a budget) and ``"exhaustive"`` (the vocabulary in id order,
+in chunks, until a token is accepted). The threshold ``ε`` is calibrated per model and layer on
+natural states (:func:`calibrate_threshold`).
+
+A failed search is an upper bound on the distance to the set of prompt-reachable states, not a
+proof that no prompt reaches the target.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from steerscope.capture import _StopForward, block_hidden
+from steerscope.errors import SteerscopeError
+from steerscope.models.loading import LoadedModel
+
+POLICIES = ("gradient", "exhaustive")
+
+
+# --- model plumbing ---------------------------------------------------------------------------
+
+@contextmanager
+def _tap(lm: LoadedModel, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Store block ``layer``'s output (``[B, T, d]``, not detached) in ``out["h"]`` and stop the pass."""
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        out["h"] = block_hidden(output)
+        raise _StopForward
+
+    handle = lm.layers[layer].register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+def _run(lm: LoadedModel, layer: int, **kwargs) -> torch.Tensor:
+    """Forward pass stopped after block ``layer``; returns its output ``[B, T, d]`` in float32."""
+    with _tap(lm, layer) as out:
+        try:
+            lm.model(**kwargs)
+        except _StopForward:
+            pass
+    if "h" not in out:
+        raise SteerscopeError(f"block {layer} of {lm.name} did not run")
+    return out["h"].float()
+
+
+def check_context(lm: LoadedModel, n_tokens: int) -> None:
+    """Raise if ``n_tokens`` exceeds the model's context length (when the config states one)."""
+    config = getattr(lm.model, "config", None)
+    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(config, k, None), int)), None)
+    if limit is not None and n_tokens > limit:
+        raise SteerscopeError(f"prompt has {n_tokens} tokens but {lm.name} has a context of {limit} tokens")
+
+
+def hidden_states(lm: LoadedModel, ids: Sequence[int], layer: int) -> torch.Tensor:
+    """``[T, d]`` float32 states of ``ids`` at layer ℓ from one unpadded full-sequence pass.
+
+    Steering entered around the call applies (the states are then the steered ones).
+    """
+    layer = lm.check_layer(layer)
+    if not ids:
+        raise SteerscopeError("cannot compute states of an empty token sequence")
+    check_context(lm, len(ids))
+    x = torch.tensor([list(ids)], device=lm.device)
+    with torch.inference_mode():
+        return _run(lm, layer, input_ids=x, attention_mask=torch.ones_like(x), position_ids=torch.arange(len(ids), device=lm.device)[None],
+                    use_cache=False)[0].cpu()
+
+
+def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
+    """``(W, scale)``: the model feeds ``scale·W[v]`` (``W``: ``[V, d]``) to block 0 for token ``v``.
+
+    Some models (Gemma) multiply the looked-up row inside the embedding module; the scale is
+    measured by comparing the module's output with the raw rows.
+    """
+    module = lm.model.get_input_embeddings()
+    weight = module.weight
+    ids = torch.arange(min(weight.shape[0], 256), device=weight.device)
+    with torch.no_grad():
+        out, rows = module(ids).float(), weight[ids].float()
+    scale = float((out * rows).sum() / (rows * rows).sum())
+    if not torch.allclose(out, scale * rows, rtol=1e-4, atol=1e-6):
+        raise SteerscopeError(f"the input embedding of {lm.name} is not a (scaled) lookup table; inversion needs one")
+    return weight.detach(), scale
+
+
+class _Prefix:
+    """KV cache (blocks ``0..layer``) of a growing token prefix, fed one token at a time."""
+
+    def __init__(self, lm: LoadedModel, layer: int, ids: Sequence[int] = ()):
+        from transformers import DynamicCache
+
+        self.lm, self.layer = lm, layer
+        self.cache = DynamicCache(config=lm.model.config)
+        self.length = 0
+        if ids:
+            self.extend(ids)
+
+    def extend(self, ids: Sequence[int]) -> None:
+        x = torch.tensor([list(ids)], device=self.lm.device)
+        pos = torch.arange(self.length, self.length + len(ids), device=self.lm.device)[None]
+        mask = torch.ones((1, self.length + len(ids)), dtype=torch.long, device=self.lm.device)
+        with torch.no_grad():  # not inference mode: the cache also feeds differentiable passes
+            _run(self.lm, self.layer, input_ids=x, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        self.length += len(ids)
+
+    def expanded(self, batch: int):
+        """A copy of the cache repeated ``batch`` times along the batch axis (views, not copies)."""
+        cache = copy.deepcopy(self.cache)
+        for layer in getattr(cache, "layers", []):
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+                layer.values = layer.values.expand(batch, *layer.values.shape[1:])
+        return cache
+
+    def _kwargs(self, batch: int) -> dict:
+        pos = torch.full((batch, 1), self.length, device=self.lm.device)
+        mask = torch.ones((batch, self.length + 1), dtype=torch.long, device=self.lm.device)
+        return {"position_ids": pos, "attention_mask": mask, "past_key_values": self.expanded(batch) if self.length else None, "use_cache": self.length > 0}
+
+    def states(self, candidates: torch.Tensor) -> torch.Tensor:
+        """``[B, d]``: state at the next position for each candidate token id (``[B]``)."""
+        with torch.no_grad():
+            h = _run(self.lm, self.layer, input_ids=candidates.to(self.lm.device)[:, None], **self._kwargs(len(candidates)))
+        return h[:, -1].cpu()
+
+    def embed_state(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` state for input embeddings ``[B, d]`` (differentiable)."""
+        return _run(self.lm, self.layer, inputs_embeds=embeds[:, None].to(self.lm.dtype), **self._kwargs(len(embeds)))[:, -1]
+
+
+def score_candidates(lm: LoadedModel, layer: int, prefix: Sequence[int], candidates: Sequence[int], target: torch.Tensor,
+                     batch_size: int = 256) -> torch.Tensor:
+    """``[B]`` distances ``‖h_ℓ(prefix ⊕ c)_t − target‖₂`` (``t = len(prefix)``, ``target`` ``[d]``), batched over a KV cache."""
+    layer = lm.check_layer(layer)
+    check_context(lm, len(prefix) + 1)
+    state = _Prefix(lm, layer, prefix)
+    cand = torch.as_tensor(list(candidates), dtype=torch.long)
+    return torch.cat([_distances(state.states(chunk), target) for chunk in cand.split(batch_size)])
+
+
+def _distances(states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (states.double() - target.double()).norm(dim=-1).float()
+
+
+# --- threshold calibration ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Threshold:
+    """Acceptance threshold ``ε`` for one model and layer, with the calibration it came from.
+
+    Rule: ``ε = sqrt(noise · Δ/2)``, the geometric midpoint between ``noise`` — the largest
+    distance of the correct token to its own natural state over the calibration positions (float32
+    difference between the full-sequence and the KV-cached pass; at least ``float32 eps · median
+    ‖h‖``) — and ``Δ/2``, half the smallest distance of a competing token (an upper bound on the
+    margin Δ, from the competitors scored). Exact recovery needs ``noise ≤ ε < Δ/2``.
+    """
+
+    epsilon: float
+    noise: float
+    margin: float
+    noise_floor: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    n_competitors: int = 0
+    rule: str = "epsilon = sqrt(noise * margin / 2)"
+
+    def to_json(self) -> dict:
+        return {
+            "epsilon": self.epsilon, "noise": self.noise, "margin": self.margin, "rule": self.rule,
+            "n_positions": len(self.noise_floor), "n_competitors": self.n_competitors,
+            "noise_floor_median": _median(self.noise_floor), "margin_median": _median(self.margins),
+        }
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(torch.tensor(xs).median()) if xs else math.nan
+
+
+def calibrate_threshold(
+    lm: LoadedModel, layer: int, sequences: Sequence[Sequence[int]], n_competitors: int = 64, seed: int = 0,
+    last: int | None = None,
+) -> Threshold:
+    """Calibrate ``ε`` at ``layer`` on natural states of token ``sequences`` (see :class:`Threshold`).
+
+    At every position (the ``last`` positions of each sequence when given) the correct token and
+    ``n_competitors`` others (half the nearest in input embedding space to the correct token, half
+    uniformly random from ``seed``) are scored.
+    """
+    layer = lm.check_layer(layer)
+    weight, _scale = embedding_space(lm)
+    gen = torch.Generator().manual_seed(seed)
+    noise, margins, norms = [], [], []
+    for ids in sequences:
+        target = hidden_states(lm, ids, layer)
+        start = 0 if last is None else max(0, len(ids) - last)
+        state = _Prefix(lm, layer, list(ids[:start]))
+        for t, token in enumerate(ids[start:], start):
+            near = _nearest_rows(weight, weight[token].float(), n_competitors // 2 + 1)
+            rand = torch.randint(0, weight.shape[0], (n_competitors - n_competitors // 2,), generator=gen)
+            others = torch.unique(torch.cat([near, rand]))
+            others = others[others != token]
+            d = _distances(state.states(torch.cat([torch.tensor([token]), others])), target[t])
+            noise.append(float(d[0]))
+            margins.append(float(d[1:].min()))
+            norms.append(float(target[t].norm()))
+            state.extend([token])
+    if not noise:
+        raise SteerscopeError("threshold calibration needs at least one non-empty sequence")
+    floor = torch.finfo(torch.float32).eps * float(torch.tensor(norms).median())
+    top, margin = max(max(noise), floor), min(margins)
+    if not top < margin / 2:
+        raise SteerscopeError(
+            f"cannot calibrate a threshold at layer {layer} of {lm.name}: the natural noise floor {top:.3g} is not below "
+            f"half the nearest competing distance {margin / 2:.3g} (the layer is not numerically injective here)"
+        )
+    return Threshold(math.sqrt(top * margin / 2), top, margin, noise, margins, n_competitors)
+
+
+def _nearest_rows(weight: torch.Tensor, e: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Ids of the ``k`` rows of ``weight`` (``[V, d]``) nearest to ``e`` (``[d]``) in L2, skipping ``exclude`` (``[V]`` bool)."""
+    w = weight.float()
+    d2 = (w * w).sum(-1) - 2 * (w @ e.float())
+    if exclude is not None:
+        d2 = d2.masked_fill(exclude.to(d2.device), math.inf)
+    k = min(k, int(torch.isfinite(d2).sum()))
+    return d2.topk(k, largest=False).indices.cpu()
+
+
+# --- the search --------------------------------------------------------------------------------
+
+@dataclass
+class Inversion:
+    """Result of inverting ``[T, d]`` states; per-position lists cover the searched positions ``start..T-1``.
+
+    ``tokens`` ``[T]``: the given prefix, then the accepted or best-found token at each searched
+    position; ``distances``: best distance found; ``accepted``: best ≤ ``epsilon``; ``topk_tokens``
+    / ``topk_distances``: the ``k`` best candidates scored (ascending); ``tried``: candidates scored.
+    """
+
+    tokens: list[int]
+    start: int
+    epsilon: float
+    distances: list[float] = field(default_factory=list)
+    accepted: list[bool] = field(default_factory=list)
+    topk_tokens: list[list[int]] = field(default_factory=list)
+    topk_distances: list[list[float]] = field(default_factory=list)
+    tried: list[int] = field(default_factory=list)
+
+    @property
+    def positions(self) -> list[int]:
+        return list(range(self.start, len(self.tokens)))
+
+    def second(self) -> list[float]:
+        """Distance of the runner-up candidate per position (an upper bound on the margin Δ when the best is correct)."""
+        return [d[1] if len(d) > 1 else math.nan for d in self.topk_distances]
+
+    def to_json(self) -> dict:
+        return {"tokens": self.tokens, "start": self.start, "epsilon": self.epsilon, "distances": self.distances,
+                "accepted": self.accepted, "second": self.second(), "topk_tokens": self.topk_tokens,
+                "topk_distances": self.topk_distances, "tried": self.tried}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search settings.
+
+    ``policy``: ``"gradient"`` or ``"exhaustive"``. Gradient policy: rounds of ``batch`` candidates
+    (half ranked by the first-order gain along the gradient, half nearest to the proxy embedding),
+    each followed by ``steps`` Adam steps (learning rate ``lr`` × the RMS norm of the input
+    embeddings, per coordinate) on the proxy, starting from the mean input embedding, for at most
+    ``budget`` candidates; then the rest of the vocabulary when ``fallback``. ``chunk``: batch size of exhaustive scoring; ``k``: candidates kept.
+    """
+
+    policy: str = "gradient"
+    batch: int = 32
+    steps: int = 1
+    lr: float = 1.0
+    budget: int = 512
+    fallback: bool = True
+    chunk: int = 256
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise SteerscopeError(f"unknown search policy {self.policy!r}; use one of {', '.join(POLICIES)}")
+        if min(self.batch, self.budget, self.chunk, self.k) < 1 or self.steps < 0:
+            raise SteerscopeError("search batch, budget, chunk and k must be positive and steps non-negative")
+
+
+class _Position:
+    """Book-keeping for one position: visited tokens, best candidates, count."""
+
+    def __init__(self, vocab: int, k: int):
+        self.visited = torch.zeros(vocab, dtype=torch.bool)
+        self.ids = torch.empty(0, dtype=torch.long)
+        self.dist = torch.empty(0)
+        self.k = k
+
+    def add(self, ids: torch.Tensor, dist: torch.Tensor) -> None:
+        self.visited[ids] = True
+        ids, dist = torch.cat([self.ids, ids]), torch.cat([self.dist, dist])
+        order = dist.argsort()[: self.k]
+        self.ids, self.dist = ids[order], dist[order]
+
+    @property
+    def best(self) -> float:
+        return float(self.dist[0]) if len(self.dist) else math.inf
+
+    @property
+    def tried(self) -> int:
+        return int(self.visited.sum())
+
+
+def _gradient_search(state: _Prefix, target: torch.Tensor, eps: float, embed: tuple[torch.Tensor, float],
+                     init: torch.Tensor, pos: _Position, cfg: SearchConfig) -> None:
+    """Rounds of: gradient ``g`` of ``½·d²`` at the proxy ``e``; score the unvisited tokens with the best
+    first-order gain ``g·E_v`` (half the batch) and those nearest to ``e`` (the other half); Adam steps on ``e``."""
+    weight, scale = embed
+    rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
+    e = init.clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(e.numel()))
+    tgt = target.to(state.lm.device)
+    while pos.tried < min(cfg.budget, len(pos.visited)) and pos.best > eps:
+        for step in range(max(cfg.steps, 1)):
+            with torch.enable_grad():
+                loss = 0.5 * (state.embed_state(e[None])[0] - tgt).pow(2).sum()
+                (grad,) = torch.autograd.grad(loss, e)
+            if step == 0:
+                gain = (weight.float() @ grad.detach().to(weight.device)) * scale
+                linear = gain.masked_fill(pos.visited.to(gain.device), math.inf)
+                first = linear.topk(min(cfg.batch // 2 or 1, int(torch.isfinite(linear).sum())), largest=False).indices.cpu()
+            if cfg.steps:
+                e.grad = grad
+                opt.step()
+        seen = pos.visited.clone()
+        seen[first] = True
+        second = _nearest_rows(weight, e.detach() / scale, cfg.batch - len(first), seen.to(weight.device))
+        batch = torch.cat([first, second])
+        pos.add(batch, _distances(state.states(batch), target))
+
+
+def _exhaustive_search(state: _Prefix, target: torch.Tensor, eps: float, pos: _Position, cfg: SearchConfig) -> None:
+    for chunk in (~pos.visited).nonzero().squeeze(1).split(cfg.chunk):
+        if pos.best <= eps:
+            return
+        pos.add(chunk, _distances(state.states(chunk), target))
+
+
+def invert(
+    lm: LoadedModel,
+    target: torch.Tensor,
+    layer: int,
+    epsilon: float,
+    prefix: Sequence[int] = (),
+    config: SearchConfig | None = None,
+) -> Inversion:
+    """Recover tokens whose layer-``layer`` states match ``target`` (``[T, d]``), position by position.
+
+    Positions ``< len(prefix)`` take the given ``prefix`` tokens (e.g. a known chat template) and
+    are not searched. A candidate is accepted at distance ≤ ``epsilon`` (see
+    :func:`calibrate_threshold`); without one the best found is kept and the search continues.
+    """
+    layer = lm.check_layer(layer)
+    cfg = config or SearchConfig()
+    if target.ndim != 2 or target.shape[1] != lm.d_model:
+        raise SteerscopeError(f"target must have shape [T, {lm.d_model}], got {tuple(target.shape)}")
+    if len(prefix) > target.shape[0]:
+        raise SteerscopeError(f"the given prefix ({len(prefix)} tokens) is longer than the target ({target.shape[0]} positions)")
+    check_context(lm, target.shape[0])
+    target = target.detach().float().cpu()
+    embed = embedding_space(lm)
+    weight, scale = embed
+    state = _Prefix(lm, layer, list(prefix))
+    result = Inversion(tokens=list(prefix), start=len(prefix), epsilon=float(epsilon))
+    mean_embed = weight.float().mean(0) * scale
+    for t in range(len(prefix), target.shape[0]):
+        pos = _Position(weight.shape[0], cfg.k)
+        if cfg.policy == "gradient":
+            _gradient_search(state, target[t], epsilon, embed, mean_embed, pos, cfg)
+        if cfg.policy == "exhaustive" or (cfg.fallback and pos.best > epsilon):
+            _exhaustive_search(state, target[t], epsilon, pos, cfg)
+        token = int(pos.ids[0])
+        result.tokens.append(token)
+        result.distances.append(pos.best)
+        result.accepted.append(pos.best <= epsilon)
+        result.topk_tokens.append(pos.ids.tolist())
+        result.topk_distances.append(pos.dist.tolist())
+        result.tried.append(pos.tried)
+        state.extend([token])
+    return result

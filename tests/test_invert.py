@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from steerscope.encoding import encode_prompt
+from steerscope.errors import SteerscopeError
+from steerscope.invert import (
+    SearchConfig,
+    calibrate_threshold,
+    embedding_space,
+    hidden_states,
+    invert,
+    score_candidates,
+)
+
+PROMPT = "hello there, how are you today my friend? tell me about your weekend"
+LAYER = 2
+
+
+def _ids(lm, prompt=PROMPT):
+    return encode_prompt(lm.tokenizer, prompt)
+
+
+def test_batched_kv_scoring_equals_one_by_one_and_full_recompute(lm):
+    ids = _ids(lm)
+    t = 9
+    target = hidden_states(lm, ids, LAYER)[t]
+    candidates = list(range(0, 60, 3))
+    batched = score_candidates(lm, LAYER, ids[:t], candidates, target, batch_size=8)
+    single = torch.cat([score_candidates(lm, LAYER, ids[:t], [c], target) for c in candidates])
+    full = torch.stack([(hidden_states(lm, ids[:t] + [c], LAYER)[t].double() - target.double()).norm().float() for c in candidates])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert torch.allclose(batched, full, atol=1e-5)
+    assert float(score_candidates(lm, LAYER, ids[:t], [ids[t]], target)[0]) < 1e-4
+
+
+def test_embedding_space_matches_the_module(tiny_models):
+    for arch, scale in (("llama", 1.0), ("gemma3", math.sqrt(32))):
+        weight, found = embedding_space(tiny_models[arch])
+        assert found == pytest.approx(scale, rel=1e-5)
+        assert weight.shape == (len(tiny_models[arch].tokenizer), 32)
+
+
+def test_threshold_lies_between_noise_floor_and_half_margin(lm):
+    th = calibrate_threshold(lm, LAYER, [_ids(lm), _ids(lm, "write a short poem about the moon")])
+    assert th.noise == max(max(th.noise_floor), th.noise)
+    assert th.noise <= th.epsilon < th.margin / 2
+    assert th.epsilon == pytest.approx(math.sqrt(th.noise * th.margin / 2))
+    assert len(th.noise_floor) == len(th.margins) == len(_ids(lm)) + len(_ids(lm, "write a short poem about the moon"))
+    info = th.to_json()
+    assert info["n_positions"] == len(th.noise_floor) and info["epsilon"] == th.epsilon
+    last = calibrate_threshold(lm, LAYER, [_ids(lm)], last=4)
+    assert len(last.noise_floor) == 4
+
+
+@pytest.mark.parametrize("policy", ["gradient", "exhaustive"])
+def test_natural_states_are_recovered_exactly(lm, policy):
+    ids = _ids(lm)
+    th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
+    res = invert(lm, hidden_states(lm, ids, LAYER), LAYER, th.epsilon, config=SearchConfig(policy=policy, chunk=64))
+    assert res.tokens == ids
+    assert all(res.accepted) and max(res.distances) <= th.epsilon
+    assert res.positions == list(range(len(ids)))
+    assert all(tk[0] == tok and tk == sorted(tk, key=tk.index) for tk, tok in zip(res.topk_tokens, ids))
+    assert all(d == sorted(d) for d in res.topk_distances)
+    assert all(1 <= n <= len(lm.tokenizer) for n in res.tried)
+
+
+def test_last_layer_and_given_prefix(tiny_models):
+    lm = tiny_models["llama"]
+    ids = _ids(lm)
+    last = lm.n_layers - 1
+    th = calibrate_threshold(lm, last, [ids])
+    res = invert(lm, hidden_states(lm, ids, last), last, th.epsilon, prefix=ids[:5])
+    assert res.tokens == ids and res.start == 5 and len(res.distances) == len(ids) - 5
+
+
+def test_without_fallback_the_best_candidate_is_kept_and_not_accepted(tiny_models):
+    lm = tiny_models["llama"]
+    ids = _ids(lm)
+    target = hidden_states(lm, ids, LAYER) + 0.5 * torch.randn(len(ids), lm.d_model, generator=torch.Generator().manual_seed(0))
+    res = invert(lm, target, LAYER, 1e-6, config=SearchConfig(budget=32, batch=16, fallback=False))
+    assert not any(res.accepted)
+    assert all(n == 32 for n in res.tried)
+    assert all(d == tk[0] for d, tk in zip(res.distances, res.topk_distances))
+    assert res.to_json()["second"] == [d[1] for d in res.topk_distances]
+
+
+def test_bad_input_is_reported(tiny_models):
+    lm = tiny_models["gpt2"]  # context of 256 positions
+    ids = _ids(lm)
+    target = hidden_states(lm, ids, LAYER)
+    with pytest.raises(SteerscopeError, match="out of range"):
+        invert(lm, target, 7, 1e-3)
+    with pytest.raises(SteerscopeError, match="shape"):
+        invert(lm, target[:, :5], LAYER, 1e-3)
+    with pytest.raises(SteerscopeError, match="context of 256"):
+        hidden_states(lm, ids * 20, LAYER)
+    with pytest.raises(SteerscopeError, match="unknown search policy"):
+        SearchConfig(policy="random")

@@ -1,0 +1,160 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from steerscope.audit.assumptions import check_assumptions
+from steerscope.audit.markdown import reachability_markdown
+from steerscope.audit.plots import plot_reachability_positions, plot_reachability_sweep
+from steerscope.audit.reachability import (
+    AuditSettings,
+    adversarial_collision,
+    add_at,
+    read_prompts,
+    run_reachability,
+    steered_states,
+)
+from steerscope.encoding import encode_prompt
+from steerscope.errors import DataError, SteerscopeError
+from steerscope.extract import extract
+from steerscope.data import builtin_pairs
+from steerscope.invert import SearchConfig, calibrate_threshold, hidden_states
+from steerscope.testing import tiny_model
+
+PROMPTS = ["tell me about your weekend", "write a short poem about the moon"]
+CALIBRATION = ["help me write a letter to my friend"]
+SETTINGS = AuditSettings(positions=4, alphas=(1.0, 3.0), sweep_prompts=1, max_new_tokens=3,
+                         steered_search=SearchConfig(budget=32, fallback=False))
+
+
+class CountScorer:
+    name = "count"
+
+    def __call__(self, texts):
+        import numpy as np
+
+        return np.array([len(t.split()) for t in texts], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="module")
+def report(llama):
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+    return run_reachability(llama, v, 1, 2.0, PROMPTS, CALIBRATION, trait="formality", scorer=CountScorer(), settings=SETTINGS)
+
+
+def test_states_steered_at_the_capture_layer_are_natural_plus_alpha_v(llama):
+    ids = encode_prompt(llama.tokenizer, PROMPTS[0])
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(steered_states(llama, ids, v, 1.5, 1, 1), hidden_states(llama, ids, 1) + 1.5 * v, atol=1e-5)
+    with add_at(llama, 1, v, [3]):
+        one = hidden_states(llama, ids, 1)
+    natural = hidden_states(llama, ids, 1)
+    assert torch.allclose(one[3], natural[3] + v, atol=1e-6)
+    assert torch.equal(one[:3], natural[:3]) and torch.equal(one[4:], natural[4:])
+
+
+def test_report_structure_and_positive_control(report):
+    s = report["summary"]
+    assert s["natural_exact_recovery"] == 1.0
+    assert s["n_positions"] == len(PROMPTS) * SETTINGS.positions
+    assert s["verdict"] == "unreachable-within-search" and s["reachable_prompt"] is None
+    assert s["median_steered_distance"] > 1e3 * report["threshold"]["epsilon"]
+    assert s["median_steered_over_noise"] > 1e3
+    for p in report["prompts"]:
+        assert len(p["positions"]) == SETTINGS.positions
+        for row in p["positions"]:
+            assert row["natural_recovered"] and row["natural_distance"] <= report["threshold"]["epsilon"]
+            assert row["steered_distance"] <= row["margin"] + row["displacement"] + 1e-4 or row["steered_tried"] == 32
+            assert row["displacement"] == pytest.approx(2.0 * s["vector_norm"], rel=1e-4)
+            assert not row["steered_accepted"]
+    assert "not a proof" in report["statement"]
+    json.dumps(report, allow_nan=False)
+
+
+def test_alpha_sweep_and_random_control(report):
+    sweep = {p["alpha"]: p for p in report["alpha_sweep"]}
+    assert set(sweep) == {1.0, 3.0}
+    assert sweep[3.0]["median_displacement"] == pytest.approx(3 * sweep[1.0]["median_displacement"], rel=1e-4)
+    rand = report["random_control"]
+    assert rand["norm"] == pytest.approx(report["summary"]["vector_norm"], rel=1e-5)
+    assert rand["median_displacement"] == pytest.approx(report["summary"]["steering_norm"], rel=1e-4)
+    assert rand["accepted_rate"] == 0.0
+
+
+def test_behaviour_columns_are_separate(report):
+    beh = report["behaviour"]
+    assert set(beh["white_box"]) == {"steered", "unsteered", "nearest_prompt"}
+    assert set(beh["black_box"]) == {"instruction"}
+    assert beh["white_box"]["steered"]["kl_from_steered"] == 0.0
+    assert all(row["trait_score"] is not None for side in ("white_box", "black_box") for row in beh[side].values())
+    assert len(beh["texts"]["instruction"]) == SETTINGS.sweep_prompts
+
+
+def test_adversarial_vector_collides_at_i_and_diverges_at_i_plus_1(llama):
+    ids = encode_prompt(llama.tokenizer, PROMPTS[0])
+    th = calibrate_threshold(llama, 1, [encode_prompt(llama.tokenizer, CALIBRATION[0])])
+    replacement = encode_prompt(llama.tokenizer, "dog")[-1]
+    i = len(ids) - 3
+    adv = adversarial_collision(llama, ids, 1, i, replacement, th, AuditSettings(adversarial_exhaustive=True))
+    assert adv["collision"]["accepted"] and adv["collision"]["recovered_replacement"]
+    assert adv["collision"]["distance"] <= th.epsilon
+    assert adv["next"]["exhaustive"] and adv["next"]["tried"] == len(llama.tokenizer)
+    assert not adv["next"]["accepted"] and adv["next"]["distance"] > 100 * th.epsilon
+    with pytest.raises(SteerscopeError, match="next position"):
+        adversarial_collision(llama, ids, 1, len(ids) - 1, replacement, th, SETTINGS)
+
+
+def test_markdown_and_plots(report, tmp_path):
+    md = reachability_markdown(report)
+    assert "unreachable-within-search" in md and "not a proof" in md and "Theorem 4.5" in md
+    assert "white-box" in md and "black-box" in md
+    for fn, name in ((plot_reachability_positions, "positions.png"), (plot_reachability_sweep, "sweep.png")):
+        path = fn(report, tmp_path / name)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_assumption_check(tiny_models):
+    gpt2 = {c["component"]: c for c in check_assumptions(tiny_models["gpt2"])}
+    assert not gpt2["activation"]["breaks"] and not gpt2["top-k routing (MoE)"]["breaks"]
+    relu = tiny_model("llama")
+    relu.model.config.hidden_act = "relu"
+    assert {c["component"]: c for c in check_assumptions(relu)}["activation"]["breaks"]
+
+
+def test_bad_input(llama, tmp_path):
+    v = torch.ones(llama.d_model)
+    with pytest.raises(SteerscopeError, match="out of range"):
+        run_reachability(llama, v, 9, 1.0, PROMPTS, CALIBRATION, settings=SETTINGS)
+    with pytest.raises(SteerscopeError, match="must be a finite"):
+        run_reachability(llama, torch.ones(7), 1, 1.0, PROMPTS, CALIBRATION, settings=SETTINGS)
+    with pytest.raises(SteerscopeError, match="context of 2048"):
+        run_reachability(llama, v, 1, 1.0, ["the " * 2100], CALIBRATION, settings=SETTINGS)
+    text = tmp_path / "p.txt"
+    text.write_text("first prompt\n\nsecond prompt\n")
+    assert read_prompts(text) == ["first prompt", "second prompt"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match="p.jsonl:2"):
+        read_prompts(jsonl)
+
+
+def test_cli_errors_for_foreign_vector_and_missing_vector(tmp_path):
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    other = extract(tiny_model("llama", seed=1), builtin_pairs("formality", "train")[:4], [1]).save(tmp_path / "other.safetensors")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "steerscope", "audit", "reachability", "--model", str(tmp_path / "m"), "--device", "cpu",
+            "--alpha", "1", "--quick"]
+    foreign = subprocess.run([*base, "--vector", str(other), "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    assert foreign.returncode == 2 and "fingerprint" in foreign.stderr
+    neither = subprocess.run([*base, "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env)
+    assert neither.returncode == 2 and "exactly one of --vector and --trait" in neither.stderr
