@@ -1,4 +1,4 @@
-"""Null-space spectra of a built-in model at chosen layers (the numbers in docs/results_nullspace.md).
+"""Null-space spectra of a built-in model at chosen layers (the numbers in docs/results.md).
 
 Usage: python experiments/nullspace_spectra.py MODEL LAYER [LAYER ...] [--prompts 64] [--out DIR]
 Writes DIR/MODEL-L{layer}.json per layer (the nullspace_audit result for that layer, with the gain

@@ -1,4 +1,4 @@
-"""Recovery report for every built-in trait on a built-in model (the table in docs/results_nullspace.md).
+"""Recovery report for every built-in trait on a built-in model (the table in docs/results.md).
 
 Usage: python experiments/recovery_report.py [--model smollm2-135m] [--layer 15] [--env-prompts 6]
        [--map-prompts 4] [--boot 20] [--out docs/nullspace/recovery-MODEL-L{layer}.json]
