@@ -193,6 +193,7 @@ def plot_stability(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, o
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel("bootstrap cos with the full-data direction")
     ax.set_title("recovered-direction stability (green: identifiable, red: not, grey: not certified)")
+    return _save(fig, path, overwrite)
 
 
 def plot_reachability_positions(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
