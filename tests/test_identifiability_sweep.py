@@ -263,3 +263,14 @@ def test_cli_bad_input(tmp_path, monkeypatch, llama, extra, message):
             "--max-new-tokens", "2", *extra]
     result = CliRunner().invoke(cli.app, args)
     assert isinstance(result.exception, SteerscopeError) and message in str(result.exception), result.exception
+
+
+def test_effect_ratio_plot_accepts_an_interval_that_excludes_the_estimate(tmp_path):
+    """Percentile bootstrap intervals of a ratio need not contain the point estimate."""
+    pytest.importorskip("matplotlib")
+    from steerscope.audit.plots import plot_effect_ratio
+
+    report = _report()
+    row = next(iter(report["summary"]["conditions"].values()))
+    row["efficacy"], row["efficacy_low"], row["efficacy_high"] = 2.0, -1.0, 1.5
+    _check_png(plot_effect_ratio(report, tmp_path / "effect_ratio.png"))

@@ -45,6 +45,14 @@ def _f(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
+def _ci_bars(ax: Any, xs: Sequence[float], low: Sequence[float], high: Sequence[float]) -> None:
+    """Vertical CI lines from ``low`` to ``high`` (bootstrap percentile intervals need not contain
+    the point estimate, so they are drawn as intervals, not as ± errors around it)."""
+    for x, lo, hi in zip(xs, low, high):
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.plot([x, x], [lo, hi], color="black", linewidth=1, marker="_", markersize=8)
+
+
 def plot_effect_ratio(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Efficacy relative to v (with CI error bars) of each steered condition in ``report["summary"]``."""
     plt = _pyplot()
@@ -54,13 +62,11 @@ def plot_effect_ratio(report: Mapping[str, Any], path: str | os.PathLike, overwr
     est = [_f(conds[n].get("efficacy")) for n in names]
     low = [_f(conds[n].get("efficacy_low")) for n in names]
     high = [_f(conds[n].get("efficacy_high")) for n in names]
-    err = [[e - lo if math.isfinite(e) and math.isfinite(lo) else 0.0 for e, lo in zip(est, low)],
-           [hi - e if math.isfinite(e) and math.isfinite(hi) else 0.0 for e, hi in zip(est, high)]]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.6))
     xs = list(range(len(names)))
     colours = ["tab:red" if conds[n].get("kind") == "targeted" else "tab:blue" for n in names]
     ax.bar(xs, [e if math.isfinite(e) else 0.0 for e in est], color=colours, alpha=0.7)
-    ax.errorbar(xs, est, yerr=err, fmt="none", ecolor="black", capsize=3)
+    _ci_bars(ax, xs, low, high)
     for x, e in zip(xs, est):
         if not math.isfinite(e):
             ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8)
@@ -180,7 +186,6 @@ def plot_stability(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, o
     rows = [r for r in rows if r.get("stability")]
     labels = [f"{r.get('trait', '')}\n{r['method']}" for r in rows]
     means = [r["stability"]["mean_cos"] for r in rows]
-    err = [[m - r["stability"]["ci_low"] for m, r in zip(means, rows)], [r["stability"]["ci_high"] - m for m, r in zip(means, rows)]]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(rows) + 2), 3.8))
     xs = list(range(len(rows)))
     colours = {True: "tab:green", False: "tab:red", None: "tab:grey"}
@@ -188,7 +193,7 @@ def plot_stability(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, o
     for bar, r in zip(bars, rows):
         if r["identifiable"] is False:
             bar.set_hatch("//")
-    ax.errorbar(xs, means, yerr=err, fmt="none", ecolor="black", capsize=3)
+    _ci_bars(ax, xs, [_f(r["stability"]["ci_low"]) for r in rows], [_f(r["stability"]["ci_high"]) for r in rows])
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel("bootstrap cos with the full-data direction")
