@@ -26,3 +26,15 @@ CHAT_ITEMS = [
     "a short one",
     [{"role": "system", "content": "be kind"}, {"role": "user", "content": "help me write a poem about the moon and the sun"}, {"role": "assistant", "content": "the moon is big and the sun is small"}],
 ]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct on CPU (skips when its PyPI package is not installed)."""
+    import steerscope as ss
+    from steerscope.models.builtin import BUILTIN_MODELS, is_installed
+
+    spec = BUILTIN_MODELS["smollm2-135m"]
+    if not is_installed(spec):
+        pytest.skip(f"{spec.name} is not installed: {spec.install_hint}")
+    return ss.load_model("smollm2-135m", device="cpu")

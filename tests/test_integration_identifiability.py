@@ -12,13 +12,12 @@ from steerscope.audit.identifiability import (
     evaluation_prompts,
     reference_continuations,
 )
-from steerscope.models.builtin import BUILTIN_MODELS, is_installed
 from steerscope.stats import prompt_means
 
 pytestmark = pytest.mark.integration
 
 
-def test_positive_control_is_detected_on_smollm2():
+def test_positive_control_is_detected_on_smollm2(smollm2):
     """Sentiment vector at layer 12, α = 3; the control adds the formality vector made ⟂ v.
 
     Both readouts must see the control: VADER scores of the completions (paired t-test over 12
@@ -26,12 +25,9 @@ def test_positive_control_is_detected_on_smollm2():
     "negligible" threshold.
     """
     pytest.importorskip("vaderSentiment")
-    spec = BUILTIN_MODELS["smollm2-135m"]
-    if not is_installed(spec):
-        pytest.skip(spec.install_hint)
     from steerscope.score.base import get_scorer
 
-    lm = ss.load_model("smollm2-135m", device="cpu")
+    lm = smollm2
     layer = 12
     vec, control, control_trait = audit_vectors(lm, "sentiment", layer)
     assert control_trait == "formality"

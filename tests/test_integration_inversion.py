@@ -5,19 +5,10 @@ import pytest
 import steerscope as ss
 from steerscope.encoding import encode_prompt
 from steerscope.invert import calibrate_threshold, hidden_states, invert
-from steerscope.models.builtin import BUILTIN_MODELS, is_installed
 
 pytestmark = pytest.mark.integration
 
 LAYER = 12
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    spec = BUILTIN_MODELS["smollm2-135m"]
-    if not is_installed(spec):
-        pytest.skip(f"{spec.name} is not installed: {spec.install_hint}")
-    return ss.load_model("smollm2-135m", device="cpu")
 
 
 def test_natural_states_of_smollm2_are_recovered_exactly(smollm2):

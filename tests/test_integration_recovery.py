@@ -5,24 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import steerscope as ss
 from steerscope.audit.jacobian import HeadGram, head_jacobian, prompt_gram, singular_values
 from steerscope.audit.nullspace import builtin_prompt_mix
 from steerscope.capture import capture
 from steerscope.encoding import encode_prompt
-from steerscope.models.builtin import BUILTIN_MODELS, is_installed
 from steerscope.recover import recover_ica, recover_sparse
 
 pytestmark = pytest.mark.integration
 LAYER = 15
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    spec = BUILTIN_MODELS["smollm2-135m"]
-    if not is_installed(spec):
-        pytest.skip(f"{spec.name} is not installed: {spec.install_hint}")
-    return ss.load_model("smollm2-135m", device="cpu")
 
 
 @pytest.fixture(scope="module")
