@@ -57,6 +57,12 @@ def _direction(mixing: np.ndarray, matched: int, effects: np.ndarray) -> np.ndar
     return unit(mixing[:, matched] * np.sign(effects[matched]))
 
 
+def ica_direction(acts: np.ndarray, labels: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """Unit ``[d]`` direction of the source that best separates ``labels`` (one fit, no Gaussianity test)."""
+    _, mixing, matched, effects = _fit(np.asarray(acts, dtype=np.float64), np.asarray(labels).astype(int), n_components, seed)
+    return _direction(mixing, matched, effects)
+
+
 def recover_ica(
     acts: np.ndarray, labels: np.ndarray, n_components: int | None = None, seed: int = 0,
     gauss_alpha: float = 0.01, n_boot: int = 0, n_null: int = 10,
@@ -88,7 +94,6 @@ def recover_ica(
                                "jarque_bera": jb.tolist(), "gaussian_null_threshold": threshold, "n_gaussian_like": int(gaussian.sum()), "seed": seed})
     if n_boot:
         def refit(idx: np.ndarray) -> np.ndarray:
-            _, mix, m, eff = _fit(x[idx], y[idx], k, seed)
-            return _direction(mix, m, eff)
+            return ica_direction(x[idx], y[idx], k, seed)
         result.stability = bootstrap_stability(refit, len(x), direction, n_boot, seed)
     return result

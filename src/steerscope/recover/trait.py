@@ -20,7 +20,7 @@ from steerscope.encoding import encode_prompt
 from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
 from steerscope.recover.crosslayer import recover_crosslayer
-from steerscope.recover.ica import recover_ica
+from steerscope.recover.ica import ica_direction, recover_ica
 from steerscope.recover.multienv import recover_multienv
 from steerscope.recover.result import Recovery, unit
 from steerscope.recover.sparse import recover_sparse
@@ -114,7 +114,7 @@ def recover_trait(
         if n_boot:
             def refit(idx: np.ndarray) -> np.ndarray:
                 rows = np.r_[idx, idx + len(pos)]  # resample pairs, keep both members
-                return recover_ica(x[rows], labels[rows], result.details["n_components"], seed).direction
+                return ica_direction(x[rows], labels[rows], result.details["n_components"], seed)
             result.stability = bootstrap_stability(refit, len(pos), result.direction, n_boot, seed)
     elif method == "sparse":
         if observe not in ("activations", "jacobian"):
