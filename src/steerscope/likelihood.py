@@ -64,3 +64,22 @@ def pair_margins(lm: LoadedModel, pairs: Sequence[ContrastivePair], steering: St
     pos = completion_logprobs(lm, [p.positive for p in pairs], steering, batch_size)
     neg = completion_logprobs(lm, [p.negative for p in pairs], steering, batch_size)
     return pos - neg
+
+
+def continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int], steering: Steering | None = None) -> torch.Tensor:
+    """``[L, V]`` log-probabilities of the next token at each of the ``L = len(cont)`` continuation
+    positions after token ids ``prompt`` (teacher-forced, one unpadded row)."""
+    x = torch.tensor([list(prompt) + list(cont)], device=lm.device)
+    with torch.inference_mode(), steering if steering is not None else nullcontext():
+        logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0].float()
+    return logits[len(prompt) - 1: len(prompt) + len(cont) - 1].log_softmax(-1).cpu()
+
+
+def perplexity(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int]) -> float:
+    """Perplexity ``exp(−mean log p)`` of token ids ``cont`` after ``prompt`` under the unsteered model
+    (NaN for an empty continuation)."""
+    if not cont:
+        return float("nan")
+    logp = continuation_logprobs(lm, prompt, cont)
+    picked = logp.gather(1, torch.tensor(list(cont))[:, None]).squeeze(1)
+    return float(torch.exp(-picked.double().mean()))

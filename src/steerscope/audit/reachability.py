@@ -22,7 +22,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from steerscope.encoding import encode_prompt
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.generate import GenerationConfig, generate_from_ids
 from steerscope.intervene import steer
+from steerscope.likelihood import continuation_logprobs
 from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, check_context, hidden_states, invert
 from steerscope.models.loading import LoadedModel
 
@@ -203,14 +204,6 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
 
 # --- behaviour -----------------------------------------------------------------------------------
 
-def _continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int], steering=None) -> torch.Tensor:
-    """``[L, V]`` log-probabilities of the next token at each continuation position (teacher-forced)."""
-    x = torch.tensor([list(prompt) + list(cont)], device=lm.device)
-    with torch.inference_mode(), steering if steering is not None else nullcontext():
-        logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0].float()
-    return logits[len(prompt) - 1: len(prompt) + len(cont) - 1].log_softmax(-1).cpu()
-
-
 def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence[Sequence[int]], nearest: Sequence[Sequence[int]],
                          vector: torch.Tensor, alpha: float, layer: int, trait: str | None,
                          scorer: Callable[[Sequence[str]], np.ndarray] | None, max_new_tokens: int) -> dict:
@@ -234,9 +227,9 @@ def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence
         cont = list(lm.tokenizer(texts["steered"][b], add_special_tokens=False)["input_ids"])
         if not cont:
             continue
-        ref = _continuation_logprobs(lm, ids, cont, steer(lm, {layer: vector.float()}, alpha))
+        ref = continuation_logprobs(lm, ids, cont, steer(lm, {layer: vector.float()}, alpha))
         for name, rows in columns.items():
-            kls[name].append(float(kl_js(ref, _continuation_logprobs(lm, rows[b], cont))[0].mean()))
+            kls[name].append(float(kl_js(ref, continuation_logprobs(lm, rows[b], cont))[0].mean()))
     scores = {name: float(np.mean(scorer(t))) for name, t in texts.items()} if scorer is not None else {}
     for name in ("steered", "unsteered", "nearest_prompt", "instruction"):
         if name not in texts:
