@@ -1,8 +1,9 @@
 """The ``steerscope`` command line.
 
 Exit codes: 0 success; 2 bad input (unknown model, malformed data, layer out of range, vector
-that does not fit the model, existing output without ``--overwrite``, …), reported as one line on
-stderr; 1 an unexpected internal error; 130 interrupted.
+that does not fit the model, existing output without ``--overwrite``, a run folder whose store is
+foreign, corrupted or of another configuration, …), reported as one line on stderr; 1 an
+unexpected internal error; 130 interrupted (Ctrl-C; a run folder keeps every finished cell).
 """
 
 from __future__ import annotations
@@ -271,6 +272,131 @@ def _traits(values: list[str]) -> list[str]:
     if not traits:
         raise SteerscopeError("--trait needs at least one built-in trait")
     return traits
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit(
+    ctx: typer.Context,
+    trait: Optional[list[str]] = typer.Option(None, "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. "
+                                              "Several traits share one model load."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
+                                           "vector files, plots/). Run the same command again to resume."),
+    quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 5 minutes per trait on 2 CPU cores with smollm2-135m."),
+    full: bool = typer.Option(False, "--full", help="The full profile: paper-scale sample sizes (about an hour per trait on 2 CPU cores)."),
+    seed: int = typer.Option(0, "--seed"),
+    target_effect: float = typer.Option(0.8, "--target-effect", help="Strength calibration: the Hedges' g the smallest chosen α must reach."),
+    max_ppl_ratio: float = typer.Option(2.0, "--max-ppl-ratio", help="Strength calibration: the largest allowed perplexity ratio "
+                                        "(steered text under the unsteered model, relative to unsteered text)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress stays on stderr)."),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """The whole audit, from model and trait to a reviewed HTML report (or one audit, as a subcommand).
+
+    Stages per trait: layer selection, vector extraction, strength calibration, identifiability,
+    null-space geometry, recovery, reachability. Every finished cell is recorded in the run
+    folder's SQLite store; after an interruption (Ctrl-C or a kill) the same command resumes.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from steerscope import __version__
+    from steerscope.audit.pipeline import audit_config
+    from steerscope.audit.plots import _pyplot
+    from steerscope.runstore import open_run
+
+    if not trait or out_dir is None:
+        raise SteerscopeError("steerscope audit needs --trait and --out (or a subcommand: identifiability, nullspace, reachability)")
+    if quick and full:
+        raise SteerscopeError("choose one of --quick and --full")
+    config = audit_config(model, _traits(trait), "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype)
+    _pyplot()  # fail before any work when matplotlib is missing
+    store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
+    with store:
+        if resumed:
+            err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False)
+        try:
+            _run_audit(store, config, model, device, dtype, cache_dir, layers_path)
+        except KeyboardInterrupt:
+            store.log("interrupted", f"{store.count()} cells done")
+            raise
+        _finish(store, resumed, as_json)
+
+
+def _run_audit(store, config: dict, model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from steerscope.audit.pipeline import Auditor, plan_cells
+
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task("audit", total=plan_cells(config))
+
+        def on_cell(key: str, cached: bool) -> None:
+            if "/" in key and not key.startswith(("grams/", "maps/")):
+                bar.advance(task)
+            bar.update(task, description=f"{key}{' (stored)' if cached else ''}")
+
+        Auditor(lm, store, config, on_cell=on_cell).run()
+    store.log("finished", f"{store.count()} cells")
+
+
+def _finish(store, resumed: bool, as_json: bool) -> None:
+    """Write the derived files and print the answers (or the JSON summary)."""
+    from steerscope.report import write_outputs
+
+    written = write_outputs(store)
+    results = json.loads(written["results"].read_text())
+    answers = {t: {q: {"status": a["status"], "headline": a["headline"]} for q, a in r["answers"].items()} for t, r in results["traits"].items()}
+    if as_json:
+        print(json.dumps({"run": str(store.folder), "resumed": resumed, "answers": answers, "timings": store.timings(),
+                          "files": {k: str(v) for k, v in written.items()}}, indent=2))
+        return
+    for t, qs in answers.items():
+        out.print(f"[bold]{t}[/bold]")
+        for q, a in qs.items():
+            out.print(f"  {q}: {a['status']}: {a['headline']}", markup=False, highlight=False)
+    out.print(f"report: {written['report']}", markup=False)
+
+
+@app.command()
+def runs(
+    root: Path = typer.Argument(Path("runs"), help="Folder holding run folders (or a run folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the audit runs under a folder: model, traits, cells done, status."""
+    from steerscope.runstore import list_runs
+
+    if not root.exists():
+        raise SteerscopeError(f"{root} does not exist")
+    rows = list_runs(root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"steerscope runs under {root}")
+    for col in ("folder", "created", "model", "traits", "profile", "cells", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["folder"], r.get("created", ""), str(r.get("model", "")), ",".join(r.get("traits") or []), str(r.get("profile", "")),
+                      str(r.get("cells", "")), r["status"] if r["status"] != "unreadable" else f"unreadable: {r['error']}")
+    out.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder of `steerscope audit`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Rebuild report.html, results.json, the vector files and the plots of a run from its store (no model needed)."""
+    from steerscope.report import write_outputs
+    from steerscope.runstore import RunStore
+
+    with RunStore.open(run_dir) as store:
+        written = write_outputs(store)
+    if as_json:
+        print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
+    else:
+        out.print(f"rebuilt {len(written)} files; report: {written['report']}", markup=False)
 
 
 def _identifiability_paths(out_dir: Path, traits: list[str], sweep: bool, all_envs: bool) -> dict[str, Path]:

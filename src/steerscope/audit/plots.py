@@ -2,7 +2,8 @@
 
 * :func:`plot_effect_ratio` — efficacy relative to v of every steered condition (Figure 1 style);
 * :func:`plot_alpha_sweep` — mean trait score against α with the relative dose (Figure 2 style);
-* :func:`plot_environment_heatmap` — g(v+perp vs v) per trait × environment, with verdicts.
+* :func:`plot_environment_heatmap` — g(v+perp vs v) per trait × environment, with verdicts;
+* spectra, recovery stability and reachability figures, and :func:`plot_calibration` for the full audit.
 
 Every figure is written atomically (temporary file + rename) and closed afterwards.
 """
@@ -251,4 +252,32 @@ def plot_reachability_sweep(report: Mapping[str, Any], path: str | os.PathLike, 
     ax.set_xlabel("α")
     ax.set_ylabel("median L2 distance")
     ax.legend(fontsize=7)
+    return _save(fig, path, overwrite)
+
+
+def plot_calibration(result: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Three panels of a full audit's first stages: held-out separation per candidate layer; effect g
+    (with CI) and perplexity ratio (with CI) against α, with the target, the limit and the chosen α."""
+    plt = _pyplot()
+    sel, strength = result["layer_selection"], result["strength"]
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(12, 3.4))
+    layers = [r["layer"] for r in sel["rows"]]
+    ax.plot(layers, [r["accuracy"] for r in sel["rows"]], "o-", color="tab:blue")
+    ax.axvline(sel["chosen"], color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_title(f"layer selection (chosen: {sel['chosen']})")
+    rows = strength["rows"]
+    alphas = [r["alpha"] for r in rows]
+    for axis, key, ref, label in ((bx, "g", strength["target_g"], "Hedges' g vs α = 0"),
+                                  (cx, "ppl_ratio", strength["max_ppl_ratio"], "perplexity ratio (unsteered model)")):
+        axis.plot(alphas, [_f(r[key]) for r in rows], "o-", color="tab:red" if key == "g" else "tab:purple")
+        _ci_bars(axis, alphas, [_f(r[f"{key}_low"]) for r in rows], [_f(r[f"{key}_high"]) for r in rows])
+        axis.axhline(ref, color="grey", linestyle="--", linewidth=1)
+        axis.axvline(strength["alpha"], color="black", linestyle=":", linewidth=1)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("α")
+        axis.set_ylabel(label)
+    bx.set_title(f"effect (target g ≥ {strength['target_g']:g})")
+    cx.set_title(f"coherence (limit × {strength['max_ppl_ratio']:g})")
     return _save(fig, path, overwrite)

@@ -1,0 +1,113 @@
+"""The three questions a user asks of a steering vector, answered in plain words from a trait's
+audit results (see :func:`steerscope.audit.pipeline.assemble`).
+
+1. *Does it steer?* The identifiability audit's v-vs-unsteered comparison (held-out prompts, paired
+   Hedges' g with a cluster-bootstrap CI), with the side effects: the perplexity ratio of steered
+   text under the unsteered model (strength calibration) and the next-token JS divergence.
+2. *Is it identifiable?* The behavioural and distributional verdicts of v against v + u (u ⊥ v)
+   with their controls, the first-order equivalence class (directions the logit Jacobian cannot
+   see at 10⁻³), and which structural assumptions recover a unique direction.
+3. *Is the steered state reachable by a prompt?* The reachability verdict, with the best-found
+   distance against the natural noise floor and the steering displacement.
+
+Each answer has a ``status`` (a short label used for colour), a ``headline`` sentence and ``facts``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from steerscope.audit.identifiability import MIN_SCORER_ACCURACY
+
+NULL_TOL = "0.001"
+
+
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def steers(result: Mapping[str, Any]) -> dict[str, Any]:
+    ident, strength = result["identifiability"], result["strength"]
+    vn = ident["summary"]["v_vs_none"]
+    chosen = next(r for r in strength["rows"] if r["alpha"] == strength["alpha"])
+    acc = ident.get("scorer_accuracy")
+    effect = f"effect g = {_f(vn['g'])} [95 % CI {_f(vn['g_low'])}, {_f(vn['g_high'])}], p = {_f(vn['p_diff'], '.3g')}"
+    side = (f"perplexity of steered text under the unsteered model × {_f(chosen['ppl_ratio'])} "
+            f"[{_f(chosen['ppl_ratio_low'])}, {_f(chosen['ppl_ratio_high'])}]")
+    js = vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None
+    facts = [effect, side, f"α = {strength['alpha']:g} ({strength['reason']})"]
+    if js is not None:
+        facts.append(f"next-token JS divergence from unsteered: {_f(js, '.3g')} nats")
+    if acc is not None and acc < MIN_SCORER_ACCURACY:
+        status, headline = "unknown", (f"Unknown: the trait scorer is not valid (held-out accuracy {acc:.2f} < "
+                                       f"{MIN_SCORER_ACCURACY}), so its effect cannot be measured.")
+    elif vn["p_diff"] < 0.05 and vn["g"] > 0:
+        status, headline = "yes", f"Yes: at α = {strength['alpha']:g} it moves held-out completions toward the trait ({effect})."
+    elif vn["p_diff"] < 0.05:
+        status, headline = "no", f"No: it moves completions away from the trait ({effect})."
+    else:
+        status, headline = "no", f"No detectable effect at α = {strength['alpha']:g} on the held-out prompts ({effect})."
+    return {"status": status, "headline": headline, "facts": facts}
+
+
+def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
+    verdicts = result["identifiability"]["verdict"]
+    beh, dist = verdicts["behavioural"], verdicts["distributional"]
+    layer = str(result["layer_selection"]["chosen"])
+    stacked = result["nullspace"]["layers"][layer]["logits"]["stacked"]
+    d = stacked["d"]
+    null = d - stacked["effective_rank"][NULL_TOL]
+    unique = [r["method"] for r in result["recovery"] if r["identifiable"] is True]
+    facts = [
+        f"behavioural readout (trait scores): {beh['verdict']}: {beh['reason']}",
+        f"distributional readout (next-token JS): {dist['verdict']}: {dist['reason']}",
+        f"first-order equivalence class: {null} of {d} directions have logit-Jacobian gain ≤ 10⁻³ × the largest "
+        f"over {result['nullspace']['config']['n_prompts']} prompts",
+        "structural assumptions that make the direction unique: " + (", ".join(unique) if unique else "none of "
+                                                                     "ica, sparse, multienv, crosslayer"),
+    ]
+    gain = result["nullspace"]["layers"][layer]["logits"].get("vector_gain")
+    if gain:
+        facts.append(f"gain of v through the logit Jacobian: {_f(gain['gain_v'], '.3g')} (average direction "
+                     f"{_f(gain['random_mean'], '.3g')})")
+    labels = {beh["verdict"], dist["verdict"]}
+    if "equivalent" in labels and "different" not in labels:
+        status, headline = "no", ("No: adding components orthogonal to v leaves the outcome unchanged, so v is one of many "
+                                  "interchangeable vectors.")
+    elif "different" in labels and "equivalent" not in labels:
+        status, headline = "yes", ("Yes, at this resolution: random components orthogonal to v change the outcome "
+                                   f"({', '.join(sorted(k for k, v in verdicts.items() if v['verdict'] == 'different'))} "
+                                   f"readout), and {null} of {d} directions are first-order invisible.")
+    elif labels == {"inconclusive"}:
+        status, headline = "unknown", "Undetermined: neither readout could show equivalence or difference at this sample size."
+    else:
+        status, headline = "mixed", "Mixed: the readouts disagree (see the details)."
+    return {"status": status, "headline": headline, "facts": facts}
+
+
+def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
+    s = result["reachability"]["summary"]
+    facts = [
+        f"natural states recovered exactly (positive control): {s['natural_exact_recovery']:.0%} of {s['n_positions']} positions",
+        f"best-found distance to a prompt's state: median {_f(s['median_steered_distance'], '.3g')} = "
+        f"{_f(s['median_steered_over_noise'], '.3g')} × the natural noise floor ({_f(s['noise_floor'], '.2g')})",
+        f"steering displacement ‖αv‖ = {_f(s['steering_norm'], '.3g')}; best-found / displacement = "
+        f"{_f(s['median_steered_over_displacement'], '.3f')}",
+        result["reachability"]["statement"],
+    ]
+    if s["verdict"] == "reachable":
+        status, headline = "yes", f"Yes: a prompt reproduces the steered states: {s['reachable_prompt']!r}."
+    elif s["natural_exact_recovery"] < 1.0:
+        status, headline = "unknown", ("Undetermined: the search does not recover every natural state, so failing to "
+                                       "find the steered one says little.")
+    else:
+        status, headline = "no", (f"No prompt found: the steered state stays {_f(s['median_steered_over_noise'], '.3g')}× "
+                                  "the noise floor away from every prompt state the search reached (an upper bound, not a proof).")
+    return {"status": status, "headline": headline, "facts": facts}
+
+
+def answers(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"steers", "identifiable", "reachable"}`` answers for one trait's results."""
+    return {"steers": steers(result), "identifiable": identifiable(result), "reachable": reachable(result)}

@@ -1,0 +1,247 @@
+"""The derived files of a run folder, rebuilt from its run store: ``results.json``, one vector
+file per trait, the plots, and ``report.html`` — one self-contained page (CSS inline, plots
+embedded as PNG data URIs, no script, no network) that reads offline.
+
+The page opens with the three answers per trait (does it steer, is it identifiable, is the steered
+state reachable), then the details, the controls, the scorer validity, and the configuration,
+seeds, versions and stage timings needed to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from steerscope.fileio import atomic_write
+from steerscope.runstore import RunStore
+
+QUESTIONS = (("steers", "Does the vector steer?"), ("identifiable", "Is it identifiable?"),
+             ("reachable", "Is the steered state reachable by a prompt?"))
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:20px 28px 60px}
+h1{font-size:24px;margin:4px 0}h2{font-size:20px;margin:34px 0 8px;border-bottom:1px solid #d5d9de;padding-bottom:4px}
+h3{font-size:16px;margin:22px 0 6px}.sub{color:#56606b;margin:0 0 14px}
+.cards{display:grid;grid-template-columns:repeat(3,1fr);gap:12px;margin:8px 0 4px}
+.card{background:#fff;border:1px solid #d5d9de;border-left:6px solid #8a939c;border-radius:6px;padding:10px 14px}
+.card h3{margin:0 0 6px;font-size:15px}.card p{margin:0 0 6px}.card ul{margin:0;padding-left:18px;font-size:13px;color:#3b444d}
+.yes{border-left-color:#2e7d32}.no{border-left-color:#c62828}.unknown,.mixed{border-left-color:#b7791f}
+.badge{display:inline-block;font-weight:600;font-size:12px;padding:1px 8px;border-radius:10px;color:#fff;background:#8a939c}
+.badge.yes{background:#2e7d32}.badge.no{background:#c62828}.badge.unknown,.badge.mixed{background:#b7791f}
+.trait{font-weight:600;margin:16px 0 4px}
+table{border-collapse:collapse;background:#fff;margin:6px 0 10px;font-size:13px}
+th,td{border:1px solid #d5d9de;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eef0f3}
+img{max-width:100%;background:#fff;border:1px solid #d5d9de;margin:6px 0}
+pre{background:#fff;border:1px solid #d5d9de;padding:8px;overflow-x:auto;font-size:12px}
+.note{color:#56606b;font-size:13px}
+"""
+
+
+def _e(x: Any) -> str:
+    return escape(str(x))
+
+
+def _num(x: Any, fmt: str = ".3g") -> str:
+    if x is None or isinstance(x, bool):
+        return _e(x)
+    if isinstance(x, (int, float)):
+        return "n/a" if isinstance(x, float) and not math.isfinite(x) else format(x, fmt)
+    return _e(x)
+
+
+def _ci(est: Any, low: Any, high: Any, fmt: str = ".2f") -> str:
+    return f"{_num(est, fmt)} [{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def summary_section(results: Mapping[str, Any]) -> str:
+    parts = ['<section id="summary">']
+    for trait, res in results["traits"].items():
+        parts.append(f'<div class="trait">{_e(trait)} — layer {res["layer_selection"]["chosen"]}, α = {res["strength"]["alpha"]:g}</div>')
+        parts.append('<div class="cards">')
+        for key, question in QUESTIONS:
+            ans = res["answers"][key]
+            facts = "".join(f"<li>{_e(f)}</li>" for f in ans["facts"])
+            parts.append(f'<div class="card {_e(ans["status"])}"><h3>{_e(question)} <span class="badge {_e(ans["status"])}">'
+                         f'{_e(ans["status"])}</span></h3><p>{_e(ans["headline"])}</p><ul>{facts}</ul></div>')
+        parts.append("</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def steering_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    sel, st = res["layer_selection"], res["strength"]
+    layers = _table(["layer", "held-out accuracy", "separation (mean/sd)", "‖v‖"],
+                    [[r["layer"], _num(r["accuracy"], ".2f"), _num(r["separation"], ".2f"), _num(r["norm"])] for r in sel["rows"]])
+    grid = _table(["α", "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
+                  [[f"{r['alpha']:g}" + (" ◀" if r["alpha"] == st["alpha"] else ""), _num(r["mean_score"]), _ci(r["g"], r["g_low"], r["g_high"]),
+                    _ci(r["ppl_ratio"], r["ppl_ratio_low"], r["ppl_ratio_high"]), r["coherent"], r["reaches_target"]] for r in st["rows"]])
+    examples = _table(["α", "example completions (first sample of the first prompts)"],
+                      [[a, "<br>".join(_e(t) for t in texts)] for a, texts in st["examples"].items() if a in ("0", f"{st['alpha']:g}")])
+    return (f"<h3>Layer selection</h3><p class='note'>{_e(sel['rule'])}; {sel['n_train']} train / {sel['n_test']} held-out pairs.</p>{layers}"
+            f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean score {_num(st['baseline']['mean_score'])}, "
+            f"perplexity {_num(st['baseline']['perplexity'])}; {len(st['prompts'])} prompts × {st['samples']} samples × "
+            f"{st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}{_img(plots['calibration'], 'calibration')}{examples}")
+
+
+def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    ident = res["identifiability"]
+    summ, cfg = ident["summary"], ident["config"]
+    vn = summ["v_vs_none"]
+    rows = [["v vs none", "reference", _num(vn["mean_v"]), _ci(vn["g"], vn["g_low"], vn["g_high"]), "", "", _num(vn["p_diff"]),
+             _num(vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None)]]
+    for name, c in summ["conditions"].items():
+        rows.append([_e(name), _e(c["kind"]), _num(c["mean"]), _ci(c["g"], c["g_low"], c["g_high"]),
+                     _ci(c["efficacy"], c["efficacy_low"], c["efficacy_high"]), _num(c.get("p_tost_holm")), _num(c.get("p_diff_holm")),
+                     _num(c["js"]["estimate"]) if isinstance(c.get("js"), dict) else "n/a"])
+    table = _table(["condition", "kind", "mean score", "g vs v [95 % CI] (v vs none: g vs none)", "efficacy vs v [95 % CI]",
+                    "TOST p (Holm)", "difference p (Holm)", "JS from v (nats)"], rows)
+    verdicts = _table(["readout", "verdict", "reason"], [[_e(k), f'<span class="badge {_status(v["verdict"])}">{_e(v["verdict"])}</span>',
+                                                         _e(v["reason"])] for k, v in ident["verdict"].items()])
+    scorer = ident["scorer"]
+    acc = ident.get("scorer_accuracy")
+    return (f"<h3>v against v + u (u ⊥ v)</h3><p class='note'>{cfg['n_draws']} orthogonal draws (seeds {_e(cfg['draw_seeds'])}), "
+            f"{cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, α = {cfg['alpha']:g}, margin |g| < {cfg['margin_g']}; "
+            f"positive control: {_e(summ['positive_control'])} (the {_e(cfg['control_trait'])} vector); random control seed "
+            f"{_e(cfg['random_seed'])}.</p>{verdicts}{table}"
+            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {_num(acc, '.2f')} "
+            f"(behavioural verdicts need ≥ 0.7).</p>{_img(plots['effect_ratio'], 'effect ratio')}"
+            f"<p class='note'>{_e(ident['statement'])}</p>")
+
+
+def _status(verdict: str) -> str:
+    return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no"}.get(verdict, "unknown")
+
+
+def geometry_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    ns = res["nullspace"]
+    layer = str(res["layer_selection"]["chosen"])
+    entry = ns["layers"][layer]
+    rows = []
+    for readout in ("logits", "logprobs"):
+        s = entry[readout]["stacked"]
+        rows.append([readout, " / ".join(f"{100 * v:.1f} %" for v in s["inert_fraction"].values()),
+                     " / ".join(str(v) for v in s["effective_rank"].values()), _num(s["condition"])])
+    cov = entry["covariance"]["last_token"]
+    spectrum = _table(["readout", "inert fraction @ " + " / ".join(entry["logits"]["stacked"]["inert_fraction"]),
+                       "effective rank", "condition σmax/σmin"], rows)
+    gain = entry["logits"].get("vector_gain") or {}
+    recov = _table(["method", "identifiable", "class dim", "stability: mean cos [CI]", "cos with mean diff", "reason"],
+                   [[_e(r["method"]), _e(r["identifiable"]), _e(r["class_dim"]),
+                     _ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
+                     _num(r["details"].get("cos_with_mean_diff"), ".3f"), _e(r["reason"])] for r in res["recovery"]])
+    return (f"<h3>Null space of the logit Jacobian at layer {layer}</h3><p class='note'>Exact autograd Jacobians over "
+            f"{ns['config']['n_prompts']} prompts, stacked (JᵀJ summed in float64). Gain of v: {_num(gain.get('gain_v'))} "
+            f"(average direction {_num(gain.get('random_mean'))}). Activation covariance (a different object): low-variance "
+            f"fraction {' / '.join(f'{100 * v:.1f} %' for v in cov['low_variance_fraction'].values())} over {cov['n_samples']} "
+            f"last-token states.</p>{spectrum}{_img(plots['spectra'], 'spectra')}"
+            f"<h3>Recovery under structural assumptions</h3>{recov}{_img(plots['stability'], 'stability')}")
+
+
+def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    r = res["reachability"]
+    s, th = r["summary"], r["threshold"]
+    adv, rand, beh = r["adversarial"], r["random_control"], r["behaviour"]
+    facts = _table(["quantity", "value"], [
+        ["verdict", f'<span class="badge {_status(s["verdict"])}">{_e(s["verdict"])}</span>'],
+        ["natural states recovered exactly", f"{100 * s['natural_exact_recovery']:.0f} % of {s['n_positions']} positions"],
+        ["noise floor / ε / median margin Δ", f"{_num(th['noise'])} / {_num(th['epsilon'])} / {_num(th['margin_median'])}"],
+        ["median best-found steered distance", f"{_num(s['median_steered_distance'])} ({_num(s['median_steered_over_noise'])} × noise floor)"],
+        ["steering displacement ‖αv‖", f"{_num(s['steering_norm'])} (best found / displacement {_num(s['median_steered_over_displacement'], '.3f')})"],
+        ["random vector of the same norm", f"median best-found {_num(rand['median_steered_distance'])}"],
+        ["Theorem 4.5 construction", f"collision at position {adv['i']}: distance {_num(adv['collision']['distance'])}; "
+                                     f"position {adv['i'] + 1}: {_num(adv['next']['distance'])}"],
+    ])
+    cols = [(side, name, v) for side in ("white_box", "black_box") for name, v in beh[side].items()]
+    behaviour = _table(["evaluation", "generation from", "trait score", "KL from steered (nats/token)"],
+                       [[side.replace("_", "-"), _e(name), _num(v["trait_score"]), _num(v["kl_from_steered"])] for side, name, v in cols])
+    assumptions = _table(["component", "breaks real-analyticity", "detail"], [[_e(a["component"]), _e(a["breaks"]), _e(a["detail"])] for a in r["assumptions"]])
+    return (f"<h3>Prompt inversion of natural and steered states</h3>{facts}{_img(plots['positions'], 'positions')}"
+            f"{_img(plots['alpha_sweep'], 'alpha sweep')}<h3>Behaviour: white-box steering and black-box prompting, kept apart</h3>{behaviour}"
+            f"<h3>Assumptions of the theory</h3>{assumptions}<p class='note'>{_e(r['statement'])}</p>")
+
+
+def reproduction_section(results: Mapping[str, Any], store: RunStore) -> str:
+    run = store.run
+    timings = store.timings()
+    total = sum(timings.values()) or 1.0
+    times = _table(["stage", "wall seconds", "share"], [[_e(k), f"{v:.1f}", f"{100 * v / total:.0f} %"] for k, v in timings.items()])
+    events = _table(["at (UTC)", "event", "detail"], [[_e(e["at"]), _e(e["kind"]), _e(e["detail"] or "")] for e in store.events()])
+    model = results["model"]
+    return (f"<h2>Reproduction</h2><p>steerscope {_e(run['version'])}; model {_e(model['name'])} ({_e(model['model_type'])}, "
+            f"{model['n_layers']} layers, d = {model['d_model']}, {_e(model['dtype'])}), fingerprint <code>{_e(run['model_fingerprint'])}</code>; "
+            f"configuration hash <code>{_e(run['config_hash'])}</code>.</p><pre>{_e(run['command'])}</pre>"
+            f"<h3>Configuration and seeds</h3><pre>{_e(json.dumps(run['config'], indent=1))}</pre>"
+            f"<h3>Time per stage (summed over stored cells; work lost to an interruption is not counted)</h3>{times}<h3>Run events</h3>{events}")
+
+
+def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Path]], store: RunStore) -> str:
+    """The report page (a string of HTML); ``plots``: trait → plot name → PNG path."""
+    cfg = results["config"]
+    body = [f"<h1>steerscope audit: {_e(', '.join(cfg['traits']))} on {_e(results['model']['name'])}</h1>",
+            f"<p class='sub'>{_e(cfg['profile'])} profile, seed {cfg['seed']}; the three answers first, the evidence below "
+            "(green: yes, red: no, amber: undetermined or mixed).</p>",
+            summary_section(results)]
+    for trait, res in results["traits"].items():
+        p = plots[trait]
+        body += [f"<h2 id='{_e(trait)}-steering'>{_e(trait)}: does it steer?</h2>", steering_section(res, p),
+                 f"<h2 id='{_e(trait)}-identifiability'>{_e(trait)}: is it identifiable?</h2>", identifiability_section(res, p),
+                 geometry_section(res, p),
+                 f"<h2 id='{_e(trait)}-reachability'>{_e(trait)}: is the steered state reachable?</h2>", reachability_section(res, p)]
+    body.append(reproduction_section(results, store))
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>steerscope audit: {_e(', '.join(cfg['traits']))}</title><style>{_CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>")
+
+
+def trait_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
+    """Write the plots of one trait into ``folder`` (overwriting); returns name → path."""
+    from steerscope.audit.plots import (
+        plot_calibration, plot_effect_ratio, plot_reachability_positions, plot_reachability_sweep, plot_spectra, plot_stability,
+    )
+
+    paths = {name: folder / f"{trait}_{name}.png" for name in ("calibration", "effect_ratio", "spectra", "stability", "positions", "alpha_sweep")}
+    plot_calibration(res, paths["calibration"], overwrite=True)
+    plot_effect_ratio(res["identifiability"], paths["effect_ratio"], overwrite=True)
+    plot_spectra(res["nullspace"], paths["spectra"], overwrite=True)
+    plot_stability(res["recovery"], paths["stability"], overwrite=True)
+    plot_reachability_positions(res["reachability"], paths["positions"], overwrite=True)
+    plot_reachability_sweep(res["reachability"], paths["alpha_sweep"], overwrite=True)
+    return paths
+
+
+def write_outputs(store: RunStore) -> dict[str, Path]:
+    """(Re)write every derived file of the run folder from the store; returns name → path."""
+    from steerscope.audit.pipeline import assemble, stored_direction
+    from steerscope.vectors.file import SteeringVector
+
+    results = assemble(store)
+    folder = store.folder
+    written = {"results": atomic_write(folder / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1, allow_nan=False)),
+                                       overwrite=True)}
+    plots = {}
+    for trait, res in results["traits"].items():
+        vec = SteeringVector({res["vector"]["layer"]: stored_direction(store.get(f"{trait}/vector"))}, res["vector"]["metadata"])
+        written[f"vector_{trait}"] = vec.save(folder / f"vector_{trait}.safetensors", overwrite=True)
+        plots[trait] = trait_plots(trait, res, folder / "plots")
+        written |= {f"{trait}_{k}": v for k, v in plots[trait].items()}
+    html = render_html(results, plots, store)
+    written["report"] = atomic_write(folder / "report.html", lambda tmp: tmp.write_text(html, encoding="utf-8"), overwrite=True)
+    return written

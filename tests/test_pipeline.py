@@ -1,0 +1,210 @@
+"""The one-command audit on a tiny model: stages, resume after kills, rebuild from the store."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steerscope.runstore import STORE_NAME, RunStore
+
+pytest.importorskip("matplotlib")
+WORKER = Path(__file__).with_name("_resume_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+from _resume_worker import WordScorer, small_config  # noqa: E402
+
+
+def _worker(folder: Path, *args: str, traits: str = "formality") -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WORKER_TRAITS=traits)
+    return subprocess.run([sys.executable, str(WORKER), str(folder), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of the small audit (two traits)."""
+    folder = tmp_path_factory.mktemp("runs") / "reference"
+    proc = _worker(folder, traits="formality,sentiment")
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def test_reference_run_has_every_stage_and_answer(reference):
+    results = json.loads((reference / "results.json").read_text())
+    assert results["config"]["traits"] == ["formality", "sentiment"]
+    for trait, res in results["traits"].items():
+        assert set(res["answers"]) == {"steers", "identifiable", "reachable"}
+        assert all(a["status"] in ("yes", "no", "unknown", "mixed") and a["headline"] for a in res["answers"].values())
+        assert res["strength"]["alpha"] in (1.0, 4.0)
+        assert [r["method"] for r in res["recovery"]] == ["ica", "sparse", "multienv", "crosslayer"]
+        assert res["layer_selection"]["chosen"] in [r["layer"] for r in res["layer_selection"]["rows"]]
+        assert res["reachability"]["summary"]["natural_exact_recovery"] == 1.0
+        assert (reference / f"vector_{trait}.safetensors").is_file()
+    html = (reference / "report.html").read_text()
+    assert "Does the vector steer?" in html and "data:image/png;base64," in html and "<script" not in html
+    with RunStore.open(reference, readonly=True) as store:
+        keys = [c.key for c in store.cells()]
+        assert "formality/calibrate/alpha=0" in keys and "sentiment/reachability" in keys
+        assert len(keys) == len(set(keys))
+        assert [e["kind"] for e in store.events()] == ["created", "finished"]
+
+
+@pytest.fixture(scope="module")
+def reference_one(tmp_path_factory) -> Path:
+    """An uninterrupted run of the small audit (one trait)."""
+    folder = tmp_path_factory.mktemp("runs") / "reference_one"
+    proc = _worker(folder)
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+@pytest.mark.parametrize("kill_at,when,sig", [(1, "after", "KILL"), (5, "before", "KILL"), (9, "before", "INT")])
+def test_resume_after_interruption_gives_identical_results(reference_one, tmp_path, kill_at, when, sig):
+    """Killed after the 1st cell, during the 5th (SIGKILL) and during the 9th (SIGINT); resumed."""
+    folder = tmp_path / "run"
+    killed = _worker(folder, str(kill_at), when, sig)
+    assert killed.returncode != 0
+    done = kill_at if when == "after" else kill_at - 1
+    with RunStore.open(folder) as store:  # intact: the integrity check passes, every committed cell is there
+        assert store.count() == done
+    assert not (folder / "results.json").exists()
+    resumed = _worker(folder)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (folder / "results.json").read_bytes() == (reference_one / "results.json").read_bytes()
+    with RunStore.open(folder, readonly=True) as store:
+        assert [e["kind"] for e in store.events()] == ["created", "resumed", "finished"]
+
+
+def test_auditor_reads_every_cell_back_without_recomputing(reference, tmp_path):
+    from steerscope.audit.pipeline import Auditor
+    from steerscope.testing import tiny_model
+
+    seen = []
+    config = small_config(["formality", "sentiment"])
+    with RunStore.open(reference) as store:
+        before = store.count()
+        Auditor(tiny_model("llama", n_layers=6), store, config, scorers={"formality": WordScorer(), "sentiment": WordScorer()},
+                on_cell=lambda key, cached: seen.append(cached)).run()
+        assert store.count() == before
+    assert seen and all(seen)
+
+
+def test_report_rebuilds_identical_results_from_the_store_alone(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    (copy / "results.json").unlink()
+    (copy / "report.html").unlink()
+    proc = subprocess.run([sys.executable, "-m", "steerscope", "report", str(copy), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = json.loads(proc.stdout)
+    assert Path(files["report"]).is_file()
+    assert (copy / "results.json").read_bytes() == (reference / "results.json").read_bytes()
+
+
+def test_runs_lists_finished_incomplete_and_unreadable(reference, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(reference, root / "done")
+    partial = root / "partial"
+    assert _worker(partial, "3", "after", "KILL").returncode != 0
+    (root / "broken").mkdir()
+    (root / "broken" / STORE_NAME).write_bytes(b"not a database at all")
+    proc = subprocess.run([sys.executable, "-m", "steerscope", "runs", str(root), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {Path(r["folder"]).name: r for r in json.loads(proc.stdout)}
+    assert rows["done"]["status"] == "finished" and rows["done"]["traits"] == ["formality", "sentiment"]
+    assert rows["partial"]["status"] == "incomplete" and rows["partial"]["cells"] == 3
+    assert rows["broken"]["status"] == "unreadable" and "not a SQLite database" in rows["broken"]["error"]
+
+
+def test_report_of_an_incomplete_run_says_how_to_finish_it(tmp_path):
+    folder = tmp_path / "partial"
+    assert _worker(folder, "2", "after", "KILL").returncode != 0
+    proc = subprocess.run([sys.executable, "-m", "steerscope", "report", str(folder)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "incomplete" in proc.stderr and "run the same audit command again" in proc.stderr
+
+
+def test_cli_audit_refuses_a_corrupted_store_and_leaves_it_untouched(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    db = folder / STORE_NAME
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE notes (x TEXT)")
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    cmd = [sys.executable, "-m", "steerscope", "audit", "--model", "smollm2-135m", "--trait", "formality", "--out", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "another application" in proc.stderr
+    assert db.read_bytes() == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    proc = subprocess.run(cmd[:-1] + [str(other)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a steerscope run folder" in proc.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_cli_audit_bad_input(tmp_path):
+    base = [sys.executable, "-m", "steerscope", "audit", "--out", str(tmp_path / "r")]
+    for extra, message in ((["--trait", "wit"], "unknown trait"), (["--trait", "formality", "--quick", "--full"], "choose one"),
+                           (["--trait", "formality", "--max-ppl-ratio", "0.5"], "max-ppl-ratio"), ([], "needs --trait and --out")):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+    assert not (tmp_path / "r").exists()
+
+
+def _browser():
+    """Headless Chromium through Playwright; skipped when absent unless STEERSCOPE_REQUIRE_BROWSER=1 (CI)."""
+    import shutil
+
+    required = os.environ.get("STEERSCOPE_REQUIRE_BROWSER") == "1"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        if required:
+            pytest.fail("the browser test needs Debian's chromium and the playwright package (see the README's set-up)")
+        pytest.skip("chromium or playwright not installed")
+    return chromium, sync_playwright
+
+
+def test_report_renders_in_a_real_browser_without_errors_and_opens_on_the_answers(reference, tmp_path):
+    from PIL import Image
+
+    chromium, sync_playwright = _browser()
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run"]
+    problems, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=flags)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((reference / "report.html").as_uri())
+        shot = tmp_path / "first-screen.png"
+        page.screenshot(path=str(shot))
+        cards = page.locator("#summary .card")
+        assert cards.count() == 6  # two traits × three questions
+        for i in range(3):
+            box = cards.nth(i).bounding_box()
+            assert box is not None and box["y"] + 40 < 900, "the answers must be on the first screen"
+        text = page.locator("#summary").inner_text()
+        assert "Does the vector steer?" in text and "Is it identifiable?" in text and "reachable by a prompt" in text
+        broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert broken == 0 and page.evaluate("document.images.length") == 12
+        browser.close()
+    assert problems == []
+    assert all(u.startswith(("file:", "data:")) for u in requests), "the report must not reach the network"
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (900, 1280) and pixels.std() > 10  # a rendered page, not a blank one
