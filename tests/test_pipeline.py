@@ -208,3 +208,41 @@ def test_report_renders_in_a_real_browser_without_errors_and_opens_on_the_answer
     assert all(u.startswith(("file:", "data:")) for u in requests), "the report must not reach the network"
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (900, 1280) and pixels.std() > 10  # a rendered page, not a blank one
+
+
+def test_cli_audit_ctrl_c_then_the_same_command_resumes(tmp_path):
+    """`steerscope audit` on a tiny model folder: SIGINT mid-run exits 130 and keeps the store; rerun finishes."""
+    import signal
+    import time
+
+    pytest.importorskip("vaderSentiment")
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("llama", n_layers=6)
+    model_dir = tmp_path / "tiny"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "steerscope", "audit", "--model", str(model_dir), "--trait", "sentiment", "--quick", "--out", str(folder), "--json"]
+    env = dict(os.environ, STEERSCOPE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (folder / STORE_NAME).exists():
+            with RunStore.open(folder, readonly=True) as store:
+                if store.count() >= 4:
+                    break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    with RunStore.open(folder, readonly=True) as store:
+        done = store.count()
+        assert done >= 4 and [e["kind"] for e in store.events()] == ["created", "interrupted"]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed"] and "resuming" in again.stderr and f"{done} cells already done" in again.stderr
+    assert set(summary["answers"]["sentiment"]) == {"steers", "identifiable", "reachable"}
+    with RunStore.open(folder, readonly=True) as store:
+        assert [e["kind"] for e in store.events()] == ["created", "interrupted", "resumed", "finished"]

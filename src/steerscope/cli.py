@@ -313,7 +313,7 @@ def audit(
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
         if resumed:
-            err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False)
+            err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
         try:
             _run_audit(store, config, model, device, dtype, cache_dir, layers_path)
         except KeyboardInterrupt:

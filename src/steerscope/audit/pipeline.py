@@ -18,6 +18,7 @@ never in ``results.json``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -88,8 +89,9 @@ def audit_config(model: str, traits: Sequence[str], profile: str, seed: int = 0,
         raise SteerscopeError("the audit needs at least one trait")
     if not target_g > 0 or not max_ppl_ratio >= 1:
         raise SteerscopeError(f"need --target-effect > 0 and --max-ppl-ratio >= 1, got {target_g} and {max_ppl_ratio}")
-    return {"model": model, "traits": list(traits), "profile": profile, "seed": seed, "target_g": target_g,
-            "max_ppl_ratio": max_ppl_ratio, "dtype": dtype, "settings": asdict(PROFILES[profile])}
+    config = {"model": model, "traits": list(traits), "profile": profile, "seed": seed, "target_g": target_g,
+              "max_ppl_ratio": max_ppl_ratio, "dtype": dtype, "settings": asdict(PROFILES[profile])}
+    return json.loads(json.dumps(config))  # the form it takes in the store (tuples become lists), so resumes compare equal
 
 
 def _tensors_to_bytes(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> bytes:
