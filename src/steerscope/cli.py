@@ -281,7 +281,7 @@ def audit(
                                               "Several traits share one model load."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
                                            "vector files, plots/). Run the same command again to resume."),
-    quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 5 minutes per trait on 2 CPU cores with smollm2-135m."),
+    quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
     full: bool = typer.Option(False, "--full", help="The full profile: paper-scale sample sizes (about an hour per trait on 2 CPU cores)."),
     seed: int = typer.Option(0, "--seed"),
     target_effect: float = typer.Option(0.8, "--target-effect", help="Strength calibration: the Hedges' g the smallest chosen α must reach."),
