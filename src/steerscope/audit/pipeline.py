@@ -171,8 +171,7 @@ class Auditor:
         return stored_direction(self.cell(f"{trait}/vector", "vector", compute, trait))
 
     def calibrate(self, trait: str, layer: int, v: torch.Tensor) -> dict[str, Any]:
-        pool = builtin_prompts(trait, "in_distribution")
-        prompts = pool[len(pool) - self.p.calib_prompts:]  # disjoint from the identifiability prompts (the first ones)
+        prompts = calibration_prompts(trait, self.p.calib_prompts)
         points = []
         for alpha in (0.0, *self.p.alphas):
             cell = self.cell(f"{trait}/calibrate/alpha={alpha:g}", "calibrate", lambda a=alpha: (strength_point(
@@ -282,6 +281,12 @@ def _jsonable_pair(pair: tuple[Any, bytes | None]) -> tuple[Any, bytes | None]:
     return jsonable(pair[0]), pair[1]
 
 
+def calibration_prompts(trait: str, n: int) -> list[str]:
+    """The last ``n`` in-distribution prompts of ``trait``: disjoint from the audit's (the first ones)."""
+    pool = builtin_prompts(trait, "in_distribution")
+    return pool[len(pool) - n:]
+
+
 def strength_summary(points: Sequence[Mapping[str, Any]], config: Mapping[str, Any], prompts: Sequence[str]) -> dict[str, Any]:
     """:func:`choose_strength` over the calibration points, with the prompts and example texts."""
     choice = choose_strength(points, config["target_g"], config["max_ppl_ratio"], seed=int(config["seed"]))
@@ -306,11 +311,10 @@ def assemble(store: RunStore) -> dict[str, Any]:
     traits = {}
     for trait in config["traits"]:
         points = [_payload(store, f"{trait}/calibrate/alpha={a:g}") for a in (0.0, *config["settings"]["alphas"])]
-        pool = builtin_prompts(trait, "in_distribution")
         result = {
             "layer_selection": _payload(store, f"{trait}/layers"),
             "vector": _payload(store, f"{trait}/vector"),
-            "strength": strength_summary(points, config, pool[len(pool) - config["settings"]["calib_prompts"]:]),
+            "strength": strength_summary(points, config, calibration_prompts(trait, config["settings"]["calib_prompts"])),
             "identifiability": _payload(store, f"{trait}/identifiability"),
             "nullspace": _payload(store, f"{trait}/nullspace"),
             "recovery": [_payload(store, f"{trait}/recover/{m}") | {"trait": trait} for m in RECOVERY_METHODS],
