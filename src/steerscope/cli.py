@@ -23,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Activation steering for language models, with audits of what a vector means.")
 datasets_app = typer.Typer(help="List the built-in trait datasets, or validate a JSONL pair file.")
 app.add_typer(datasets_app, name="datasets")
-audit_app = typer.Typer(help="Audits of what a steering vector means.", no_args_is_help=True)
+audit_app = typer.Typer(help="Audits of what a steering vector means: with --trait and --out, the whole pipeline "
+                        "(resumable, with an HTML report); a subcommand runs one audit.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 bench_app = typer.Typer(help="Benchmarks with planted ground truth.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -282,7 +283,7 @@ def audit(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
                                            "vector files, plots/). Run the same command again to resume."),
     quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
-    full: bool = typer.Option(False, "--full", help="The full profile: paper-scale sample sizes (about an hour per trait on 2 CPU cores)."),
+    full: bool = typer.Option(False, "--full", help="The full profile: paper-scale sample sizes (all candidate layers, 64 null-space prompts, 8 reachability prompts; much slower)."),
     seed: int = typer.Option(0, "--seed"),
     target_effect: float = typer.Option(0.8, "--target-effect", help="Strength calibration: the Hedges' g the smallest chosen α must reach."),
     max_ppl_ratio: float = typer.Option(2.0, "--max-ppl-ratio", help="Strength calibration: the largest allowed perplexity ratio "
