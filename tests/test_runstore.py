@@ -120,3 +120,15 @@ def test_list_runs(tmp_path):
     assert set(rows) == {"a", "b"}
     assert rows["a"]["status"] == "finished" and rows["b"]["status"] == "incomplete"
     assert [r["folder"] for r in list_runs(tmp_path / "a")] == [str(tmp_path / "a")]
+
+
+def test_a_second_writer_is_refused_until_the_first_closes(tmp_path):
+    first, _ = open_run(tmp_path / "run", CONFIG, "1.0", "cmd")
+    with pytest.raises(RunStoreError, match="another steerscope process"):
+        open_run(tmp_path / "run", CONFIG, "1.0", "cmd")
+    with RunStore.open(tmp_path / "run", readonly=True) as reader:  # readers are not blocked
+        assert reader.count() == 0
+    first.close()
+    second, resumed = open_run(tmp_path / "run", CONFIG, "1.0", "cmd")
+    assert resumed
+    second.close()

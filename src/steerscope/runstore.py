@@ -14,7 +14,9 @@ a database is refused with a clear error and never written to.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
+import os
 import json
 import sqlite3
 import time
@@ -118,6 +120,17 @@ class RunStore:
         self.folder = folder
         self.path = folder / STORE_NAME
         self._conn = conn
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold an exclusive advisory lock on the store until :meth:`close`; refuse a second writer."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunStoreError(f"another steerscope process is writing {self.folder}; wait for it or stop it first") from None
+        self._lock = fd
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -162,6 +175,9 @@ class RunStore:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -239,6 +255,11 @@ def open_run(folder: str | Path, config: dict, version: str, command: str) -> tu
     folder = Path(folder)
     if (folder / STORE_NAME).exists():
         store = RunStore.open(folder)
+        try:
+            store.lock()
+        except RunStoreError:
+            store.close()
+            raise
         known = store.run["config"]
         if known != config:
             store.close()
@@ -249,7 +270,9 @@ def open_run(folder: str | Path, config: dict, version: str, command: str) -> tu
         return store, True
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise RunStoreError(f"{folder} exists and is not a steerscope run folder; choose another --out folder")
-    return RunStore.create(folder, config, version, command), False
+    store = RunStore.create(folder, config, version, command)
+    store.lock()
+    return store, False
 
 
 def list_runs(root: str | Path) -> list[dict]:
