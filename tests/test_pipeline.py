@@ -18,9 +18,18 @@ sys.path.insert(0, str(WORKER.parent))
 from _resume_worker import WordScorer, small_config  # noqa: E402
 
 
+def _default_sigint() -> None:
+    """Children of a shell's background job start with SIGINT ignored; restore the default so that
+    Python installs its KeyboardInterrupt handler in the child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _worker(folder: Path, *args: str, traits: str = "formality") -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", WORKER_TRAITS=traits)
-    return subprocess.run([sys.executable, str(WORKER), str(folder), *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, str(WORKER), str(folder), *args], capture_output=True, text=True, env=env, timeout=600,
+                          preexec_fn=_default_sigint)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +234,7 @@ def test_cli_audit_ctrl_c_then_the_same_command_resumes(tmp_path):
     folder = tmp_path / "run"
     cmd = [sys.executable, "-m", "steerscope", "audit", "--model", str(model_dir), "--trait", "sentiment", "--quick", "--out", str(folder), "--json"]
     env = dict(os.environ, STEERSCOPE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (folder / STORE_NAME).exists():
@@ -233,6 +242,7 @@ def test_cli_audit_ctrl_c_then_the_same_command_resumes(tmp_path):
                 if store.count() >= 4:
                     break
         time.sleep(0.2)
+    assert proc.poll() is None, "the audit finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
