@@ -356,7 +356,7 @@ def _finish(store, resumed: bool, as_json: bool) -> None:
     for t, qs in answers.items():
         out.print(f"[bold]{t}[/bold]")
         for q, a in qs.items():
-            out.print(f"  {q}: {a['status']}: {a['headline']}", markup=False, highlight=False)
+            out.print(f"  {q}: {a['status']}: {a['headline']}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"report: {written['report']}", markup=False)
 
 
