@@ -392,7 +392,7 @@ def report(
     from steerscope.report import write_outputs
     from steerscope.runstore import RunStore
 
-    with RunStore.open(run_dir) as store:
+    with RunStore.open(run_dir, readonly=True) as store:  # the store is only read
         written = write_outputs(store)
     if as_json:
         print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
