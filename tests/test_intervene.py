@@ -5,6 +5,7 @@ from steerscope.capture import block_hidden, capture, forward
 from steerscope.encoding import encode_item, encode_prompt, pad_batch
 from steerscope.errors import SteerscopeError
 from steerscope.intervene import Ablate, Add, Clamp, Steering, parse_positions, relative_dose, steer, steer_rows
+from steerscope.testing import ARCHITECTURES, tiny_model
 from tests.conftest import CHAT_ITEMS
 
 
@@ -130,38 +131,83 @@ def test_prompt_and_generated_positions_in_a_forward_pass(tiny_models):
     assert _changed_positions(lm, seqs, "left", "all")[0].all()
 
 
-def _manual_greedy(lm, ids, n_new, layer, v, alpha, first_steered):
-    """Reference: no KV cache, full recompute each step, hook adds alpha*v at positions >= first_steered."""
+def _manual_greedy(lm, ids, n_new, layer, v, alpha, steered):
+    """Reference: no KV cache, full recompute each step; ``steered(n_prompt, T)`` are the positions that get alpha*v.
+
+    Returns the greedy tokens and the next-token logits of every step (``[n_new, V]``).
+    """
     def hook(_m, _a, out):
         h = block_hidden(out).clone()
-        h[:, first_steered:] += alpha * v
+        h[:, steered(len(ids), h.shape[1])] += alpha * v
         return (h, *out[1:]) if isinstance(out, tuple) else h
-    seq = list(ids)
+    seq, logits = list(ids), []
     handle = lm.layers[layer].register_forward_hook(hook)
     try:
         for _ in range(n_new):
             with torch.no_grad():
-                logits = lm.model(torch.tensor([seq]), use_cache=False).logits
-            seq.append(int(logits[0, -1].argmax()))
+                logits.append(lm.model(torch.tensor([seq]), use_cache=False).logits[0, -1])
+            seq.append(int(logits[-1].argmax()))
     finally:
         handle.remove()
-    return seq[len(ids):]
+    return seq[len(ids):], torch.stack(logits)
 
 
-@pytest.mark.parametrize("positions,first", [("all", 0), ("generated", None)])
-def test_kv_cached_generate_is_steered(lm, positions, first):
+# Which absolute positions each ``positions`` mode steers, for a prompt of n tokens and a sequence of T.
+MODES = {
+    "all": lambda n, t: list(range(t)),
+    "prompt": lambda n, t: list(range(n)),
+    "generated": lambda n, t: list(range(n, t)),
+    "last": lambda n, t: [n - 1],
+    "last-3": lambda n, t: [n - 3, n - 2, n - 1],
+}
+
+
+def _kv_generate(lm, rows, n_new, steering):
+    """Greedy KV-cached ``generate`` on left-padded rows: new tokens per row and logits ``[B, n_new, V]``."""
+    batch = pad_batch(rows, lm.tokenizer.pad_token_id, "left")
+    with steering, torch.no_grad():
+        out = lm.model.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=n_new, min_new_tokens=n_new,
+                                do_sample=False, pad_token_id=lm.tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, batch.input_ids.shape[1]:].tolist(), torch.stack(out.logits, dim=1)
+
+
+def _same_run(got, ref):
+    (tokens, logits), (ref_tokens, ref_logits) = got, ref
+    return tokens == ref_tokens and torch.allclose(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_kv_cached_generate_steers_the_positions_of_every_mode(arch):
+    """Each ``positions`` mode under KV-cached ``generate`` gives the tokens and logits of a full-recompute
+    reference that steers exactly that mode's positions, on every supported architecture. The
+    references of different modes differ, so a wrong position mask cannot pass."""
+    lm = tiny_model(arch)
     ids = encode_prompt(lm.tokenizer, "tell me about your weekend")
     v, alpha, layer, n_new = _vec(lm, 3), 4.0, 1, 6
-    first = len(ids) if first is None else first
-    expected = _manual_greedy(lm, ids, n_new, layer, v, alpha, first)
-    plain = _manual_greedy(lm, ids, n_new, layer, v, 0.0, 0)
-    with steer(lm, {layer: v}, alpha, positions=positions), torch.no_grad():
-        out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                max_new_tokens=n_new, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
-                                min_new_tokens=n_new)
-    got = out[0, len(ids):].tolist()
-    assert got == expected
-    assert expected != plain  # the steering changed the generated tokens
+    expected = {mode: _manual_greedy(lm, ids, n_new, layer, v, alpha, rule) for mode, rule in MODES.items()}
+    expected["none"] = _manual_greedy(lm, ids, n_new, layer, v, 0.0, MODES["all"])
+    for mode in MODES:
+        tokens, logits = _kv_generate(lm, [ids], n_new, steer(lm, {layer: v}, alpha, positions=mode))
+        assert _same_run((tokens[0], logits[0]), expected[mode]), mode
+        assert not any(_same_run((tokens[0], logits[0]), expected[other]) for other in expected if other != mode), mode
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_kv_cached_generate_positions_follow_each_left_padded_row(tiny_models, mode):
+    lm = tiny_models["llama"]
+    rows = [encode_prompt(lm.tokenizer, "tell me about your weekend"), encode_prompt(lm.tokenizer, "hi")]
+    v, alpha, layer, n_new = _vec(lm, 3), 4.0, 1, 5
+    tokens, logits = _kv_generate(lm, rows, n_new, steer(lm, {layer: v}, alpha, positions=mode))
+    for row, ids in enumerate(rows):
+        assert _same_run((tokens[row], logits[row]), _manual_greedy(lm, ids, n_new, layer, v, alpha, MODES[mode]))
+
+
+def test_a_continuation_without_a_readable_cache_is_refused(tiny_models):
+    """Position ids beyond the call's width with no cache steerscope can read: refuse, never guess."""
+    lm = tiny_models["llama"]
+    with steer(lm, {1: _vec(lm)}, 1.0, positions="generated"), torch.no_grad():
+        with pytest.raises(SteerscopeError, match="without a KV cache"):
+            lm.model(torch.tensor([[5]]), position_ids=torch.tensor([[7]]), use_cache=False)
 
 
 def test_ablate_and_clamp_set_the_projection(lm):

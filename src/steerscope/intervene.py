@@ -31,6 +31,7 @@ import torch
 
 from steerscope.capture import block_hidden
 from steerscope.errors import SteerscopeError
+from steerscope.models.kvcache import past_length
 from steerscope.models.loading import LoadedModel
 
 Scalar = Union[float, torch.Tensor]
@@ -171,7 +172,7 @@ class Steering:
         batch, width = ref.shape[0], ref.shape[1]
         if self.batch_size is not None and batch != self.batch_size:
             raise SteerscopeError(f"per-row steering was built for {self.batch_size} rows but the model got {batch}")
-        offset = _past_length(kwargs)
+        offset = past_length(kwargs, width)
         if offset == 0:
             self._prompt_len = width
             mask = kwargs.get("attention_mask")
@@ -216,19 +217,6 @@ class Steering:
         self._handles.clear()
         self._mask = None
         self._prompt_last = None
-
-
-def _past_length(kwargs: Mapping) -> int:
-    """Number of positions already in the KV cache for this call (0 on a prefill)."""
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel() > 0:
-        return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    return int(past[0][0].shape[-2]) if len(past) else 0
 
 
 def steer(

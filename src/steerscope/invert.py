@@ -31,6 +31,7 @@ import torch
 
 from steerscope.capture import _StopForward, block_hidden
 from steerscope.errors import SteerscopeError
+from steerscope.models.kvcache import with_cache
 from steerscope.models.loading import LoadedModel
 
 POLICIES = ("gradient", "exhaustive")
@@ -124,7 +125,7 @@ class _Prefix:
         pos = torch.arange(self.length, self.length + len(ids), device=self.lm.device)[None]
         mask = torch.ones((1, self.length + len(ids)), dtype=torch.long, device=self.lm.device)
         with torch.no_grad():  # not inference mode: the cache also feeds differentiable passes
-            _run(self.lm, self.layer, input_ids=x, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+            _run(self.lm, self.layer, input_ids=x, position_ids=pos, attention_mask=mask, **with_cache(self.lm.model, self.cache))
         self.length += len(ids)
 
     def expanded(self, batch: int):
@@ -139,7 +140,7 @@ class _Prefix:
     def _kwargs(self, batch: int) -> dict:
         pos = torch.full((batch, 1), self.length, device=self.lm.device)
         mask = torch.ones((batch, self.length + 1), dtype=torch.long, device=self.lm.device)
-        return {"position_ids": pos, "attention_mask": mask, "past_key_values": self.expanded(batch) if self.length else None, "use_cache": self.length > 0}
+        return {"position_ids": pos, "attention_mask": mask, **with_cache(self.lm.model, self.expanded(batch) if self.length else None)}
 
     def states(self, candidates: torch.Tensor) -> torch.Tensor:
         """``[B, d]``: state at the next position for each candidate token id (``[B]``)."""

@@ -35,6 +35,7 @@ from scipy.linalg import subspace_angles
 
 from steerscope.capture import block_hidden
 from steerscope.errors import SteerscopeError
+from steerscope.models.kvcache import output_cache, with_cache
 from steerscope.models.loading import LoadedModel
 
 Readout = Literal["logits", "logprobs"]
@@ -122,11 +123,11 @@ def _jacobian(
 
     with _frozen(lm):
         with torch.no_grad():
-            past = body(input_ids=input_ids[:, :pos], use_cache=True).past_key_values if pos > 0 else None
+            past = output_cache(body(input_ids=input_ids[:, :pos], use_cache=True)) if pos > 0 else None
         handle = lm.layers[layer].register_forward_hook(add_delta)
         try:
             with torch.enable_grad():
-                out = read(body(input_ids=input_ids[:, pos:], past_key_values=past, use_cache=past is not None))
+                out = read(body(input_ids=input_ids[:, pos:], **with_cache(body, past)))
         finally:
             handle.remove()
         eye = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
