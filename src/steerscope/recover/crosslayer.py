@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from steerscope.errors import SteerscopeError
-from steerscope.recover.result import Recovery, null_dim, unit
+from steerscope.recover.result import Recovery, cosine, null_dim, unit
 
 
 def recover_crosslayer(
@@ -50,5 +50,5 @@ def recover_crosslayer(
               f"{k} direction(s) are invisible to the output and to every layer map: not identifiable")
     return Recovery("crosslayer", direction, identifiable, k, reason,
                     details={"tol": tol, "n_maps": len(maps), "class_dim_output_only": base_k,
-                             "cos_with_base_vector": float(direction @ unit(v)),
-                             "cos_with_targets_after_map": [float(unit(np.asarray(p, dtype=np.float64).reshape(-1, len(v), len(v)).mean(axis=0) @ direction) @ unit(t)) for p, t in zip(maps, targets)]})
+                             "cos_with_base_vector": cosine(direction, v),
+                             "cos_with_targets_after_map": [cosine(np.asarray(p, dtype=np.float64).reshape(-1, len(v), len(v)).mean(axis=0) @ direction, t) for p, t in zip(maps, targets)]})

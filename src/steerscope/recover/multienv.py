@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from steerscope.errors import SteerscopeError
-from steerscope.recover.result import Recovery, null_dim, unit
+from steerscope.recover.result import Recovery, cosine, null_dim, unit
 from steerscope.recover.stability import bootstrap_stability
 
 
@@ -51,7 +51,7 @@ def recover_multienv(
               if identifiable else
               f"{k} direction(s) have gain ≤ {tol:g} × the largest in every environment: v is determined only up to that subspace")
     details = {"n_environments": len(grams), "tol": tol, "class_dim_per_environment": per_env,
-               "cos_with_environment_vectors": [float(direction @ unit(v)) for v in vecs]}
+               "cos_with_environment_vectors": [cosine(direction, v) for v in vecs]}
     result = Recovery("multienv", direction, identifiable, k, reason, details=details)
     if n_boot:
         rng = np.random.default_rng(seed)

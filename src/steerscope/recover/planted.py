@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from steerscope.models.loading import LoadedModel
+from steerscope.recover.result import cosine
 
 
 @dataclass
@@ -173,7 +174,7 @@ def planted_benchmark(seed: int = 0, n_boot: int = 5) -> list[dict]:
     rows = []
     for method, case, holds, problem, run in cases:
         r = run(problem)
-        cos = float(r.direction @ problem.direction)
+        cos = cosine(r.direction, problem.direction)
         correct = (cos >= 0.95 and r.identifiable is not False) if holds else r.identifiable is not True
         rows.append({"method": method, "case": case, "assumption_holds": holds, "cos": cos, "identifiable": r.identifiable,
                      "class_dim": r.class_dim, "stability": r.stability, "reason": r.reason, "correct": bool(correct), "seed": seed})

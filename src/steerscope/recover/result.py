@@ -42,6 +42,11 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / n if n > 0 else x
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between ``a`` and ``b`` (float64), clipped to [−1, 1] against rounding (0 if either is zero)."""
+    return float(np.clip(unit(a) @ unit(b), -1.0, 1.0))
+
+
 def null_dim(matrix: np.ndarray, tol: float) -> tuple[int, np.ndarray, np.ndarray]:
     """``(k, eigenvalues, eigenvectors)`` of a PSD ``matrix``: k = directions with gain ≤ tol × max gain.
 

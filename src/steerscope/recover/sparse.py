@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from steerscope.errors import SteerscopeError
-from steerscope.recover.result import Recovery, unit
+from steerscope.recover.result import Recovery, cosine, unit
 from steerscope.recover.stability import bootstrap_stability
 
 
@@ -56,7 +56,7 @@ def _witness(phi: np.ndarray, dictionary: np.ndarray, y: np.ndarray, support: np
             coef = np.linalg.lstsq(phi[:, alt], y, rcond=None)[0]
             if np.linalg.norm(phi[:, alt] @ coef - y) <= slack:
                 other = unit(dictionary[alt].T @ coef)
-                cos = float(other @ direction)
+                cos = cosine(other, direction)
                 if abs(cos) < 0.99:
                     return {"swap_out": int(out), "swap_in": int(atom), "cos_with_recovered": cos}
     return None

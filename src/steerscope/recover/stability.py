@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from steerscope.recover.result import cosine
+
 
 def bootstrap_stability(
     recover: Callable[[np.ndarray], np.ndarray], n_rows: int, reference: np.ndarray,
@@ -18,12 +20,9 @@ def bootstrap_stability(
     Returns the mean, the 2.5/97.5 % percentile interval, the minimum and the seed.
     """
     rng = np.random.default_rng(seed)
-    ref = np.asarray(reference, dtype=np.float64)
-    ref = ref / np.linalg.norm(ref)
     cosines = []
     for _ in range(n_boot):
-        direction = np.asarray(recover(rng.integers(0, n_rows, n_rows)), dtype=np.float64)
-        cos = float(direction @ ref / np.linalg.norm(direction))
+        cos = cosine(recover(rng.integers(0, n_rows, n_rows)), reference)
         cosines.append(cos if signed else abs(cos))
     arr = np.array(cosines)
     return {"n_boot": n_boot, "seed": seed, "mean_cos": float(arr.mean()), "ci_low": float(np.percentile(arr, 2.5)),

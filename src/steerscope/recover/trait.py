@@ -22,7 +22,7 @@ from steerscope.models.loading import LoadedModel
 from steerscope.recover.crosslayer import recover_crosslayer
 from steerscope.recover.ica import ica_direction, recover_ica
 from steerscope.recover.multienv import recover_multienv
-from steerscope.recover.result import Recovery, unit
+from steerscope.recover.result import Recovery, cosine
 from steerscope.recover.sparse import recover_sparse
 from steerscope.recover.stability import bootstrap_stability
 
@@ -148,7 +148,7 @@ def recover_trait(
             result.stability = bootstrap_stability(solve, len(contrasts), result.direction, n_boot, seed)
     else:
         raise SteerscopeError(f"unknown recovery method {method!r}; use ica, sparse, multienv or crosslayer")
-    result.details |= {"layer": layer, "n_pairs": len(pairs), "cos_with_mean_diff": float(result.direction @ unit(v))}
+    result.details |= {"layer": layer, "n_pairs": len(pairs), "cos_with_mean_diff": cosine(result.direction, v)}
     return result
 
 
