@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from steerscope.capture import block_hidden, capture, forward
+from steerscope.capture import capture, forward
 from steerscope.encoding import encode_item, encode_prompt, pad_batch
 from steerscope.errors import SteerscopeError
+from steerscope.hooks import block_hidden, record
 from steerscope.intervene import Ablate, Add, Clamp, Steering, parse_positions, relative_dose, steer, steer_rows
 from steerscope.testing import ARCHITECTURES, tiny_model
 from tests.conftest import CHAT_ITEMS
@@ -101,7 +102,6 @@ def test_rows_slices_per_row_tensors(tiny_models):
 def _changed_positions(lm, seqs, side, positions):
     batch = pad_batch(seqs, lm.tokenizer.pad_token_id, side)
     with torch.no_grad():
-        from steerscope.capture import record
         with record(lm, [1]) as store:
             forward(lm, batch)
             plain = store[1].clone()

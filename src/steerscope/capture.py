@@ -1,55 +1,26 @@
 """Record the residual stream at chosen layers in one batched forward pass.
 
-Layer ℓ is the output of decoder block ℓ (see :class:`steerscope.models.LoadedModel`). Hooks are
-forward hooks on the blocks, registered for the duration of a call only; when steering is active
-(:mod:`steerscope.intervene`) the recorded states are the steered ones.
+Layer ℓ is the output of decoder block ℓ (see :class:`steerscope.models.LoadedModel`). States are
+read by forward hooks on the blocks (:func:`steerscope.hooks.record`), registered for the duration
+of a call only; when steering is active (:mod:`steerscope.intervene`) the recorded states are the
+steered ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from contextlib import nullcontext, suppress
+from typing import Literal
 
 import torch
 
 from steerscope.encoding import Batch, Encoded, Item, encode_item, pad_batch
 from steerscope.errors import SteerscopeError
+from steerscope.hooks import RowEdits, StopForward, record
 from steerscope.models.loading import LoadedModel
 from steerscope.progress import track
 
-if TYPE_CHECKING:
-    from steerscope.intervene import Steering
-
 Position = Literal["last", "mean", "all"]
-
-
-class _StopForward(Exception):
-    """Raised by the deepest capture hook so that later blocks and the LM head are skipped."""
-
-
-def block_hidden(output: object) -> torch.Tensor:
-    """The hidden-state tensor ``[B, T, d]`` inside a decoder block's output (tensor or tuple)."""
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
-
-
-@contextmanager
-def record(lm: LoadedModel, layers: Sequence[int], stop_early: bool = False) -> Iterator[dict[int, torch.Tensor]]:
-    """Context manager yielding a dict that each forward pass fills with ``{ℓ: [B, T, d]}``."""
-    store: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-    handles = []
-    for layer in layers:
-        def hook(_module, _args, output, layer=layer):
-            store[layer] = block_hidden(output).detach()
-            if stop_early and layer == deepest:
-                raise _StopForward
-        handles.append(lm.layers[layer].register_forward_hook(hook))
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def forward(lm: LoadedModel, batch: Batch, **kwargs) -> object:
@@ -77,7 +48,7 @@ def capture(
     padding_side: Literal["left", "right"] = "left",
     progress: bool = False,
     norms_out: dict[int, float] | None = None,
-    steering: "Steering | None" = None,
+    steering: RowEdits | None = None,
 ) -> dict[int, torch.Tensor] | dict[int, list[torch.Tensor]]:
     """Residual-stream states of ``items`` at ``layers`` (float32, on CPU).
 
@@ -87,8 +58,9 @@ def capture(
     token ranges yourself. Items are batched by length; results come back in input order.
     If ``norms_out`` is a dict, it receives the mean L2 norm of the states per layer over all real
     tokens except each item's first (an attention sink whose norm is often far larger).
-    ``steering`` (shared or per-row, one row per item) is applied during the pass; pass per-row
-    steering here rather than entering it around the call, since items are reordered by length.
+    ``steering`` (a :class:`steerscope.intervene.Steering`, shared or per-row with one row per item)
+    is applied during the pass; pass per-row steering here rather than entering it around the
+    call, since items are reordered by length.
     """
     if not items:
         raise ValueError("capture needs at least one item")
@@ -109,11 +81,8 @@ def capture(
         for chunk in track(chunks, "capture", enabled=progress):
             batch = pad_batch([encoded[i].ids for i in chunk], lm.tokenizer.pad_token_id, padding_side)
             rows = steering.rows(chunk) if steering is not None and steering.batch_size else steering
-            try:
-                with rows if rows is not None else nullcontext():
-                    forward(lm, batch)
-            except _StopForward:
-                pass
+            with rows if rows is not None else nullcontext(), suppress(StopForward):
+                forward(lm, batch)
             real = batch.attention_mask.bool().clone()
             real[torch.arange(len(chunk)), torch.tensor(batch.offsets)] = False
             norm_count += int(real.sum())

@@ -9,32 +9,39 @@ An edit acts on the output of decoder block ℓ (the layer convention of
 
 Vectors may be ``[d]`` (shared by all rows) or ``[B, d]`` (one per batch row), and ``α``/``c``
 scalars or ``[B]``, so that many conditions run as the rows of one batched call. Positions are
-absolute sequence positions; the prompt is what the first (uncached) forward call of a
-generation sees:
+absolute sequence positions (of the whole padded sequence, also across KV-cached calls); the
+prompt is what the first (uncached) forward call of a generation sees:
 
 * ``"all"`` — every position; ``"prompt"`` / ``"generated"`` — prompt tokens / new tokens;
-* ``"last"`` — each row's last real prompt token; ``"last-K"`` — its last K real prompt tokens.
+* ``"last"`` — each row's last real prompt token; ``"last-K"`` — its last K real prompt tokens;
+* a sequence of ints — exactly those positions, in every row.
 
-Hooks exist only inside ``with Steering(...)``; after exit the model is exactly as before. Steering
-hooks run before any other forward hook on a block, so observers (:func:`steerscope.capture.capture`)
-always see the steered state; when two Steering contexts are nested, the inner one edits first.
+Hooks (:mod:`steerscope.hooks`) exist only inside ``with Steering(...)``; after exit the model is
+exactly as before. Steering hooks run before any other forward hook on a block, so observers
+(:func:`steerscope.capture.capture`) always see the steered state; when two Steering contexts are
+nested, the inner one edits first.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Union
 
 import torch
 
-from steerscope.capture import block_hidden
+from steerscope import hooks
 from steerscope.errors import SteerscopeError
 from steerscope.models.kvcache import past_length
 from steerscope.models.loading import LoadedModel
 
 Scalar = Union[float, torch.Tensor]
+#: A position spec (see :func:`parse_positions`) or absolute sequence positions.
+Positions = Union[str, Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,17 @@ def parse_positions(spec: str) -> tuple[str, int]:
     if match and int(match.group(1)) > 0:
         return "last", int(match.group(1))
     raise SteerscopeError(f"unknown positions {spec!r}: use all, prompt, generated, last or last-K (e.g. last-3)")
+
+
+def _absolute_positions(positions: Sequence[int]) -> tuple[int, ...]:
+    """Validate absolute sequence positions (non-empty, non-negative ints); return them as a tuple."""
+    try:
+        out = tuple(operator.index(p) for p in positions)
+    except TypeError:
+        raise SteerscopeError(f"absolute positions must be ints, got {positions!r}") from None
+    if not out or min(out) < 0:
+        raise SteerscopeError(f"absolute positions must be a non-empty sequence of non-negative ints, got {list(out)}")
+    return out
 
 
 def _rows(value: Scalar, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -131,16 +149,21 @@ def _slice(value: object, rows: slice | Sequence[int]) -> object:
 class Steering:
     """Context manager that applies edits at decoder-block outputs.
 
-    ``edits`` maps layer ℓ to one edit or a list (applied in order). Per-row edits fix the batch
+    ``edits`` maps layer ℓ to one edit or a list (applied in order); ``positions`` is a spec
+    (:func:`parse_positions`) or a sequence of absolute positions. Per-row edits fix the batch
     size of every call made inside the context. Use :meth:`rows` to take a sub-batch; steerscope
     functions that batch internally (``capture``, ``generate``, ``completion_logprobs``,
     ``condition_divergences``) take per-row steering as an argument and slice it themselves.
     """
 
-    def __init__(self, lm: LoadedModel, edits: Mapping[int, Edit | Sequence[Edit]], positions: str = "all"):
+    def __init__(self, lm: LoadedModel, edits: Mapping[int, Edit | Sequence[Edit]], positions: Positions = "all"):
         self.lm = lm
-        self.positions = positions
-        self._kind, self._k = parse_positions(positions)
+        if isinstance(positions, str):
+            self.positions: Positions = positions
+            self._kind, self._k = parse_positions(positions)
+        else:
+            self.positions = _absolute_positions(positions)
+            self._kind, self._k = "absolute", 0
         self.edits: dict[int, list[Edit]] = {}
         for layer, group in edits.items():
             group = [group] if isinstance(group, (Add, Ablate, Clamp)) else list(group)
@@ -151,7 +174,7 @@ class Steering:
         if len(sizes) > 1:
             raise SteerscopeError(f"per-row edits disagree on the batch size: {sorted(sizes)}")
         self.batch_size: int | None = sizes.pop() if sizes else None
-        self._handles: list = []
+        self._hooks: ExitStack | None = None
         self._mask: torch.Tensor | None = None
         self._prompt_len = 0
         self._prompt_last: torch.Tensor | None = None
@@ -165,7 +188,7 @@ class Steering:
         return Steering(self.lm, sliced, self.positions)
 
     # -- hooks -------------------------------------------------------------------------------
-    def _on_model_call(self, _module, args, kwargs) -> None:
+    def _on_model_call(self, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
@@ -184,6 +207,8 @@ class Steering:
         pos = torch.arange(offset, offset + width, device=ref.device).unsqueeze(0).expand(batch, width)
         if self._kind == "all":
             self._mask = None
+        elif self._kind == "absolute":
+            self._mask = torch.isin(pos, torch.tensor(self.positions, device=ref.device))
         elif self._kind == "prompt":
             self._mask = pos < self._prompt_len
         elif self._kind == "generated":
@@ -192,29 +217,27 @@ class Steering:
             last = self._prompt_last.to(ref.device).unsqueeze(1)
             self._mask = (pos <= last) & (pos > last - self._k)
 
-    def _on_block(self, layer: int):
-        def hook(_module, _args, output):
-            h = block_hidden(output)
-            steered = h
-            for edit in self.edits[layer]:
-                steered = _apply(edit, steered)
-            if self._mask is not None:
-                steered = torch.where(self._mask.to(h.device).unsqueeze(-1), steered, h)
-            return (steered, *output[1:]) if isinstance(output, tuple) else steered
-        return hook
+    def _steer(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        steered = h
+        for edit in self.edits[layer]:
+            steered = _apply(edit, steered)
+        if self._mask is not None:
+            steered = torch.where(self._mask.to(h.device).unsqueeze(-1), steered, h)
+        return steered
 
     def __enter__(self) -> "Steering":
-        if self._handles:
+        if self._hooks is not None:
             raise RuntimeError("this Steering context is already active")
-        self._handles.append(self.lm.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
-        for layer in self.edits:
-            self._handles.append(self.lm.layers[layer].register_forward_hook(self._on_block(layer), prepend=True))
+        with ExitStack() as stack:
+            stack.enter_context(hooks.before_call(self.lm, self._on_model_call))
+            stack.enter_context(hooks.edit(self.lm, {layer: partial(self._steer, layer) for layer in self.edits}, first=True))
+            self._hooks = stack.pop_all()
         return self
 
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def __exit__(self, *exc: object) -> None:
+        if self._hooks is not None:
+            self._hooks.close()
+        self._hooks = None
         self._mask = None
         self._prompt_last = None
 
@@ -224,7 +247,7 @@ def steer(
     vector: object,
     alpha: Scalar = 1.0,
     layers: Sequence[int] | None = None,
-    positions: str = "all",
+    positions: Positions = "all",
 ) -> Steering:
     """Steering that adds ``alpha·v_ℓ`` at each layer of ``vector``.
 
@@ -243,7 +266,7 @@ def steer_rows(
     lm: LoadedModel,
     vectors: Sequence[object | None],
     alphas: Sequence[float],
-    positions: str = "all",
+    positions: Positions = "all",
 ) -> Steering:
     """Per-row steering: row ``b`` gets ``alphas[b]·vectors[b]`` (``None`` = unsteered row).
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import torch
 
-from steerscope.capture import _StopForward, block_hidden
 from steerscope.errors import SteerscopeError
+from steerscope.hooks import StopForward, record
 from steerscope.models.kvcache import with_cache
 from steerscope.models.loading import LoadedModel
 
@@ -39,32 +39,13 @@ POLICIES = ("gradient", "exhaustive")
 
 # --- model plumbing ---------------------------------------------------------------------------
 
-@contextmanager
-def _tap(lm: LoadedModel, layer: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Store block ``layer``'s output (``[B, T, d]``, not detached) in ``out["h"]`` and stop the pass."""
-    out: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _args, output):
-        out["h"] = block_hidden(output)
-        raise _StopForward
-
-    handle = lm.layers[layer].register_forward_hook(hook)
-    try:
-        yield out
-    finally:
-        handle.remove()
-
-
 def _run(lm: LoadedModel, layer: int, **kwargs) -> torch.Tensor:
-    """Forward pass stopped after block ``layer``; returns its output ``[B, T, d]`` in float32."""
-    with _tap(lm, layer) as out:
-        try:
-            lm.model(**kwargs)
-        except _StopForward:
-            pass
-    if "h" not in out:
+    """Forward pass stopped after block ``layer``; returns its output ``[B, T, d]`` in float32 (not detached)."""
+    with record(lm, [layer], stop_early=True, detach=False) as out, suppress(StopForward):
+        lm.model(**kwargs)
+    if layer not in out:
         raise SteerscopeError(f"block {layer} of {lm.name} did not run")
-    return out["h"].float()
+    return out[layer].float()
 
 
 def check_context(lm: LoadedModel, n_tokens: int) -> None:
