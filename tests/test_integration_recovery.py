@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerscope.audit.jacobian import HeadGram, head_jacobian, prompt_gram, singular_values
-from steerscope.audit.nullspace import builtin_prompt_mix
+from steerscope.jacobian import HeadGram, head_jacobian, prompt_gram, singular_values
+from steerscope.data.prompts import builtin_prompt_mix
 from steerscope.capture import capture
 from steerscope.encoding import encode_prompt
 from steerscope.recover import recover_ica, recover_sparse

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerscope.audit.jacobian import (
+from steerscope.jacobian import (
     HeadGram,
     covariance_spectrum,
     effective_rank,
@@ -17,9 +17,9 @@ from steerscope.audit.jacobian import (
     spectrum_summary,
     vector_gain,
 )
-from steerscope.capture import block_hidden
 from steerscope.encoding import encode_prompt
 from steerscope.errors import SteerscopeError
+from steerscope.hooks import block_hidden
 from steerscope.testing import tiny_model
 
 PROMPT = "hello there how are you today my friend"

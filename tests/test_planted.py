@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
 
-from steerscope.audit.jacobian import HeadGram, head_jacobian, null_space, prompt_gram, singular_values
+from steerscope.jacobian import HeadGram, head_jacobian, null_space, prompt_gram, singular_values
 from steerscope.audit.nullspace import nullspace_audit
 from steerscope.encoding import encode_prompt
 from steerscope.recover import recover_crosslayer, recover_ica, recover_multienv, recover_sparse

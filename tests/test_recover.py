@@ -4,10 +4,10 @@ from safetensors.numpy import save_file
 
 from steerscope.data.traits import builtin_pairs
 from steerscope.errors import SteerscopeError
-from steerscope.recover import METHODS, Recovery, bootstrap_stability, recover_sparse
+from steerscope.recover import METHODS, Recovery, TraitInputs, bootstrap_stability, get_recovery, recover_sparse, register_recovery
 from steerscope.recover.result import null_dim, unit
-from steerscope.recover.sparse import coherence, welch_bound
-from steerscope.recover.trait import _sqrt_operator, layer_maps, load_dictionary, pair_activations, prompt_grams, recover_trait
+from steerscope.recover.sparse import coherence, load_dictionary, sqrt_operator, welch_bound
+from steerscope.recover.trait import layer_maps, pair_activations, prompt_grams, recover_trait
 
 PROMPTS = ["hello there my friend", "what is the weather like today"]
 
@@ -25,7 +25,33 @@ def inputs(llama):
 
 
 def test_registry():
-    assert set(METHODS) == {"ica", "sparse", "multienv", "crosslayer"}
+    assert list(METHODS) == ["ica", "sparse", "multienv", "crosslayer"]
+    assert all(get_recovery(name) is fn for name, fn in METHODS.items())
+
+
+def test_registered_method_is_used_by_name(llama, inputs):
+    pairs, _, maps = inputs
+    seen = {}
+
+    @register_recovery("first_pair")
+    def first_pair(data: TraitInputs) -> Recovery:
+        seen["data"] = data
+        return Recovery("first_pair", unit(data.contrasts[0]), None, None, "the first pair's difference")
+
+    try:
+        r = recover_trait(llama, "first_pair", pairs, 1, maps=maps, n_boot=0, k=3)
+    finally:
+        METHODS.pop("first_pair")
+    data = seen["data"]
+    assert data.layer == 1 and set(data.acts) == {1, 2} and data.k == 3 and data.n_boot == 0
+    assert np.allclose(r.direction, unit(data.pos[0] - data.neg[0]))
+    assert r.details["n_pairs"] == 16 and r.details["cos_with_mean_diff"] == pytest.approx(float(r.direction @ unit(data.mean_diff)))
+    assert "first_pair" not in METHODS
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(SteerscopeError, match="unknown recovery method 'pca'; available: crosslayer, ica, multienv, sparse"):
+        get_recovery("pca")
 
 
 @pytest.mark.parametrize("method", ["ica", "sparse", "multienv", "crosslayer"])
@@ -87,7 +113,7 @@ def test_load_dictionary(tmp_path):
 def test_sqrt_operator_reproduces_the_gram():
     a = np.random.default_rng(1).standard_normal((5, 5))
     gram = a.T @ a
-    m = _sqrt_operator(gram)
+    m = sqrt_operator(gram)
     assert np.allclose(m.T @ m, gram)
 
 

@@ -10,11 +10,14 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.score import (
     CORPUS_TRAITS,
+    SCORER_TRAITS,
+    SCORERS,
     HFClassifierScorer,
     LMJudgeScorer,
     Scorer,
     corpus_hash,
     get_scorer,
+    register_scorer,
     scorer_corpus,
 )
 from steerscope.score.base import require
@@ -272,3 +275,46 @@ def test_get_scorer_errors(judge_lm):
     with pytest.raises(SteerscopeError, match="path_or_id"):
         get_scorer("formality", "classifier")
     assert isinstance(get_scorer("agreeableness", "judge", lm=judge_lm), LMJudgeScorer)
+
+
+class ConstantScorer:
+    name = "constant"
+    validity = None
+
+    def __init__(self, trait: str, value: float = 0.0) -> None:
+        self.trait, self.value = trait, value
+
+    def __call__(self, texts):
+        return np.full(len(texts), self.value, dtype=np.float64)
+
+
+def test_registered_scorer_kind_is_used_by_name():
+    @register_scorer("constant")
+    def constant(trait: str, **kwargs) -> Scorer:
+        return ConstantScorer(trait, **kwargs)
+
+    try:
+        scorer = get_scorer("humour", "constant", value=2.0)
+    finally:
+        SCORERS.pop("constant")
+    assert isinstance(scorer, Scorer) and scorer.trait == "humour"
+    _check_scores(scorer(TEXTS), len(TEXTS))
+    assert scorer(TEXTS[:1])[0] == 2.0
+    with pytest.raises(SteerscopeError, match="unknown scorer kind 'constant'"):
+        get_scorer("humour", "constant")
+
+
+def test_unknown_scorer_kind_names_the_known_ones():
+    with pytest.raises(SteerscopeError, match="unknown scorer kind 'magic'; known kinds: classifier, default, embedding, judge, lexicon"):
+        get_scorer("formality", "magic")
+
+
+def test_default_kind_per_trait(monkeypatch):
+    for kind in ("lexicon", "embedding"):
+        monkeypatch.setitem(SCORERS, kind, lambda trait, kind=kind, **kwargs: (kind, trait, kwargs))
+    assert {t: get_scorer(t)[0] for t in SCORER_TRAITS} == {
+        "formality": "embedding", "sentiment": "lexicon", "politeness": "embedding",
+        "truthfulness": "embedding", "agreeableness": "embedding",
+    }
+    assert get_scorer("formality", x=1) == ("embedding", "formality", {"x": 1})
+

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.linalg import subspace_angles
 
-from steerscope.capture import block_hidden
+from steerscope import hooks
 from steerscope.errors import SteerscopeError
 from steerscope.models.kvcache import output_cache, with_cache
 from steerscope.models.loading import LoadedModel
@@ -116,20 +116,14 @@ def _jacobian(
     body = _body(lm)
     delta = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device, requires_grad=True)
 
-    def add_delta(_module, _args, output):
-        h = block_hidden(output)
-        h = torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1)
-        return (h, *output[1:]) if isinstance(output, tuple) else h
+    def add_delta(h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1)
 
     with _frozen(lm):
         with torch.no_grad():
             past = output_cache(body(input_ids=input_ids[:, :pos], use_cache=True)) if pos > 0 else None
-        handle = lm.layers[layer].register_forward_hook(add_delta)
-        try:
-            with torch.enable_grad():
-                out = read(body(input_ids=input_ids[:, pos:], **with_cache(body, past)))
-        finally:
-            handle.remove()
+        with hooks.edit(lm, {layer: add_delta}), torch.enable_grad():
+            out = read(body(input_ids=input_ids[:, pos:], **with_cache(body, past)))
         eye = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
         rows = [
             torch.autograd.grad(out, delta, grad_outputs=eye[s:s + chunk], retain_graph=True, is_grads_batched=True)[0]
@@ -226,16 +220,8 @@ def layer_map(lm: LoadedModel, ids: Sequence[int], layer: int, target: int, chun
     layer, target = lm.check_layer(layer), lm.check_layer(target)
     if target <= layer:
         raise SteerscopeError(f"target layer {target} must come after layer {layer}")
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(_module, _args, output):
-        seen["h"] = block_hidden(output)
-
-    handle = lm.layers[target].register_forward_hook(grab)
-    try:
-        return _jacobian(lm, ids, layer, len(ids) - 1, lambda _out: seen["h"][0, -1], chunk)
-    finally:
-        handle.remove()
+    with hooks.record(lm, [target], detach=False) as seen:
+        return _jacobian(lm, ids, layer, len(ids) - 1, lambda _out: seen[target][0, -1], chunk)
 
 
 # --- spectra -----------------------------------------------------------------------------------

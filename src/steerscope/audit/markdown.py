@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _num(x: Any, fmt: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def _ci(est: Any, low: Any, high: Any) -> str:
-    return f"{_num(est)} [{_num(low)}, {_num(high)}]"
+from steerscope.formatting import ci, num
 
 
 def identifiability_markdown(report: dict[str, Any]) -> str:
@@ -23,11 +17,11 @@ def identifiability_markdown(report: dict[str, Any]) -> str:
         "",
         f"- **Behavioural verdict: {verdicts['behavioural']['verdict']}** — {verdicts['behavioural']['reason']}",
         f"- **Distributional verdict: {verdicts['distributional']['verdict']}** — {verdicts['distributional']['reason']}",
-        f"- Vector: mean_diff on the train pairs, ‖v‖ = {_num(report['vector']['norm'])}, α = {cfg['alpha']:g}, "
-        f"relative dose {_num(report['vector']['relative_dose'])}.",
-        f"- Does v steer? g(v vs none) = {_ci(base.get('g'), base.get('g_low'), base.get('g_high'))}, "
-        f"p = {_num(base.get('p_diff'), '.2g')}; JS(v, none) = {_num(base['js']['estimate'], '.4f')} nats.",
-        f"- Scorer: {report['scorer']['name']} (held-out accuracy {_num(validity)}); "
+        f"- Vector: mean_diff on the train pairs, ‖v‖ = {num(report['vector']['norm'], '.3f')}, α = {cfg['alpha']:g}, "
+        f"relative dose {num(report['vector']['relative_dose'], '.3f')}.",
+        f"- Does v steer? g(v vs none) = {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')}, "
+        f"p = {num(base.get('p_diff'), '.2g')}; JS(v, none) = {num(base['js']['estimate'], '.4f')} nats.",
+        f"- Scorer: {report['scorer']['name']} (held-out accuracy {num(validity, '.3f')}); "
         f"{cfg['n_prompts']} prompts ({cfg['env']}) × {cfg['samples_per_prompt']} samples; "
         f"equivalence margin |g| < {cfg['margin_g']:g}; seed {cfg['seed']}.",
         "",
@@ -37,10 +31,10 @@ def identifiability_markdown(report: dict[str, Any]) -> str:
     for name, row in summary["conditions"].items():
         js = row.get("js") or {}
         lines.append(
-            f"| {name} | {_num(row.get('mean'))} | {_ci(row.get('g'), row.get('g_low'), row.get('g_high'))} | "
-            f"{_ci(row.get('efficacy'), row.get('efficacy_low'), row.get('efficacy_high'))} | "
-            f"{_num(row.get('p_tost_holm'), '.3g')} | {_num(row.get('p_diff_holm'), '.3g')} | "
-            f"{_ci(js.get('estimate'), js.get('low'), js.get('high'))} |"
+            f"| {name} | {num(row.get('mean'), '.3f')} | {ci(row.get('g'), row.get('g_low'), row.get('g_high'), '.3f')} | "
+            f"{ci(row.get('efficacy'), row.get('efficacy_low'), row.get('efficacy_high'), '.3f')} | "
+            f"{num(row.get('p_tost_holm'), '.3g')} | {num(row.get('p_diff_holm'), '.3g')} | "
+            f"{ci(js.get('estimate'), js.get('low'), js.get('high'), '.3f')} |"
         )
     lines += _alpha_sweep_lines(report.get("alpha_sweep")) + _environment_lines(report.get("environments"))
     lines += ["", f"Note: {report['statement']}.", ""]
@@ -66,8 +60,8 @@ def traits_overview_markdown(reports: dict[str, dict[str, Any]]) -> str:
         validity = (r["scorer"].get("validity") or {}).get("heldout_accuracy")
         ratio = (s.get("distributional") or {}).get("ratio_perp_to_none")
         lines.append(
-            f"| {trait} | {_num(validity)} | {_ci(base.get('g'), base.get('g_low'), base.get('g_high'))} | "
-            f"{_num(sum(effs) / len(effs) if effs else None, '.2f')} | {_num(ratio, '.2f')} | "
+            f"| {trait} | {num(validity, '.3f')} | {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')} | "
+            f"{num(sum(effs) / len(effs) if effs else None, '.2f')} | {num(ratio, '.2f')} | "
             f"{v['behavioural']['verdict']} | {v['distributional']['verdict']} |"
         )
     return "\n".join(lines) + "\n"
@@ -79,7 +73,7 @@ def _alpha_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
         return []
     lines = [
         "", "## α sweep (scale invariance)", "",
-        f"Unsteered mean score {_num(sweep.get('mean_none'))}; {sweep.get('n_prompts')} prompts × "
+        f"Unsteered mean score {num(sweep.get('mean_none'), '.3f')}; {sweep.get('n_prompts')} prompts × "
         f"{sweep.get('samples_per_prompt')} samples; draws seeds {sweep.get('draw_seeds')}. "
         "At α = 0 every condition is the unsteered model, so efficacy is undefined (n/a).",
         "", "| α | relative dose | mean v | draw | mean | efficacy [CI] | g vs v [CI] |", "|---|---|---|---|---|---|---|",
@@ -87,9 +81,9 @@ def _alpha_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
     for p in sweep["points"]:
         for name, d in p["draws"].items():
             lines.append(
-                f"| {p['alpha']:g} | {_num(p.get('relative_dose'))} | {_num(p.get('mean_v'))} | {name} | {_num(d.get('mean'))} | "
-                f"{_ci(d.get('efficacy'), d.get('efficacy_low'), d.get('efficacy_high'))} | "
-                f"{_ci(d.get('g'), d.get('g_low'), d.get('g_high'))} |"
+                f"| {p['alpha']:g} | {num(p.get('relative_dose'), '.3f')} | {num(p.get('mean_v'), '.3f')} | {name} | {num(d.get('mean'), '.3f')} | "
+                f"{ci(d.get('efficacy'), d.get('efficacy_low'), d.get('efficacy_high'), '.3f')} | "
+                f"{ci(d.get('g'), d.get('g_low'), d.get('g_high'), '.3f')} |"
             )
     return lines
 
@@ -109,8 +103,8 @@ def _environment_lines(envs: dict[str, Any] | None) -> list[str]:
         control = summary.get("positive_control")
         p_control = summary["conditions"][control].get("p_diff_holm") if control else None
         lines.append(
-            f"| {env} | {res.get('n_prompts')} | {_num(summary['v_vs_none'].get('g'))} | "
-            f"{_num(sum(gs) / len(gs) if gs else None)} | {_num(p_control, '.3g')} | "
+            f"| {env} | {res.get('n_prompts')} | {num(summary['v_vs_none'].get('g'), '.3f')} | "
+            f"{num(sum(gs) / len(gs) if gs else None, '.3f')} | {num(p_control, '.3g')} | "
             f"{res['verdict']['verdict']}: {res['verdict']['reason']} |"
         )
     return lines
@@ -147,7 +141,7 @@ def nullspace_markdown(results: dict[str, Any]) -> str:
     for layer, entry in results["layers"].items():
         for name, cov in entry["covariance"].items():
             lines.append(f"| {layer} ({name}) | {cov['n_samples']} | " + " | ".join(f"{cov['low_variance_fraction'][t]:.3f}" for t in tols)
-                         + f" | {_num(cov['variance_top10'])} |")
+                         + f" | {num(cov['variance_top10'], '.3f')} |")
     return "\n".join(lines + [""])
 
 
@@ -158,11 +152,11 @@ def recovery_markdown(report: dict[str, Any]) -> str:
         f"# Recovery ({report['method']}): {report.get('trait', '')} on {report.get('model', '')}, layer {report['details'].get('layer')}", "",
         f"- Identifiable: **{report['identifiable']}** — {report['reason']}",
         f"- Remaining class dimension: {report['class_dim'] if report['class_dim'] is not None else 'not defined'}; symmetry: {report['symmetry']}",
-        f"- cos(recovered, mean difference) = {_num(report['details'].get('cos_with_mean_diff'))}",
+        f"- cos(recovered, mean difference) = {num(report['details'].get('cos_with_mean_diff'), '.3f')}",
     ]
     if stab:
-        lines.append(f"- Bootstrap stability ({stab['n_boot']} resamples, seed {stab['seed']}): mean cos {_num(stab['mean_cos'])} "
-                     f"[{_num(stab['ci_low'])}, {_num(stab['ci_high'])}]")
+        lines.append(f"- Bootstrap stability ({stab['n_boot']} resamples, seed {stab['seed']}): mean cos "
+                     f"{ci(stab['mean_cos'], stab['ci_low'], stab['ci_high'], '.3f')}")
     return "\n".join(lines + [""])
 
 
@@ -176,18 +170,18 @@ def reachability_markdown(report: dict[str, Any]) -> str:
         "",
         f"- **Verdict: {s['verdict']}**" + (f" — prompt: {s['reachable_prompt']!r}" if s["reachable_prompt"] else "") + ".",
         f"- Note: {report['statement']}.",
-        f"- Vector: {report['vector'].get('source', 'given')}, ‖v‖ = {_num(s['vector_norm'])}, ‖α·v‖ = {_num(s['steering_norm'])}; "
+        f"- Vector: {report['vector'].get('source', 'given')}, ‖v‖ = {num(s['vector_norm'], '.3f')}, ‖α·v‖ = {num(s['steering_norm'], '.3f')}; "
         f"added at every position.",
-        f"- Threshold ε = {_num(th['epsilon'], e)} ({th['rule']}; noise floor {_num(th['noise'], e)}, nearest competitor "
-        f"{_num(th['margin'], e)}, {th['n_positions']} calibration positions).",
+        f"- Threshold ε = {num(th['epsilon'], e)} ({th['rule']}; noise floor {num(th['noise'], e)}, nearest competitor "
+        f"{num(th['margin'], e)}, {th['n_positions']} calibration positions).",
         f"- Positive control: natural states of {cfg['n_prompts']} prompts × last {cfg['positions']} positions recovered exactly at "
-        f"{_num(100 * s['natural_exact_recovery'], '.1f')} % of {s['n_positions']} positions (median distance "
-        f"{_num(s['median_natural_distance'], e)}, median margin Δ {_num(s['median_margin'], e)}).",
-        f"- Steered states: median best-found distance {_num(s['median_steered_distance'], e)} = "
-        f"{_num(s['median_steered_over_noise'], '.3g')} × the noise floor and {_num(s['median_steered_over_displacement'])} × "
-        f"the displacement ‖steered − natural‖ (median {_num(s['median_displacement'], e)}); accepted at "
-        f"{_num(100 * s['steered_accepted_rate'], '.1f')} % of positions; best-found token = the original at "
-        f"{_num(100 * s['steered_tokens_equal_original'], '.1f')} %.",
+        f"{num(100 * s['natural_exact_recovery'], '.1f')} % of {s['n_positions']} positions (median distance "
+        f"{num(s['median_natural_distance'], e)}, median margin Δ {num(s['median_margin'], e)}).",
+        f"- Steered states: median best-found distance {num(s['median_steered_distance'], e)} = "
+        f"{num(s['median_steered_over_noise'], '.3g')} × the noise floor and {num(s['median_steered_over_displacement'], '.3f')} × "
+        f"the displacement ‖steered − natural‖ (median {num(s['median_displacement'], e)}); accepted at "
+        f"{num(100 * s['steered_accepted_rate'], '.1f')} % of positions; best-found token = the original at "
+        f"{num(100 * s['steered_tokens_equal_original'], '.1f')} %.",
         "",
         "## α sweep and random control", "",
         "| vector | α | median best-found distance | median ‖steered − natural‖ | accepted | tokens = original |",
@@ -195,23 +189,23 @@ def reachability_markdown(report: dict[str, Any]) -> str:
     ]
     rows = [("v", p) for p in report["alpha_sweep"]] + [("random (same norm)", report["random_control"])]
     for name, p in rows:
-        lines.append(f"| {name} | {p['alpha']:g} | {_num(p['median_steered_distance'], e)} | {_num(p['median_displacement'], e)} | "
-                     f"{_num(p['accepted_rate'], '.2f')} | {_num(p['tokens_equal_original'], '.2f')} |")
+        lines.append(f"| {name} | {p['alpha']:g} | {num(p['median_steered_distance'], e)} | {num(p['median_displacement'], e)} | "
+                     f"{num(p['accepted_rate'], '.2f')} | {num(p['tokens_equal_original'], '.2f')} |")
     nxt = adv["next"]
     lines += [
         "", "## Adversarial vector (Theorem 4.5)", "",
         f"v* = h(q)_i − h(p)_i with q = p with {adv['original_text']!r} → {adv['replacement_text']!r} at position {adv['i']} "
-        f"(‖v*‖ = {_num(adv['vector_norm'], e)}), added at positions i and i+1.",
-        f"- Collision at i: best distance {_num(adv['collision']['distance'], e)} (ε = {_num(adv['epsilon'], e)}), "
+        f"(‖v*‖ = {num(adv['vector_norm'], e)}), added at positions i and i+1.",
+        f"- Collision at i: best distance {num(adv['collision']['distance'], e)} (ε = {num(adv['epsilon'], e)}), "
         f"accepted: {adv['collision']['accepted']}, recovers the replacement token: {adv['collision']['recovered_replacement']}.",
-        f"- Divergence at i+1: best distance {_num(nxt['distance'], e)} over {nxt['tried']} candidates "
+        f"- Divergence at i+1: best distance {num(nxt['distance'], e)} over {nxt['tried']} candidates "
         f"({'exhaustive' if nxt['exhaustive'] else 'budgeted search'}), accepted: {nxt['accepted']}.",
         "", "## Behaviour (greedy, first prompts)", "",
         "| column | side | trait score | KL(steered ‖ column) per token |", "|---|---|---|---|",
     ]
     for side in ("white_box", "black_box"):
         for name, row in beh[side].items():
-            lines.append(f"| {name} | {side.replace('_', '-')} | {_num(row.get('trait_score'))} | {_num(row.get('kl_from_steered'), '.4f')} |")
+            lines.append(f"| {name} | {side.replace('_', '-')} | {num(row.get('trait_score'), '.3f')} | {num(row.get('kl_from_steered'), '.4f')} |")
     if beh.get("instruction"):
         lines.append(f"\nBlack-box baseline instruction: {beh['instruction']!r}.")
     lines += ["", "## Assumptions of the theorems", "", "| component | breaks the hypotheses | detail |", "|---|---|---|"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write
+from steerscope.formatting import num
 
 _ORDER = ("v+perp", "sqrt2*v", "perp", "random", "targeted")
 
@@ -139,7 +140,7 @@ def plot_environment_heatmap(
             gs = [_f(row.get("g")) for row in res["summary"]["conditions"].values() if row.get("kind") == "v+perp"]
             gs = [g for g in gs if math.isfinite(g)]
             grid[r, c] = float(np.mean(gs)) if gs else np.nan
-            labels[r][c] = f"{grid[r, c]:.2f}\n{res['verdict']['verdict']}" if gs else f"n/a\n{res['verdict']['verdict']}"
+            labels[r][c] = f"{num(grid[r, c], '.2f')}\n{res['verdict']['verdict']}"
     finite = grid[np.isfinite(grid)]
     lim = max(0.5, float(np.abs(finite).max())) if finite.size else 1.0
     fig, ax = plt.subplots(figsize=(1.8 * len(envs) + 2, 0.9 * len(blocks) + 1.6))

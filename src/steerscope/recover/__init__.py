@@ -8,15 +8,20 @@ where that is defined, and (when requested) its stability over bootstrap resampl
 * :func:`recover_sparse` — sparse code over a dictionary, with coherence / Welch-bound checks;
 * :func:`recover_multienv` — equivalence classes intersected across environments;
 * :func:`recover_crosslayer` — directions tied together by layer-to-layer maps.
+
+Each registers its trait-level form (:class:`TraitInputs` → :class:`Recovery`) in :data:`METHODS`
+with :func:`register_recovery`; :func:`steerscope.recover.trait.recover_trait` dispatches by name.
 """
 
-from steerscope.recover.crosslayer import recover_crosslayer
 from steerscope.recover.ica import recover_ica
-from steerscope.recover.multienv import recover_multienv
-from steerscope.recover.result import Recovery
 from steerscope.recover.sparse import recover_sparse
+from steerscope.recover.multienv import recover_multienv
+from steerscope.recover.crosslayer import recover_crosslayer
+from steerscope.recover.registry import METHODS, TraitInputs, get_recovery, register_recovery
+from steerscope.recover.result import Recovery
 from steerscope.recover.stability import bootstrap_stability
 
-METHODS = {"ica": recover_ica, "sparse": recover_sparse, "multienv": recover_multienv, "crosslayer": recover_crosslayer}
-
-__all__ = ["METHODS", "Recovery", "bootstrap_stability", "recover_crosslayer", "recover_ica", "recover_multienv", "recover_sparse"]
+__all__ = [
+    "METHODS", "Recovery", "TraitInputs", "bootstrap_stability", "get_recovery", "recover_crosslayer", "recover_ica",
+    "recover_multienv", "recover_sparse", "register_recovery",
+]

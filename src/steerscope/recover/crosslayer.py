@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, cosine, null_dim, unit
+from steerscope.recover.stability import bootstrap_stability
 
 
 def recover_crosslayer(
@@ -52,3 +54,26 @@ def recover_crosslayer(
                     details={"tol": tol, "n_maps": len(maps), "class_dim_output_only": base_k,
                              "cos_with_base_vector": cosine(direction, v),
                              "cos_with_targets_after_map": [cosine(np.asarray(p, dtype=np.float64).reshape(-1, len(v), len(v)).mean(axis=0) @ direction, t) for p, t in zip(maps, targets)]})
+
+
+@register_recovery("crosslayer")
+def crosslayer_from_pairs(inputs: TraitInputs) -> Recovery:
+    """:func:`recover_crosslayer` with all Gram matrices as the output Gram and the mean differences
+    at the later layers as targets; stability resamples pairs."""
+    if not inputs.grams or not inputs.maps:
+        raise SteerscopeError("cross-layer recovery needs Gram matrices at the base layer and layer maps")
+    acts, maps, tol = inputs.acts, inputs.maps, inputs.tol
+    gram = inputs.total_gram()
+    contrasts = inputs.contrasts
+    targets = {t: acts[t][0].mean(axis=0) - acts[t][1].mean(axis=0) for t in maps}
+
+    def solve(idx: np.ndarray) -> np.ndarray:
+        vi = contrasts[idx].mean(axis=0)
+        ti = [(acts[t][0][idx] - acts[t][1][idx]).mean(axis=0) for t in maps]
+        return recover_crosslayer(gram, vi, [np.asarray(maps[t]) for t in maps], ti, tol).direction
+
+    result = recover_crosslayer(gram, inputs.mean_diff, [np.asarray(maps[t]) for t in maps], list(targets.values()), tol)
+    result.details["layers"] = [inputs.layer] + sorted(maps)
+    if inputs.n_boot:
+        result.stability = bootstrap_stability(solve, len(contrasts), result.direction, inputs.n_boot, inputs.seed)
+    return result

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, unit
 from steerscope.recover.stability import bootstrap_stability
 
@@ -96,4 +97,19 @@ def recover_ica(
         def refit(idx: np.ndarray) -> np.ndarray:
             return ica_direction(x[idx], y[idx], k, seed)
         result.stability = bootstrap_stability(refit, len(x), direction, n_boot, seed)
+    return result
+
+
+@register_recovery("ica")
+def ica_from_pairs(inputs: TraitInputs) -> Recovery:
+    """:func:`recover_ica` on both members of every pair; stability resamples pairs."""
+    pos, neg, seed = inputs.pos, inputs.neg, inputs.seed
+    x = np.concatenate([pos, neg])
+    labels = np.r_[np.ones(len(pos), dtype=int), np.zeros(len(neg), dtype=int)]
+    result = recover_ica(x, labels, inputs.n_components, seed, n_boot=0)
+    if inputs.n_boot:
+        def refit(idx: np.ndarray) -> np.ndarray:
+            rows = np.r_[idx, idx + len(pos)]  # resample pairs, keep both members
+            return ica_direction(x[rows], labels[rows], result.details["n_components"], seed)
+        result.stability = bootstrap_stability(refit, len(pos), result.direction, inputs.n_boot, seed)
     return result

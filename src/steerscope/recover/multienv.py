@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, cosine, null_dim, unit
 from steerscope.recover.stability import bootstrap_stability
 
@@ -61,4 +62,15 @@ def recover_multienv(
             resampled = [s[rng.integers(0, len(s), len(s))].sum(axis=0) for s in stacks]
             return unit(_solve(resampled, vecs, tol)[0])
         result.stability = bootstrap_stability(refit, 1, direction, n_boot, seed)
+    return result
+
+
+@register_recovery("multienv")
+def multienv_from_pairs(inputs: TraitInputs) -> Recovery:
+    """:func:`recover_multienv` with the mean difference as every environment's vector."""
+    grams = inputs.grams
+    if not grams:
+        raise SteerscopeError("multi-environment recovery needs per-environment Gram matrices")
+    result = recover_multienv(list(grams.values()), [inputs.mean_diff] * len(grams), inputs.tol, inputs.n_boot, inputs.seed)
+    result.details["environments"] = list(grams)
     return result

@@ -16,9 +16,12 @@ direction — proof that sparsity does not identify the direction.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, cosine, unit
 from steerscope.recover.stability import bootstrap_stability
 
@@ -110,4 +113,59 @@ def recover_sparse(
     if n_boot and samples is not None:
         rows = np.asarray(samples, dtype=np.float64)
         result.stability = bootstrap_stability(lambda idx: solve(rows[idx].mean(axis=0))[1], len(rows), direction, n_boot, seed)
+    return result
+
+
+def load_dictionary(spec: str, d_model: int, acts: np.ndarray | None = None, n_atoms: int = 0, seed: int = 0) -> np.ndarray:
+    """Dictionary rows ``[K, d]``: ``neurons`` (identity), ``learned`` (sparse dictionary learning on
+    ``acts``, ``n_atoms`` atoms) or a ``.npy`` / ``.safetensors`` file of rows (e.g. SAE decoder rows;
+    a safetensors file must hold exactly one 2-D tensor)."""
+    if spec == "neurons":
+        return np.eye(d_model)
+    if spec == "learned":
+        from sklearn.decomposition import MiniBatchDictionaryLearning
+
+        if acts is None:
+            raise SteerscopeError("a learned dictionary needs activations")
+        learner = MiniBatchDictionaryLearning(n_components=n_atoms or 2 * d_model, alpha=1.0, random_state=seed, batch_size=64)
+        return learner.fit(acts - acts.mean(axis=0)).components_
+    path = Path(spec)
+    if path.suffix == ".npy":
+        rows = np.load(path, allow_pickle=False)
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = [t for t in load_file(str(path)).values() if t.ndim == 2]
+        if len(tensors) != 1:
+            raise SteerscopeError(f"{path} must hold exactly one 2-D tensor of dictionary rows, found {len(tensors)}")
+        rows = tensors[0]
+    else:
+        raise SteerscopeError(f"dictionary must be neurons, learned, or a .npy/.safetensors file, got {spec!r}")
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or d_model not in rows.shape:
+        raise SteerscopeError(f"dictionary in {path} has shape {rows.shape}; expected [K, {d_model}]")
+    return rows if rows.shape[1] == d_model else rows.T
+
+
+def sqrt_operator(gram: np.ndarray) -> np.ndarray:
+    """``M`` with ``MᵀM = gram`` (``[d, d]``): the observation operator of a stacked Jacobian."""
+    lam, vecs = np.linalg.eigh(gram)
+    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vecs.T
+
+
+@register_recovery("sparse")
+def sparse_from_pairs(inputs: TraitInputs) -> Recovery:
+    """:func:`recover_sparse` of the mean difference over ``inputs.dictionary``, observed in
+    activation space or (``observe="jacobian"``) through all Gram matrices; stability resamples pairs."""
+    observe = inputs.observe
+    if observe not in ("activations", "jacobian"):
+        raise SteerscopeError(f"observe must be activations or jacobian, got {observe!r}")
+    if observe == "jacobian" and not inputs.grams:
+        raise SteerscopeError("sparse recovery observed through the Jacobian needs Gram matrices")
+    operator = sqrt_operator(inputs.total_gram()) if observe == "jacobian" else None
+    pos, neg = inputs.pos, inputs.neg
+    dic = load_dictionary(inputs.dictionary, pos.shape[1], np.concatenate([pos, neg]), seed=inputs.seed)
+    result = recover_sparse(inputs.mean_diff, dic, inputs.k, operator, samples=inputs.contrasts, n_boot=inputs.n_boot, seed=inputs.seed)
+    result.details["dictionary"] = inputs.dictionary
+    result.details["observe"] = observe
     return result

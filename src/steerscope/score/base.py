@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Protocol, runtime_checkable
@@ -128,11 +128,23 @@ def scorer_corpus(trait: str, split: str | None = None) -> list[dict]:
 
 # --- registry ---------------------------------------------------------------------------------
 
-KINDS = ("default", "lexicon", "embedding", "judge", "classifier")
+#: A scorer kind: ``factory(trait, **kwargs)`` builds a scorer of ``trait``.
+ScorerFactory = Callable[..., Scorer]
+SCORERS: dict[str, ScorerFactory] = {}
 
 
-def _default_kind(trait: str) -> str:
-    return "lexicon" if trait == "sentiment" else "embedding"
+def register_scorer(kind: str) -> Callable[[ScorerFactory], ScorerFactory]:
+    """Decorator adding a scorer kind under ``kind`` (overrides an existing one)."""
+    def decorate(factory: ScorerFactory) -> ScorerFactory:
+        SCORERS[kind] = factory
+        return factory
+    return decorate
+
+
+def check_trait(trait: str) -> None:
+    """Raise a SteerscopeError unless ``trait`` is one of :data:`SCORER_TRAITS`."""
+    if trait not in SCORER_TRAITS:
+        raise SteerscopeError(f"unknown trait {trait!r} for scorers; known traits: {', '.join(SCORER_TRAITS)}")
 
 
 def get_scorer(trait: str, kind: str = "default", **kwargs) -> Scorer:
@@ -143,38 +155,16 @@ def get_scorer(trait: str, kind: str = "default", **kwargs) -> Scorer:
     (:class:`~steerscope.score.embedding.EmbeddingProbeScorer`), ``judge``
     (:class:`~steerscope.score.judge.LMJudgeScorer`; pass ``lm=``), ``classifier``
     (:func:`~steerscope.score.classifier.from_pretrained`; pass ``path_or_id=`` and
-    ``positive_label=``). Other keyword arguments go to the scorer's constructor.
+    ``positive_label=``), and any kind added with :func:`register_scorer`. Other keyword arguments
+    go to the scorer's constructor.
     """
-    if kind not in KINDS:
-        raise SteerscopeError(f"unknown scorer kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind != "classifier" and trait not in SCORER_TRAITS:
-        raise SteerscopeError(f"unknown trait {trait!r} for scorers; known traits: {', '.join(SCORER_TRAITS)}")
-    if kind == "default":
-        kind = _default_kind(trait)
-    if kind == "lexicon":
-        if trait != "sentiment":
-            raise SteerscopeError(f"the lexicon (VADER) scorer scores sentiment only, not {trait!r}")
-        from steerscope.score.lexicon import VaderScorer
+    if kind not in SCORERS:
+        raise SteerscopeError(f"unknown scorer kind {kind!r}; known kinds: {', '.join(sorted(SCORERS))}")
+    return SCORERS[kind](trait, **kwargs)
 
-        return VaderScorer(**kwargs)
-    if kind == "embedding":
-        if trait not in CORPUS_TRAITS:
-            raise SteerscopeError(
-                f"no embedding-probe scorer for {trait!r}: probes exist for {', '.join(CORPUS_TRAITS)}"
-            )
-        from steerscope.score.embedding import EmbeddingProbeScorer
 
-        return EmbeddingProbeScorer(trait, **kwargs)
-    if kind == "judge":
-        if "lm" not in kwargs:
-            raise SteerscopeError("the judge scorer needs a model: get_scorer(trait, 'judge', lm=load_model(...))")
-        from steerscope.score.judge import LMJudgeScorer
-
-        return LMJudgeScorer(trait=trait, **kwargs)
-    from steerscope.score.classifier import from_pretrained
-
-    if "path_or_id" not in kwargs or "positive_label" not in kwargs:
-        raise SteerscopeError(
-            "the classifier scorer needs path_or_id= (a model folder or hub id) and positive_label="
-        )
-    return from_pretrained(trait=trait, **kwargs)
+@register_scorer("default")
+def default_scorer(trait: str, **kwargs) -> Scorer:
+    """VADER for sentiment, the embedding probe for the other built-in traits."""
+    check_trait(trait)
+    return get_scorer(trait, "lexicon" if trait == "sentiment" else "embedding", **kwargs)

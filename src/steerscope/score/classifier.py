@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.score.base import check_texts
+from steerscope.score.base import Scorer, check_texts, register_scorer
 
 
 def _labels(config: object, n_labels: int) -> dict[int, str]:
@@ -109,3 +109,13 @@ def from_pretrained(path_or_id: str, positive_label: int | str, trust_remote_cod
         ) from None
     model.to(resolve_device(device))
     return HFClassifierScorer(model, tokenizer, positive_label, trait=trait, name=f"classifier:{path_or_id}", **kwargs)
+
+
+@register_scorer("classifier")
+def classifier_scorer(trait: str, **kwargs) -> Scorer:
+    """:func:`from_pretrained` for any trait; needs ``path_or_id=`` and ``positive_label=``."""
+    if "path_or_id" not in kwargs or "positive_label" not in kwargs:
+        raise SteerscopeError(
+            "the classifier scorer needs path_or_id= (a model folder or hub id) and positive_label="
+        )
+    return from_pretrained(trait=trait, **kwargs)

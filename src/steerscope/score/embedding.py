@@ -16,8 +16,11 @@ import numpy as np
 from steerscope.errors import SteerscopeError
 from steerscope.score.base import (
     CORPUS_TRAITS,
+    Scorer,
     check_texts,
+    check_trait,
     corpus_hash,
+    register_scorer,
     require,
     scorer_corpus,
 )
@@ -102,3 +105,10 @@ class EmbeddingProbeScorer:
 
     def __repr__(self) -> str:
         return f"EmbeddingProbeScorer({self.trait!r})"
+
+
+@register_scorer("embedding")
+def embedding_scorer(trait: str, **kwargs) -> Scorer:
+    """:class:`EmbeddingProbeScorer` of a built-in trait with a scorer corpus."""
+    check_trait(trait)
+    return EmbeddingProbeScorer(trait, **kwargs)

@@ -10,7 +10,7 @@ import torch
 from steerscope.encoding import encode_prompt, has_chat_template, pad_batch
 from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
-from steerscope.score.base import TRAIT_DESCRIPTIONS, check_texts
+from steerscope.score.base import TRAIT_DESCRIPTIONS, Scorer, check_texts, check_trait, register_scorer
 
 DEFAULT_QUESTION = (
     "Is the following text {description}? Answer with a single word, Yes or No.\n\n"
@@ -95,3 +95,12 @@ class LMJudgeScorer:
 
     def __repr__(self) -> str:
         return f"LMJudgeScorer({self.lm.name!r}, {self.trait!r})"
+
+
+@register_scorer("judge")
+def judge_scorer(trait: str, **kwargs) -> Scorer:
+    """:class:`LMJudgeScorer` of a built-in trait; needs ``lm=``."""
+    check_trait(trait)
+    if "lm" not in kwargs:
+        raise SteerscopeError("the judge scorer needs a model: get_scorer(trait, 'judge', lm=load_model(...))")
+    return LMJudgeScorer(trait=trait, **kwargs)

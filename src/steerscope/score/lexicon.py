@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from steerscope.score.base import check_texts, require
+from steerscope.errors import SteerscopeError
+from steerscope.score.base import Scorer, check_texts, check_trait, register_scorer, require
 
 
 class VaderScorer:
@@ -30,3 +31,12 @@ class VaderScorer:
 
     def __repr__(self) -> str:
         return "VaderScorer()"
+
+
+@register_scorer("lexicon")
+def lexicon_scorer(trait: str, **kwargs) -> Scorer:
+    """:class:`VaderScorer` (sentiment only)."""
+    check_trait(trait)
+    if trait != "sentiment":
+        raise SteerscopeError(f"the lexicon (VADER) scorer scores sentiment only, not {trait!r}")
+    return VaderScorer(**kwargs)

@@ -1,0 +1,79 @@
+"""The registry of recovery methods that :func:`steerscope.recover.trait.recover_trait` dispatches to.
+
+A method is a function ``(inputs: TraitInputs) -> Recovery`` registered under a name with
+:func:`register_recovery`; the built-in ones register themselves in their own modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from steerscope.errors import SteerscopeError
+from steerscope.recover.result import Recovery
+
+
+@dataclass(frozen=True)
+class TraitInputs:
+    """What a recovery method gets for one trait at one layer.
+
+    ``acts``: per layer ``(pos [N, d], neg [N, d])`` activations of the pairs' completions (the
+    base ``layer`` and every layer of ``maps``). ``grams``: environment → per-prompt Gram matrices
+    at ``layer``. ``maps``: later layer → per-prompt maps from ``layer``. The remaining fields are
+    the options of :func:`~steerscope.recover.trait.recover_trait`.
+    """
+
+    layer: int
+    acts: Mapping[int, tuple[np.ndarray, np.ndarray]]
+    grams: Mapping[str, Sequence[np.ndarray]] | None = None
+    maps: Mapping[int, Sequence[np.ndarray]] | None = None
+    n_boot: int = 30
+    seed: int = 0
+    tol: float = 1e-3
+    n_components: int | None = None
+    dictionary: str = "neurons"
+    k: int = 8
+    observe: str = "activations"
+
+    @property
+    def pos(self) -> np.ndarray:
+        return self.acts[self.layer][0]
+
+    @property
+    def neg(self) -> np.ndarray:
+        return self.acts[self.layer][1]
+
+    @property
+    def contrasts(self) -> np.ndarray:
+        """Per-pair differences ``pos − neg`` at ``layer`` (``[N, d]``)."""
+        return self.pos - self.neg
+
+    @property
+    def mean_diff(self) -> np.ndarray:
+        """Mean of :attr:`contrasts` (``[d]``): the reference direction."""
+        return self.contrasts.mean(axis=0)
+
+    def total_gram(self) -> np.ndarray:
+        """Sum of every Gram matrix over environments and prompts (``[d, d]``)."""
+        return np.sum([g for gs in (self.grams or {}).values() for g in gs], axis=0)
+
+
+RecoveryMethod = Callable[[TraitInputs], Recovery]
+METHODS: dict[str, RecoveryMethod] = {}
+
+
+def register_recovery(name: str) -> Callable[[RecoveryMethod], RecoveryMethod]:
+    """Decorator adding a recovery method under ``name`` (overrides an existing one)."""
+    def decorate(fn: RecoveryMethod) -> RecoveryMethod:
+        METHODS[name] = fn
+        return fn
+    return decorate
+
+
+def get_recovery(name: str) -> RecoveryMethod:
+    """The recovery method registered under ``name``."""
+    if name not in METHODS:
+        raise SteerscopeError(f"unknown recovery method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
