@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 import steerscope as ss
-from steerscope.audit.nullspace import builtin_prompt_mix, nullspace_audit
+from steerscope.audit.nullspace import nullspace_audit
+from steerscope.data.prompts import builtin_prompt_mix
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from steerscope.audit.identifiability import (
+    IdentifiabilitySettings,
     behavioural_scores,
     build_conditions,
     distributional_readout,
@@ -14,6 +15,7 @@ from steerscope.audit.identifiability import (
     summarise,
     verdict,
 )
+from steerscope.audit.profiles import profile
 from steerscope.generate import GenerationConfig
 
 PROMPTS = ["tell me about your weekend", "write a short poem about the moon", "what is the weather like", "help me write a letter"]
@@ -180,10 +182,8 @@ def test_distributional_verdict_branches():
 
 def test_run_identifiability_end_to_end(llama):
     scorer = FakeScorer()
-    report = run_identifiability(
-        llama, "formality", layer=2, alpha=8.0, n_draws=2, n_prompts=4, samples_per_prompt=2, max_new_tokens=6,
-        scorer=scorer, n_boot=100,
-    )
+    settings = IdentifiabilitySettings(n_draws=2, n_prompts=4, samples_per_prompt=2, max_new_tokens=6, n_boot=100)
+    report = run_identifiability(llama, "formality", layer=2, alpha=8.0, settings=settings, scorer=scorer)
     text = json.dumps(report, allow_nan=False)
     assert json.loads(text) == report
     names = {"none", "v", "v+perp#0", "v+perp#1", "sqrt2*v", "perp", "random", "targeted"}
@@ -217,7 +217,7 @@ def test_cli_writes_results_and_summary(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = _json.loads((out / "results.json").read_text())
-    assert report["config"]["n_draws"] == 2 and report["config"]["layer"] == 1
+    assert report["config"]["n_draws"] == profile("quick").id_draws and report["config"]["layer"] == 1
     assert set(report["verdict"]) == {"behavioural", "distributional"}
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# Identifiability audit: formality") and "targeted" in summary

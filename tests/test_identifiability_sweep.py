@@ -1,13 +1,14 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from steerscope.audit.identifiability import build_conditions, jsonable, orthogonal_draw, summarise, verdict
+from steerscope.audit.identifiability import IdentifiabilitySettings, build_conditions, orthogonal_draw, summarise, verdict
 from steerscope.audit.sweep import alpha_sweep, environment_runs, parse_alphas, sweep_conditions
 from steerscope.errors import SteerscopeError
-from steerscope.generate import GenerationConfig
+from steerscope.jsonable import jsonable
 from steerscope.testing import tiny_model
 
 PROMPTS = ["tell me about your weekend", "write a short poem about the moon", "what is the weather like", "help me write a letter"]
@@ -37,22 +38,21 @@ def _v(d=32, seed=123):
     return torch.randn(d, generator=torch.Generator().manual_seed(seed))
 
 
-CONFIG = GenerationConfig(max_new_tokens=4, do_sample=True, seed=3)
+SETTINGS = IdentifiabilitySettings(n_draws=2, seed=0, samples_per_prompt=1, max_new_tokens=4, n_boot=50, temperature=1.0)
 
 
 @pytest.fixture(scope="module")
 def sweep(llama):
     scorer = FakeScorer()
-    out = alpha_sweep(llama, 1, _v(llama.d_model), [0.0, 4.0, 16.0], 2, 5, PROMPTS, scorer, 2, CONFIG,
-                      h_norm=2.0, n_boot=50)
+    out = alpha_sweep(llama, 1, _v(llama.d_model), [0.0, 4.0, 16.0], PROMPTS, scorer, replace(SETTINGS, seed=5, samples_per_prompt=2), h_norm=2.0)
     assert scorer.calls == 1  # one batched generation for every α
     return out
 
 
 @pytest.fixture(scope="module")
 def env_results(llama):
-    return environment_runs(llama, "formality", 1, _v(llama.d_model), 8.0, 2, 0, FakeScorer(), 1, CONFIG,
-                            control_direction=_v(llama.d_model, 9), n_boot=50,
+    return environment_runs(llama, "formality", 1, _v(llama.d_model), 8.0, FakeScorer(), SETTINGS,
+                            control_direction=_v(llama.d_model, 9),
                             prompts_by_env={e: PROMPTS[:3] for e in ("in_distribution", "topic_shift", "genre_shift")})
 
 
@@ -248,7 +248,7 @@ def test_invalid_scorer_makes_the_behavioural_verdict_inconclusive():
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--trait", "humour"], "unknown trait 'humour'"),
-    (["--trait", "formality", "--seeds", "0"], "--seeds must be at least 1"),
+    (["--trait", "formality", "--seeds", "0"], "(--seeds) must be at least 1"),
     (["--trait", "formality", "--prompts", "25"], "only 24"),
     (["--trait", "formality", "--prompts", "1"], "at least 2 prompts"),
     (["--trait", "formality", "--alphas", " , "], "--alphas must list at least one"),

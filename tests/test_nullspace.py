@@ -6,10 +6,9 @@ import torch
 from typer.testing import CliRunner
 
 from steerscope.audit.markdown import nullspace_markdown
-from steerscope.audit.nullspace import builtin_prompt_mix, layer_grams, nullspace_audit
+from steerscope.audit.nullspace import layer_grams, nullspace_audit
 from steerscope.audit.plots import plot_spectra, plot_stability
 from steerscope.cli import app
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
 from steerscope.errors import SteerscopeError
 from steerscope.recover.planted import planted_benchmark
 from steerscope.testing import tiny_model
@@ -65,15 +64,6 @@ def test_markdown_and_plots(audit, tmp_path):
     rows = [{"trait": "t", "method": "m", "identifiable": True, "stability": {"mean_cos": 0.9, "ci_low": 0.8, "ci_high": 0.95}},
             {"trait": "t", "method": "n", "identifiable": False, "stability": {"mean_cos": 0.5, "ci_low": 0.1, "ci_high": 0.7}}]
     assert plot_stability(rows, tmp_path / "stab.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_builtin_prompt_mix_cycles_over_traits_and_environments():
-    mixed = builtin_prompt_mix(15)
-    firsts = [builtin_prompts(t, e)[0] for t in TRAITS for e in ENVIRONMENTS]
-    assert mixed == firsts
-    assert len(builtin_prompt_mix(360)) == 360
-    with pytest.raises(SteerscopeError, match="only 360"):
-        builtin_prompt_mix(361)
 
 
 def test_planted_benchmark_every_case_correct():

@@ -12,15 +12,14 @@ from steerscope.audit.plots import plot_reachability_positions, plot_reachabilit
 from steerscope.audit.reachability import (
     AuditSettings,
     adversarial_collision,
-    add_at,
-    read_prompts,
     run_reachability,
     steered_states,
 )
 from steerscope.encoding import encode_prompt
-from steerscope.errors import DataError, SteerscopeError
+from steerscope.errors import SteerscopeError
 from steerscope.extract import extract
 from steerscope.data import builtin_pairs
+from steerscope.intervene import Add, Steering
 from steerscope.invert import SearchConfig, calibrate_threshold, hidden_states
 from steerscope.testing import tiny_model
 
@@ -54,10 +53,10 @@ def test_states_steered_at_the_capture_layer_are_natural_plus_alpha_v(llama):
     ids = encode_prompt(llama.tokenizer, PROMPTS[0])
     v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(steered_states(llama, ids, v, 1.5, 1, 1), hidden_states(llama, ids, 1) + 1.5 * v, atol=1e-5)
-    with add_at(llama, 1, v, [3]):
+    with Steering(llama, {1: Add(v)}, positions=[3]):
         one = hidden_states(llama, ids, 1)
     natural = hidden_states(llama, ids, 1)
-    assert torch.allclose(one[3], natural[3] + v, atol=1e-6)
+    assert torch.equal(one[3], natural[3] + v)
     assert torch.equal(one[:3], natural[:3]) and torch.equal(one[4:], natural[4:])
 
 
@@ -137,13 +136,6 @@ def test_bad_input(llama, tmp_path):
         run_reachability(llama, torch.ones(7), 1, 1.0, PROMPTS, CALIBRATION, settings=SETTINGS)
     with pytest.raises(SteerscopeError, match="context of 2048"):
         run_reachability(llama, v, 1, 1.0, ["the " * 2100], CALIBRATION, settings=SETTINGS)
-    text = tmp_path / "p.txt"
-    text.write_text("first prompt\n\nsecond prompt\n")
-    assert read_prompts(text) == ["first prompt", "second prompt"]
-    jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text('{"prompt": "a"}\n{"text": "b"}\n')
-    with pytest.raises(DataError, match="p.jsonl:2"):
-        read_prompts(jsonl)
 
 
 def test_cli_errors_for_foreign_vector_and_missing_vector(tmp_path):

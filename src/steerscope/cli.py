@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from steerscope.errors import DataError, SteerscopeError
+from steerscope.formatting import num
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Activation steering for language models, with audits of what a vector means.")
@@ -133,27 +134,14 @@ def extract(
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
     """Extract a steering vector from contrastive pairs."""
-    from steerscope.data import load_pairs
+    from steerscope.data.traits import extraction_pairs
     from steerscope.extract import extract as run_extract, get_method
     from steerscope.fileio import check_output_path
 
-    if (trait is None) == (dataset is None):
-        raise SteerscopeError("give exactly one of --trait or --dataset")
-    if position not in ("mean", "last"):
-        raise SteerscopeError(f"--position must be mean or last, got {position!r}")
+    _choice(position, ("mean", "last"), "--position")
     check_output_path(output, overwrite)
     get_method(method)
-    wanted_split = None if split in (None, "all") else split
-    if dataset is not None:
-        try:
-            pairs = load_pairs(dataset, wanted_split)
-        except SteerscopeError as exc:
-            if wanted_split == "train" and "no pairs with split" in str(exc):
-                pairs = load_pairs(dataset)  # a file without splits: use every pair
-            else:
-                raise
-    else:
-        pairs = load_pairs(trait, wanted_split)
+    pairs = extraction_pairs(trait, dataset, split)
     lm = _load(model, device, dtype, cache_dir, layers_path)
     layers = [lm.check_layer(x) for x in _layers(layer)]
     vec = run_extract(lm, pairs, layers, method=method, position=position, batch_size=batch_size, trait=trait, progress=True)
@@ -184,45 +172,32 @@ def generate(
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
     """Generate completions, steered with a vector or not."""
-    from steerscope.generate import GenerationConfig, generate as run_generate
-    from steerscope.intervene import parse_positions, steer, steer_rows
+    from steerscope.generate import GenerationConfig, SteerRequest, generate_steered
     from steerscope.vectors import SteeringVector
 
-    if chat not in ("auto", "always", "never"):
-        raise SteerscopeError(f"--chat must be auto, always or never, got {chat!r}")
-    parse_positions(positions)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p, seed=seed,
+                              chat=_choice(chat, ("auto", "always", "never"), "--chat"))  # type: ignore[arg-type]
     vec = SteeringVector.load(vector) if vector is not None else None
+    request = SteerRequest(vec, alpha, _layers(layer) if layer else None, positions, compare, allow_model_mismatch) if vec is not None else None
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat)  # type: ignore[arg-type]
-    steering, doses, rows = None, {}, list(prompts)
-    if vec is not None:
-        vec.check_model(lm, allow_model_mismatch)
-        steering = steer(lm, vec, alpha, layers=_layers(layer) if layer else None, positions=positions)
-        if compare:
-            rows = list(prompts) * 2
-            sub = {ell: vec.directions[ell] for ell in steering.edits}
-            steering = steer_rows(lm, [sub] * len(prompts) + [None] * len(prompts), [alpha] * len(prompts) + [0.0] * len(prompts), positions)
-        doses = {ell: vec.dose(alpha, ell) for ell in steering.edits}
-    texts = run_generate(lm, rows, config, steering, batch_size=batch_size, progress=True)
-    steered, plain = texts[:len(prompts)], texts[len(prompts):]
+    run = generate_steered(lm, prompts, config, request, batch_size=batch_size, progress=True)
     if as_json:
-        result = {"model": lm.info(), "vector": str(vector) if vector else None, "alpha": alpha if vec else 0.0,
-                  "relative_dose": {str(k): v for k, v in doses.items()}, "positions": positions,
-                  "config": config.__dict__, "outputs": [
-                      {"prompt": p, "completion": c, **({"unsteered": plain[i]} if compare and vec else {})}
-                      for i, (p, c) in enumerate(zip(prompts, steered))]}
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return
-    if vec is not None:
-        dose_text = ", ".join(f"layer {k}: {v:.3f}" if v is not None else f"layer {k}: n/a" for k, v in doses.items())
-        err.print(f"α = {alpha:g}; relative dose α·‖v‖/mean‖h‖ = {dose_text}", markup=False)
-    for i, (prompt, completion) in enumerate(zip(prompts, steered)):
-        out.print(f"[bold]>>> {prompt}[/bold]")
-        if compare and vec is not None:
-            out.print("[dim]unsteered:[/dim] " + plain[i].strip(), markup=True, highlight=False)
-            out.print(f"[dim]steered (α={alpha:g}):[/dim] " + completion.strip(), highlight=False)
+        return print(json.dumps(run.to_json(lm.info(), str(vector) if vector else None), indent=2, ensure_ascii=False))
+    if run.doses:
+        err.print(f"α = {alpha:g}; relative dose α·‖v‖/mean‖h‖ = " + ", ".join(f"layer {k}: {num(v, '.3f')}" for k, v in run.doses.items()), markup=False)
+    for output in run.outputs():
+        out.print(f"[bold]>>> {output['prompt']}[/bold]")
+        if "unsteered" in output:
+            out.print("[dim]unsteered:[/dim] " + output["unsteered"].strip(), markup=True, highlight=False)
+            out.print(f"[dim]steered (α={alpha:g}):[/dim] " + output["completion"].strip(), highlight=False)
         else:
-            out.print(completion.strip(), markup=False, highlight=False)
+            out.print(output["completion"].strip(), markup=False, highlight=False)
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise SteerscopeError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    return value
 
 
 @app.command("export")
@@ -264,15 +239,9 @@ def info(vector: Path = typer.Argument(..., help="Vector file (.safetensors)."))
 
 
 def _traits(values: list[str]) -> list[str]:
-    from steerscope.data import TRAITS
+    from steerscope.data.traits import check_traits
 
-    traits = list(dict.fromkeys(t.strip() for value in values for t in value.split(",") if t.strip()))
-    for trait in traits:
-        if trait not in TRAITS:
-            raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
-    if not traits:
-        raise SteerscopeError("--trait needs at least one built-in trait")
-    return traits
+    return check_traits([t.strip() for value in values for t in value.split(",") if t.strip()])
 
 
 @audit_app.callback(invoke_without_command=True)
@@ -294,51 +263,44 @@ def audit(
 ) -> None:
     """The whole audit, from model and trait to a reviewed HTML report (or one audit, as a subcommand).
 
-    Stages per trait: layer selection, vector extraction, strength calibration, identifiability,
-    null-space geometry, recovery, reachability. Every finished cell is recorded in the run
-    folder's SQLite store; after an interruption (Ctrl-C or a kill) the same command resumes.
+    Every finished cell is recorded in the run folder's SQLite store; after an interruption
+    (Ctrl-C or a kill) the same command resumes.
     """
     if ctx.invoked_subcommand is not None:
         return
     from steerscope import __version__
-    from steerscope.audit.pipeline import audit_config
-    from steerscope.audit.plots import _pyplot
+    from steerscope.audit.pipeline import audit_config, prepare_audit
     from steerscope.runstore import open_run
 
     if not trait or out_dir is None:
         raise SteerscopeError("steerscope audit needs --trait and --out (or a subcommand: identifiability, nullspace, reachability)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
-    config = audit_config(model, _traits(trait), "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype)
-    _pyplot()  # fail before any work when matplotlib is missing
+    config = prepare_audit(audit_config(model, _traits(trait), "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype))
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
         if resumed:
             err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
-        try:
-            _run_audit(store, config, model, device, dtype, cache_dir, layers_path)
-        except KeyboardInterrupt:
-            store.log("interrupted", f"{store.count()} cells done")
-            raise
+        _run_audit(store, config, lambda: _load(model, device, dtype, cache_dir, layers_path))
         _finish(store, resumed, as_json)
 
 
-def _run_audit(store, config: dict, model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str]) -> None:
+def _run_audit(store, config: dict, load: Callable) -> None:
+    """Compute every cell with a progress bar (the store logs an interruption and the finish)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from steerscope.audit.pipeline import Auditor, plan_cells
+    from steerscope.audit.pipeline import Auditor, counts_towards_progress, plan_cells
 
-    lm = _load(model, device, dtype, cache_dir, layers_path)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err) as bar:
-        task = bar.add_task("audit", total=plan_cells(config))
+    with store.recording_interruption():
+        lm = load()
+        with Progress(*columns, console=err) as bar:
+            task = bar.add_task("audit", total=plan_cells(config))
 
-        def on_cell(key: str, cached: bool) -> None:
-            if "/" in key and not key.startswith(("grams/", "maps/")):
-                bar.advance(task)
-            bar.update(task, description=f"{key}{' (stored)' if cached else ''}")
+            def on_cell(key: str, cached: bool) -> None:
+                bar.update(task, advance=int(counts_towards_progress(key)), description=f"{key}{' (stored)' if cached else ''}")
 
-        Auditor(lm, store, config, on_cell=on_cell).run()
+            Auditor(lm, store, config, on_cell=on_cell).run()
     store.log("finished", f"{store.count()} cells")
 
 
@@ -400,17 +362,16 @@ def report(
         out.print(f"rebuilt {len(written)} files; report: {written['report']}", markup=False)
 
 
-def _identifiability_paths(out_dir: Path, traits: list[str], sweep: bool, all_envs: bool) -> dict[str, Path]:
-    """Output files: results.json, summary.md and plots (per-trait names when several traits)."""
-    suffix = (lambda t: f"_{t}") if len(traits) > 1 else (lambda t: "")
-    paths = {"results": out_dir / "results.json", "summary": out_dir / "summary.md"}
-    for t in traits:
-        paths[f"effect_ratio{suffix(t)}"] = out_dir / f"effect_ratio{suffix(t)}.png"
-        if sweep:
-            paths[f"alpha_sweep{suffix(t)}"] = out_dir / f"alpha_sweep{suffix(t)}.png"
-    if all_envs:
-        paths["environments"] = out_dir / "environments.png"
-    return paths
+def _numbers(text: str, kind: type, option: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SteerscopeError(f"{option} expects comma-separated {kind.__name__} values, got {text!r}") from None
+
+
+def _print_written(written) -> None:
+    out.print(written.markdown, markup=False, highlight=False)
+    out.print(f"wrote {', '.join(str(p) for p in written.files.values())}", markup=False)
 
 
 @audit_app.command("identifiability")
@@ -419,15 +380,15 @@ def audit_identifiability(
                                     "Several traits share one model load and one Holm family."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
-    alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength α of every steered condition."),
-    seeds: int = typer.Option(4, "--seeds", help="Number of orthogonal draws u ⊥ v."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", "-a", help="Strength α of every steered condition (default 2)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of orthogonal draws u ⊥ v (default: the profile's)."),
     env: str = typer.Option("in_distribution", "--env", help="in_distribution, topic_shift or genre_shift."),
-    n_prompts: int = typer.Option(12, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
-    samples: int = typer.Option(3, "--samples", help="Sampled completions per prompt."),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"),
+    n_prompts: Optional[int] = typer.Option(None, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Sampled completions per prompt."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
     margin: float = typer.Option(0.2, "--margin", help="Equivalence margin in |Hedges' g|."),
     seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="Small run: 2 draws, 8 prompts, 2 samples, 16 tokens."),
+    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
                                           "(v and v+perp at each α; writes alpha_sweep.png)."),
     all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
@@ -438,91 +399,30 @@ def audit_identifiability(
 ) -> None:
     """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics.
 
-    Writes results.json, summary.md and effect_ratio.png (plus alpha_sweep.png with --alphas and
-    environments.png with --all-envs; plots need matplotlib). With several traits, results.json
-    holds every trait's report under "traits", p-values are Holm-corrected across all traits'
-    conditions, and plots are named per trait.
+    Writes results.json, summary.md and effect_ratio.png (alpha_sweep.png with --alphas, environments.png
+    with --all-envs); several traits share one Holm family, results.json holds each under "traits".
     """
-    from steerscope.audit.identifiability import audit_vectors, holm_across_traits, run_identifiability
-    from steerscope.audit.markdown import identifiability_markdown, traits_overview_markdown
-    from steerscope.audit.plots import _pyplot, plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
-    from steerscope.audit.sweep import parse_alphas, run_extensions
-    from steerscope.data import ENVIRONMENTS
-    from steerscope.fileio import atomic_write, check_output_path
-    from steerscope.score.base import get_scorer
+    from steerscope.audit.commands import IdentifiabilityCommand
+    from steerscope.audit.profiles import command_profile
+    from steerscope.audit.sweep import parse_alphas
 
-    traits = _traits(trait)
-    if env not in ENVIRONMENTS:
-        raise SteerscopeError(f"unknown environment {env!r}; use one of {', '.join(ENVIRONMENTS)}")
-    if seeds < 1:
-        raise SteerscopeError(f"--seeds must be at least 1, got {seeds}")
-    if samples < 1 or max_new_tokens < 1:
-        raise SteerscopeError("--samples and --max-new-tokens must be at least 1")
-    sweep_alphas = parse_alphas(alphas) if alphas is not None else None
-    paths = _identifiability_paths(out_dir, traits, bool(sweep_alphas), all_envs)
-    for path in paths.values():
-        check_output_path(path, overwrite)
-    _pyplot()  # fail before loading the model when matplotlib is missing
-    if quick:
-        seeds, n_prompts, samples, max_new_tokens = 2, 8, 2, 16
+    sizes = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples),
+                               ("max_new_tokens", max_new_tokens)) if v is not None}
+    settings = command_profile(quick).identifiability(seed, env=env, margin_g=margin, **sizes)
+    command = IdentifiabilityCommand(tuple(_traits(trait)), out_dir, settings, alpha, layer,
+                                     tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
+    command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
-    settings = {"n_draws": seeds, "env": env, "n_prompts": n_prompts, "samples_per_prompt": samples,
-                "max_new_tokens": max_new_tokens, "seed": seed, "margin_g": margin}
-    reports = {}
-    for t in traits:
-        scorer = get_scorer(t)
-        with err.status(f"auditing {t} at layer {chosen} ({seeds} draws, {n_prompts} prompts × {samples} samples)"):
-            vectors = audit_vectors(lm, t, chosen)
-            reports[t] = run_identifiability(lm, t, chosen, alpha, scorer=scorer, vectors=vectors, **settings)
-        if sweep_alphas or all_envs:
-            with err.status(f"{t}: running the α sweep / environment comparison"):
-                reports[t] |= run_extensions(lm, t, chosen, alpha, alphas=sweep_alphas, all_envs=all_envs,
-                                             scorer=scorer, vectors=vectors, **settings)
-    if len(traits) > 1:
-        reports = holm_across_traits(reports)
-        result = {"traits": reports, "verdict": {t: r["verdict"] for t, r in reports.items()},
-                  "holm_family": reports[traits[0]]["summary"]["holm_family"]}
-        markdown = "\n".join([traits_overview_markdown(reports)] + [identifiability_markdown(r) for r in reports.values()])
-    else:
-        result = reports[traits[0]]
-        markdown = identifiability_markdown(result)
-    atomic_write(paths["results"], lambda tmp: tmp.write_text(json.dumps(result, indent=2, allow_nan=False)), overwrite)
-    atomic_write(paths["summary"], lambda tmp: tmp.write_text(markdown), overwrite)
-    for t, report in reports.items():
-        suffix = f"_{t}" if len(traits) > 1 else ""
-        plot_effect_ratio(report, paths[f"effect_ratio{suffix}"], overwrite)
-        if sweep_alphas:
-            plot_alpha_sweep(report["alpha_sweep"], paths[f"alpha_sweep{suffix}"], overwrite)
-    if all_envs:
-        plot_environment_heatmap([r["environments"] for r in reports.values()], paths["environments"], overwrite)
-    out.print(markdown, markup=False, highlight=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
-
-
-def _prompt_list(spec: str) -> list[str]:
-    """``N`` (that many built-in prompts, mixed over traits and environments) or a text/JSONL file."""
-    from steerscope.audit.nullspace import builtin_prompt_mix
-
-    if spec.isdigit():
-        return builtin_prompt_mix(int(spec))
-    path = Path(spec)
-    if not path.is_file():
-        raise SteerscopeError(f"--prompts must be a number of built-in prompts or a file, got {spec!r}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        try:
-            return [json.loads(line)["prompt"] for line in lines]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SteerscopeError(f"{path}: every JSONL line must be an object with a 'prompt' field") from None
-    return lines
+    with err.status(f"auditing {', '.join(command.traits)} at layer {command.chosen_layer(lm)}"):
+        _print_written(command.run(lm))
 
 
 @audit_app.command("nullspace")
 def audit_nullspace(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, spectra.png)."),
     layer: list[str] = typer.Option(..., "--layers", "--layer", "-l", help="Layer(s) ℓ; repeat or comma-separate."),
-    prompts: str = typer.Option("64", "--prompts", help="Number of built-in prompts, or a .txt (one per line) / .jsonl ('prompt') file."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Number of built-in prompts (default: the full profile's), "
+                                          "or a .txt (one per line) / .jsonl ('prompt') file."),
     positions: str = typer.Option("-1", "--positions", help="Comma-separated token positions where δ is applied (negative: from the end)."),
     tolerances: str = typer.Option("1e-2,1e-3,1e-4", "--tolerances", help="Relative gain tolerances."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Also report the gain of this built-in trait's mean_diff vector."),
@@ -533,43 +433,16 @@ def audit_nullspace(
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
     """Which residual directions does the output ignore? Exact Jacobian spectra over many prompts."""
-    from steerscope.audit.markdown import nullspace_markdown
-    from steerscope.audit.nullspace import nullspace_audit
-    from steerscope.audit.plots import _pyplot, plot_spectra
-    from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.audit.commands import NullspaceCommand
+    from steerscope.audit.profiles import command_profile
+    from steerscope.data.prompts import prompts_from_spec
 
-    if trait is not None and vector is not None:
-        raise SteerscopeError("give at most one of --trait or --vector")
-    try:
-        tols = [float(t) for t in tolerances.split(",")]
-        pos = [int(p) for p in positions.split(",")]
-    except ValueError:
-        raise SteerscopeError("--tolerances must be numbers and --positions integers, comma-separated") from None
-    paths = [out_dir / "results.json", out_dir / "summary.md", out_dir / "spectra.png"]
-    for path in paths:
-        check_output_path(path, overwrite)
-    _pyplot()
-    prompt_list = _prompt_list(prompts)
+    prompt_list = prompts_from_spec(prompts if prompts is not None else str(command_profile(False).ns_prompts))
+    command = NullspaceCommand(out_dir, tuple(_layers(layer)), tuple(prompt_list), _numbers(positions, int, "--positions"),
+                               _numbers(tolerances, float, "--tolerances"), trait, vector, chunk, overwrite)
+    command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    layers = [lm.check_layer(x) for x in _layers(layer)]
-    vectors = None
-    if vector is not None:
-        from steerscope.vectors import SteeringVector
-
-        vec = SteeringVector.load(vector, lm)
-        vectors = vec.directions
-    elif trait is not None:
-        from steerscope.data import load_pairs
-        from steerscope.extract import extract as run_extract
-
-        vectors = run_extract(lm, load_pairs(trait, "train"), layers).directions
-    results = nullspace_audit(lm, prompt_list, layers, pos, tols, vectors, progress=True, chunk=chunk)
-    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(results, indent=1, allow_nan=False)), overwrite)
-    markdown = nullspace_markdown(results)
-    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown), overwrite)
-    plot_spectra(results, paths[2], overwrite)
-    out.print(markdown, markup=False, highlight=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+    _print_written(command.run(lm))
 
 
 @app.command()
@@ -579,15 +452,15 @@ def recover(
     layer: int = typer.Option(..., "--layer", "-l", help="Layer ℓ of the direction."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Your JSONL pair file."),
-    env_prompts: int = typer.Option(8, "--env-prompts", help="multienv/crosslayer/sparse --observe jacobian: prompts per environment."),
+    env_prompts: Optional[int] = typer.Option(None, "--env-prompts", help="multienv/crosslayer/sparse --observe jacobian: prompts per environment."),
     environments: Optional[Path] = typer.Option(None, "--environments", help="JSONL with 'prompt' and 'env' fields (default: built-in environments)."),
-    later: Optional[str] = typer.Option(None, "--later-layers", help="crosslayer: comma-separated later layers (default ℓ+3, ℓ+6)."),
+    later: Optional[str] = typer.Option(None, "--later-layers", help="crosslayer: comma-separated later layers (default ℓ + 10 % of the depth)."),
     dictionary: str = typer.Option("neurons", "--dictionary", help="sparse: neurons, learned, or a .npy/.safetensors file of rows."),
     k: int = typer.Option(8, "--k", help="sparse: number of atoms."),
     observe: str = typer.Option("activations", "--observe", help="sparse: activations or jacobian (what is observed of v)."),
     components: Optional[int] = typer.Option(None, "--components", help="ica: number of components."),
     tol: float = typer.Option(1e-3, "--tol", help="Relative gain tolerance of the remaining class dimension."),
-    boot: int = typer.Option(30, "--boot", help="Bootstrap resamples for stability."),
+    boot: Optional[int] = typer.Option(None, "--boot", help="Bootstrap resamples for stability (default: the full profile's)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
@@ -597,57 +470,19 @@ def recover(
 
     The saved vector is the recovered unit direction (methods recover a direction, not a scale).
     """
-    from steerscope.audit.markdown import recovery_markdown
-    from steerscope.data import ENVIRONMENTS, builtin_prompts, load_pairs
-    from steerscope.fileio import atomic_write, check_output_path
-    from steerscope.recover import METHODS
-    from steerscope.recover.trait import layer_maps, prompt_grams, recover_trait
-    from steerscope.vectors.file import SteeringVector, vector_metadata
+    from steerscope.audit.commands import RecoverCommand
+    from steerscope.audit.profiles import command_profile
+    from steerscope.data.prompts import read_environment_prompts
 
-    if method not in METHODS:
-        raise SteerscopeError(f"unknown recovery method {method!r}; use {', '.join(METHODS)}")
-    if (trait is None) == (dataset is None):
-        raise SteerscopeError("give exactly one of --trait or --dataset")
-    paths = [out_dir / "recovery.json", out_dir / "summary.md", out_dir / "vector.safetensors"]
-    for path in paths:
-        check_output_path(path, overwrite)
-    pairs = load_pairs(trait if trait is not None else dataset, "train" if trait is not None else None)
+    sizes = command_profile(False)
+    command = RecoverCommand(method, out_dir, layer, trait, dataset, env_prompts or sizes.rec_env_prompts,
+                             read_environment_prompts(environments) if environments is not None else None,
+                             _numbers(later, int, "--later-layers") if later else (), boot or sizes.rec_boot, seed,
+                             {"tol": tol, "n_components": components, "dictionary": dictionary, "k": k, "observe": observe}, overwrite)
+    command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    layer = lm.check_layer(layer)
-    needs_grams = method in ("multienv", "crosslayer") or (method == "sparse" and observe == "jacobian")
-    grams = maps = None
-    if needs_grams:
-        if environments is not None:
-            records = [json.loads(line) for line in environments.read_text(encoding="utf-8").splitlines() if line.strip()]
-            by_env: dict[str, list[str]] = {}
-            for r in records:
-                by_env.setdefault(str(r["env"]), []).append(r["prompt"])
-        else:
-            source = trait if trait is not None else "formality"
-            by_env = {e: builtin_prompts(source, e) for e in ENVIRONMENTS}
-        with err.status(f"Jacobians at layer {layer} ({env_prompts} prompts × {len(by_env)} environments)"):
-            grams = {e: prompt_grams(lm, p[:env_prompts], layer) for e, p in by_env.items()}
-    if method == "crosslayer":
-        targets = _layers([later]) if later else [x for x in (layer + 3, layer + 6) if x < lm.n_layers]
-        first = next(iter(by_env.values()))[:env_prompts]
-        with err.status(f"layer maps {layer} → {targets}"):
-            maps = layer_maps(lm, first, layer, [lm.check_layer(t) for t in targets])
-    with err.status(f"recovering ({method}, {boot} bootstrap resamples)"):
-        result = recover_trait(lm, method, pairs, layer, grams=grams, maps=maps, n_boot=boot, seed=seed, tol=tol,
-                               n_components=components, dictionary=dictionary, k=k, observe=observe)
-    report = result.to_dict() | {"model": lm.name, "trait": trait or str(dataset)}
-    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=1, allow_nan=False)), overwrite)
-    markdown = recovery_markdown(report)
-    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown), overwrite)
-    import torch
-
-    from steerscope.data.pairs import dataset_hash
-
-    meta = vector_metadata(lm, method=f"recover-{method}", layers=[layer], dataset_hash=dataset_hash(pairs), trait=trait or "",
-                           n_pairs=len(pairs))
-    SteeringVector({layer: torch.as_tensor(result.direction, dtype=torch.float32)}, meta).save(paths[2], overwrite=overwrite)
-    out.print(markdown, markup=False, highlight=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+    with err.status(f"recovering ({method}, {command.boot} bootstrap resamples)"):
+        _print_written(command.run(lm))
 
 
 @bench_app.command("recovery")
@@ -659,6 +494,7 @@ def bench_recovery(
 ) -> None:
     """Planted ground truth: every recovery method with its assumption holding and broken."""
     from steerscope.fileio import atomic_write, check_output_path
+    from steerscope.formatting import ci
     from steerscope.recover.planted import planted_benchmark
 
     if output is not None:
@@ -671,8 +507,8 @@ def bench_recovery(
     for r in rows:
         stab = r["stability"]
         table.add_row(r["method"], r["case"], "holds" if r["assumption_holds"] else "broken", f"{r['cos']:.3f}", str(r["identifiable"]),
-                      "n/a" if r["class_dim"] is None else str(r["class_dim"]),
-                      f"{stab['mean_cos']:.3f} [{stab['ci_low']:.3f}, {stab['ci_high']:.3f}]" if stab else "—", "✔" if r["correct"] else "✘")
+                      num(r["class_dim"], "d"),
+                      ci(stab["mean_cos"], stab["ci_low"], stab["ci_high"], ".3f") if stab else "—", "✔" if r["correct"] else "✘")
     out.print(table)
     if output is not None:
         atomic_write(output, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)), overwrite)
@@ -692,84 +528,35 @@ def audit_reachability(
     capture_layer: Optional[int] = typer.Option(None, "--capture-layer", help="Layer whose states are compared (default: ℓ)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a "
                                                 "'prompt' field (default: built-in evaluation prompts)."),
-    n_prompts: int = typer.Option(8, "--n-prompts", help="Number of prompts audited."),
-    positions: int = typer.Option(12, "--positions", help="Searched positions per prompt (the last ones)."),
-    alphas: str = typer.Option("0.5,1,2,4", "--alphas", help="Comma-separated α values of the sweep."),
-    sweep_prompts: int = typer.Option(3, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
-    budget: int = typer.Option(128, "--budget", help="Candidates per position for steered states (no exhaustive fallback)."),
-    exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the "
-                                         "adversarial construction."),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts audited (default: the profile's)."),
+    positions: Optional[int] = typer.Option(None, "--positions", help="Searched positions per prompt (the last ones)."),
+    alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values of the sweep (default: the profile's)."),
+    sweep_prompts: Optional[int] = typer.Option(None, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Candidates per position for steered states (no exhaustive fallback)."),
+    exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the adversarial construction."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
     seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="Small run: 3 prompts × 6 positions, α sweep 1,4 on 1 prompt, 12 tokens."),
+    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
-    """Is the steered state reachable by a prompt? Invert natural and steered states and compare.
-
-    Writes results.json, summary.md, positions.png and alpha_sweep.png (plots need matplotlib).
-    A failed search is an upper bound on the distance to the reachable set, not a proof.
-    """
-    from steerscope.audit.identifiability import audit_vectors
-    from steerscope.audit.markdown import reachability_markdown
-    from steerscope.audit.plots import _pyplot, plot_reachability_positions, plot_reachability_sweep
-    from steerscope.audit.reachability import AuditSettings, read_prompts, run_reachability
+    """Is the steered state reachable by a prompt? Invert natural and steered states and compare (a failed search is an upper bound, not a proof)."""
+    from steerscope.audit.commands import ReachabilityCommand
+    from steerscope.audit.profiles import command_profile
     from steerscope.audit.sweep import parse_alphas
-    from steerscope.data import TRAITS, builtin_prompts
-    from steerscope.fileio import atomic_write, check_output_path
-    from steerscope.invert import SearchConfig
-    from steerscope.vectors import SteeringVector
-
-    if (vector is None) == (trait is None):
-        raise SteerscopeError("pass exactly one of --vector and --trait")
-    if trait is not None and trait not in TRAITS:
-        raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
-    paths = {name: out_dir / name for name in ("results.json", "summary.md", "positions.png", "alpha_sweep.png")}
-    for path in paths.values():
-        check_output_path(path, overwrite)
-    _pyplot()
-    sweep = tuple(parse_alphas(alphas))
-    if quick:
-        n_prompts, positions, sweep, sweep_prompts, max_new_tokens = 3, 6, (1.0, 4.0), 1, 12
-    vec = SteeringVector.load(vector) if vector is not None else None
-    prompts = read_prompts(prompts_file) if prompts_file is not None else None
+    from steerscope.data.prompts import read_prompts
+    sizes = command_profile(quick)
+    given = {k: v for k, v in (("positions", positions), ("sweep_prompts", sweep_prompts), ("max_new_tokens", max_new_tokens),
+                               ("alphas", tuple(parse_alphas(alphas)) if alphas is not None else None)) if v is not None}
+    settings = sizes.reachability(seed, budget, adversarial_exhaustive=exhaustive_next, **given)
+    command = ReachabilityCommand(out_dir, alpha, settings, n_prompts or sizes.reach_prompts, vector, trait, layer, capture_layer,
+                                  tuple(read_prompts(prompts_file)) if prompts_file is not None else None, allow_model_mismatch, overwrite)
+    command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    if vec is not None:
-        vec.check_model(lm, allow_model_mismatch)
-        if layer is None and len(vec.layers) != 1:
-            raise SteerscopeError(f"the vector has layers {vec.layers}; choose one with --layer")
-        chosen = lm.check_layer(layer) if layer is not None else vec.layers[0]
-        if chosen not in vec.directions:
-            raise SteerscopeError(f"the vector has no direction for layer {chosen}; it has {vec.layers}")
-        direction, info = vec.directions[chosen], {"source": str(vector), "method": vec.metadata.get("method")}
-        trait_name = vec.metadata.get("trait") or None
-    else:
-        chosen = lm.check_layer(layer) if layer is not None else round(0.4 * lm.n_layers)
-        direction = audit_vectors(lm, trait, chosen)[0].directions[chosen]
-        info, trait_name = {"source": f"built-in {trait} pairs (train split), mean_diff", "method": "mean_diff"}, trait
-    pool = builtin_prompts(trait_name if trait_name in TRAITS else TRAITS[0], "in_distribution")
-    chosen_prompts = (prompts or pool)[:n_prompts]
-    calibration = builtin_prompts(TRAITS[0], "topic_shift")[:2]
-    scorer = None
-    if trait_name in TRAITS:
-        from steerscope.score.base import get_scorer
-
-        scorer = get_scorer(trait_name)
-    settings = AuditSettings(positions=positions, alphas=sweep, sweep_prompts=sweep_prompts,
-                             steered_search=SearchConfig(budget=budget, fallback=False),
-                             adversarial_exhaustive=exhaustive_next, max_new_tokens=max_new_tokens, seed=seed)
-    with err.status(f"inverting {len(chosen_prompts)} prompts × {positions} positions at layer {chosen}"):
-        report = run_reachability(lm, direction, chosen, alpha, chosen_prompts, calibration, capture_layer=capture_layer,
-                                  trait=trait_name, scorer=scorer, settings=settings, vector_info=info)
-    atomic_write(paths["results.json"], lambda tmp: tmp.write_text(json.dumps(report, indent=2, allow_nan=False)), overwrite)
-    markdown = reachability_markdown(report)
-    atomic_write(paths["summary.md"], lambda tmp: tmp.write_text(markdown), overwrite)
-    plot_reachability_positions(report, paths["positions.png"], overwrite)
-    plot_reachability_sweep(report, paths["alpha_sweep.png"], overwrite)
-    out.print(markdown, markup=False, highlight=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+    with err.status(f"inverting {command.n_prompts} prompts × {settings.positions} positions"):
+        _print_written(command.run(lm))
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from steerscope.errors import SteerscopeError
 from steerscope.intervene import Steering
 from steerscope.models.loading import LoadedModel
 from steerscope.progress import track
+
+if TYPE_CHECKING:
+    from steerscope.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,67 @@ def generate_from_ids(
             sub = steering.rows(slice(start, start + batch_size)) if steering is not None and steering.batch_size else steering
             outputs += _generate_batch(lm, [list(r) for r in rows[start:start + batch_size]], config, sub)
     return outputs
+
+
+@dataclass(frozen=True)
+class SteerRequest:
+    """A vector applied at strength ``alpha`` (optionally only at ``layers`` and ``positions``);
+    ``compare`` also generates every prompt unsteered, in the same batch; ``allow_model_mismatch``
+    accepts a vector made for another model of the same ``d_model``."""
+
+    vector: SteeringVector
+    alpha: float = 1.0
+    layers: Sequence[int] | None = None
+    positions: str = "all"
+    compare: bool = False
+    allow_model_mismatch: bool = False
+
+    def __post_init__(self) -> None:
+        from steerscope.intervene import parse_positions
+
+        parse_positions(self.positions)
+
+
+@dataclass(frozen=True)
+class SteeredRun:
+    """Completions of ``prompts`` (steered when a request was given), the unsteered ones with
+    ``compare``, and the relative dose ``|α|·‖v_ℓ‖ / mean‖h_ℓ‖`` per steered layer (None if unknown)."""
+
+    prompts: list[str]
+    completions: list[str]
+    config: GenerationConfig
+    request: SteerRequest | None = None
+    unsteered: list[str] | None = None
+    doses: dict[int, float | None] = field(default_factory=dict)
+
+    def to_json(self, model: dict, vector: str | None) -> dict:
+        """The run as JSON: model info, vector source, strength, doses, positions, decoding settings, outputs."""
+        r = self.request
+        return {"model": model, "vector": vector, "alpha": r.alpha if r else 0.0, "relative_dose": {str(k): v for k, v in self.doses.items()},
+                "positions": r.positions if r else "all", "config": self.config.__dict__, "outputs": self.outputs()}
+
+    def outputs(self) -> list[dict[str, str]]:
+        """One ``{"prompt", "completion"[, "unsteered"]}`` per prompt."""
+        return [{"prompt": p, "completion": c, **({"unsteered": self.unsteered[i]} if self.unsteered is not None else {})}
+                for i, (p, c) in enumerate(zip(self.prompts, self.completions))]
+
+
+def generate_steered(lm: LoadedModel, prompts: Sequence[str], config: GenerationConfig, request: SteerRequest | None = None,
+                     batch_size: int = 16, progress: bool = False) -> SteeredRun:
+    """Generate ``prompts`` under ``request`` (unsteered when None); with ``compare``, steered and
+    unsteered rows share one batched call."""
+    from steerscope.intervene import steer, steer_rows
+
+    prompts = list(prompts)
+    if request is None:
+        return SteeredRun(prompts, generate(lm, prompts, config, batch_size=batch_size, progress=progress), config)
+    request.vector.check_model(lm, request.allow_model_mismatch)
+    steering = steer(lm, request.vector, request.alpha, layers=request.layers, positions=request.positions)
+    doses = {layer: request.vector.dose(request.alpha, layer) for layer in steering.edits}
+    if not request.compare:
+        return SteeredRun(prompts, generate(lm, prompts, config, steering, batch_size, progress), config, request, None, doses)
+    sub = {layer: request.vector.directions[layer] for layer in steering.edits}
+    n = len(prompts)
+    rows = steer_rows(lm, [sub] * n + [None] * n, [request.alpha] * n + [0.0] * n, request.positions)
+    texts = generate(lm, prompts * 2, config, rows, batch_size, progress)
+    return SteeredRun(prompts, texts[:n], config, request, texts[n:], doses)

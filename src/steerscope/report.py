@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from steerscope.fileio import atomic_write
+from steerscope.formatting import ci, num
 from steerscope.runstore import RunStore
 
-QUESTIONS = (("steers", "Does the vector steer?"), ("identifiable", "Is it identifiable?"),
-             ("reachable", "Is the steered state reachable by a prompt?"))
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
 main{max-width:1100px;margin:0 auto;padding:20px 28px 60px}
@@ -46,18 +44,6 @@ def _e(x: Any) -> str:
     return escape(str(x))
 
 
-def _num(x: Any, fmt: str = ".3g") -> str:
-    if x is None or isinstance(x, bool):
-        return _e(x)
-    if isinstance(x, (int, float)):
-        return "n/a" if isinstance(x, float) and not math.isfinite(x) else format(x, fmt)
-    return _e(x)
-
-
-def _ci(est: Any, low: Any, high: Any, fmt: str = ".2f") -> str:
-    return f"{_num(est, fmt)} [{_num(low, fmt)}, {_num(high, fmt)}]"
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -72,11 +58,14 @@ def _img(path: Path, alt: str) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 def summary_section(results: Mapping[str, Any]) -> str:
+    from steerscope.audit.registry import stages
+
+    questions = [(a.key, a.question) for stage in stages() for a in stage.answers]
     parts = ['<section id="summary">']
     for trait, res in results["traits"].items():
         parts.append(f'<div class="trait">{_e(trait)} — layer {res["layer_selection"]["chosen"]}, α = {res["strength"]["alpha"]:g}</div>')
         parts.append('<div class="cards">')
-        for key, question in QUESTIONS:
+        for key, question in questions:
             ans = res["answers"][key]
             facts = "".join(f"<li>{_e(f)}</li>" for f in ans["facts"])
             parts.append(f'<div class="card {_e(ans["status"])}"><h3>{_e(question)} <span class="badge {_e(ans["status"])}">'
@@ -86,18 +75,22 @@ def summary_section(results: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def steering_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
-    sel, st = res["layer_selection"], res["strength"]
+def layer_selection_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    sel = res["layer_selection"]
     layers = _table(["layer", "held-out accuracy", "separation (mean/sd)", "‖v‖"],
-                    [[r["layer"], _num(r["accuracy"], ".2f"), _num(r["separation"], ".2f"), _num(r["norm"])] for r in sel["rows"]])
+                    [[r["layer"], num(r["accuracy"], ".2f"), num(r["separation"], ".2f"), num(r["norm"])] for r in sel["rows"]])
+    return f"<h3>Layer selection</h3><p class='note'>{_e(sel['rule'])}; {sel['n_train']} train / {sel['n_test']} held-out pairs.</p>{layers}"
+
+
+def strength_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    st = res["strength"]
     grid = _table(["α", "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
-                  [[f"{r['alpha']:g}" + (" ◀" if r["alpha"] == st["alpha"] else ""), _num(r["mean_score"]), _ci(r["g"], r["g_low"], r["g_high"]),
-                    _ci(r["ppl_ratio"], r["ppl_ratio_low"], r["ppl_ratio_high"]), r["coherent"], r["reaches_target"]] for r in st["rows"]])
+                  [[f"{r['alpha']:g}" + (" ◀" if r["alpha"] == st["alpha"] else ""), num(r["mean_score"]), ci(r["g"], r["g_low"], r["g_high"], ".2f"),
+                    ci(r["ppl_ratio"], r["ppl_ratio_low"], r["ppl_ratio_high"], ".2f"), r["coherent"], r["reaches_target"]] for r in st["rows"]])
     examples = _table(["α", "example completions (first sample of the first prompts)"],
                       [[a, "<br>".join(_e(t) for t in texts)] for a, texts in st["examples"].items() if a in ("0", f"{st['alpha']:g}")])
-    return (f"<h3>Layer selection</h3><p class='note'>{_e(sel['rule'])}; {sel['n_train']} train / {sel['n_test']} held-out pairs.</p>{layers}"
-            f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean score {_num(st['baseline']['mean_score'])}, "
-            f"perplexity {_num(st['baseline']['perplexity'])}; {len(st['prompts'])} prompts × {st['samples']} samples × "
+    return (f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean score {num(st['baseline']['mean_score'])}, "
+            f"perplexity {num(st['baseline']['perplexity'])}; {len(st['prompts'])} prompts × {st['samples']} samples × "
             f"{st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}{_img(plots['calibration'], 'calibration')}{examples}")
 
 
@@ -105,12 +98,12 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
     ident = res["identifiability"]
     summ, cfg = ident["summary"], ident["config"]
     vn = summ["v_vs_none"]
-    rows = [["v vs none", "reference", _num(vn["mean_v"]), _ci(vn["g"], vn["g_low"], vn["g_high"]), "", "", _num(vn["p_diff"]),
-             _num(vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None)]]
+    rows = [["v vs none", "reference", num(vn["mean_v"]), ci(vn["g"], vn["g_low"], vn["g_high"], ".2f"), "", "", num(vn["p_diff"]),
+             num(vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None)]]
     for name, c in summ["conditions"].items():
-        rows.append([_e(name), _e(c["kind"]), _num(c["mean"]), _ci(c["g"], c["g_low"], c["g_high"]),
-                     _ci(c["efficacy"], c["efficacy_low"], c["efficacy_high"]), _num(c.get("p_tost_holm")), _num(c.get("p_diff_holm")),
-                     _num(c["js"]["estimate"]) if isinstance(c.get("js"), dict) else "n/a"])
+        rows.append([_e(name), _e(c["kind"]), num(c["mean"]), ci(c["g"], c["g_low"], c["g_high"], ".2f"),
+                     ci(c["efficacy"], c["efficacy_low"], c["efficacy_high"], ".2f"), num(c.get("p_tost_holm")), num(c.get("p_diff_holm")),
+                     num(c["js"]["estimate"] if isinstance(c.get("js"), dict) else None)])
     table = _table(["condition", "kind", "mean score", "g vs v [95 % CI] (v vs none: g vs none)", "efficacy vs v [95 % CI]",
                     "TOST p (Holm)", "difference p (Holm)", "JS from v (nats)"], rows)
     verdicts = _table(["readout", "verdict", "reason"], [[_e(k), f'<span class="badge {_status(v["verdict"])}">{_e(v["verdict"])}</span>',
@@ -121,7 +114,7 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
             f"{cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, α = {cfg['alpha']:g}, margin |g| < {cfg['margin_g']}; "
             f"positive control: {_e(summ['positive_control'])} (the {_e(cfg['control_trait'])} vector); random control seed "
             f"{_e(cfg['random_seed'])}.</p>{verdicts}{table}"
-            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {_num(acc, '.2f')} "
+            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(acc, '.2f')} "
             f"(behavioural verdicts need ≥ 0.7).</p>{_img(plots['effect_ratio'], 'effect ratio')}"
             f"<p class='note'>{_e(ident['statement'])}</p>")
 
@@ -130,7 +123,7 @@ def _status(verdict: str) -> str:
     return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no"}.get(verdict, "unknown")
 
 
-def geometry_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     ns = res["nullspace"]
     layer = str(res["layer_selection"]["chosen"])
     entry = ns["layers"][layer]
@@ -138,21 +131,24 @@ def geometry_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     for readout in ("logits", "logprobs"):
         s = entry[readout]["stacked"]
         rows.append([readout, " / ".join(f"{100 * v:.1f} %" for v in s["inert_fraction"].values()),
-                     " / ".join(str(v) for v in s["effective_rank"].values()), _num(s["condition"])])
+                     " / ".join(str(v) for v in s["effective_rank"].values()), num(s["condition"])])
     cov = entry["covariance"]["last_token"]
     spectrum = _table(["readout", "inert fraction @ " + " / ".join(entry["logits"]["stacked"]["inert_fraction"]),
                        "effective rank", "condition σmax/σmin"], rows)
     gain = entry["logits"].get("vector_gain") or {}
+    return (f"<h3>Null space of the logit Jacobian at layer {layer}</h3><p class='note'>Exact autograd Jacobians over "
+            f"{ns['config']['n_prompts']} prompts, stacked (JᵀJ summed in float64). Gain of v: {num(gain.get('gain_v'))} "
+            f"(average direction {num(gain.get('random_mean'))}). Activation covariance (a different object): low-variance "
+            f"fraction {' / '.join(f'{100 * v:.1f} %' for v in cov['low_variance_fraction'].values())} over {cov['n_samples']} "
+            f"last-token states.</p>{spectrum}{_img(plots['spectra'], 'spectra')}")
+
+
+def recovery_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     recov = _table(["method", "identifiable", "class dim", "stability: mean cos [CI]", "cos with mean diff", "reason"],
                    [[_e(r["method"]), _e(r["identifiable"]), _e(r["class_dim"]),
-                     _ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
-                     _num(r["details"].get("cos_with_mean_diff"), ".3f"), _e(r["reason"])] for r in res["recovery"]])
-    return (f"<h3>Null space of the logit Jacobian at layer {layer}</h3><p class='note'>Exact autograd Jacobians over "
-            f"{ns['config']['n_prompts']} prompts, stacked (JᵀJ summed in float64). Gain of v: {_num(gain.get('gain_v'))} "
-            f"(average direction {_num(gain.get('random_mean'))}). Activation covariance (a different object): low-variance "
-            f"fraction {' / '.join(f'{100 * v:.1f} %' for v in cov['low_variance_fraction'].values())} over {cov['n_samples']} "
-            f"last-token states.</p>{spectrum}{_img(plots['spectra'], 'spectra')}"
-            f"<h3>Recovery under structural assumptions</h3>{recov}{_img(plots['stability'], 'stability')}")
+                     ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
+                     num(r["details"].get("cos_with_mean_diff"), ".3f"), _e(r["reason"])] for r in res["recovery"]])
+    return f"<h3>Recovery under structural assumptions</h3>{recov}{_img(plots['stability'], 'stability')}"
 
 
 def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
@@ -162,16 +158,16 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
     facts = _table(["quantity", "value"], [
         ["verdict", f'<span class="badge {_status(s["verdict"])}">{_e(s["verdict"])}</span>'],
         ["natural states recovered exactly", f"{100 * s['natural_exact_recovery']:.0f} % of {s['n_positions']} positions"],
-        ["noise floor / ε / median margin Δ", f"{_num(th['noise'])} / {_num(th['epsilon'])} / {_num(th['margin_median'])}"],
-        ["median best-found steered distance", f"{_num(s['median_steered_distance'])} ({_num(s['median_steered_over_noise'])} × noise floor)"],
-        ["steering displacement ‖αv‖", f"{_num(s['steering_norm'])} (best found / displacement {_num(s['median_steered_over_displacement'], '.3f')})"],
-        ["random vector of the same norm", f"median best-found {_num(rand['median_steered_distance'])}"],
-        ["Theorem 4.5 construction", f"collision at position {adv['i']}: distance {_num(adv['collision']['distance'])}; "
-                                     f"position {adv['i'] + 1}: {_num(adv['next']['distance'])}"],
+        ["noise floor / ε / median margin Δ", f"{num(th['noise'])} / {num(th['epsilon'])} / {num(th['margin_median'])}"],
+        ["median best-found steered distance", f"{num(s['median_steered_distance'])} ({num(s['median_steered_over_noise'])} × noise floor)"],
+        ["steering displacement ‖αv‖", f"{num(s['steering_norm'])} (best found / displacement {num(s['median_steered_over_displacement'], '.3f')})"],
+        ["random vector of the same norm", f"median best-found {num(rand['median_steered_distance'])}"],
+        ["Theorem 4.5 construction", f"collision at position {adv['i']}: distance {num(adv['collision']['distance'])}; "
+                                     f"position {adv['i'] + 1}: {num(adv['next']['distance'])}"],
     ])
     cols = [(side, name, v) for side in ("white_box", "black_box") for name, v in beh[side].items()]
     behaviour = _table(["evaluation", "generation from", "trait score", "KL from steered (nats/token)"],
-                       [[side.replace("_", "-"), _e(name), _num(v["trait_score"]), _num(v["kl_from_steered"])] for side, name, v in cols])
+                       [[side.replace("_", "-"), _e(name), num(v["trait_score"]), num(v["kl_from_steered"])] for side, name, v in cols])
     assumptions = _table(["component", "breaks real-analyticity", "detail"], [[_e(a["component"]), _e(a["breaks"]), _e(a["detail"])] for a in r["assumptions"]])
     return (f"<h3>Prompt inversion of natural and steered states</h3>{facts}{_img(plots['positions'], 'positions')}"
             f"{_img(plots['alpha_sweep'], 'alpha sweep')}<h3>Behaviour: white-box steering and black-box prompting, kept apart</h3>{behaviour}"
@@ -200,30 +196,35 @@ def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Pat
             "(green: yes, red: no, amber: undetermined or mixed).</p>",
             summary_section(results)]
     for trait, res in results["traits"].items():
-        p = plots[trait]
-        body += [f"<h2 id='{_e(trait)}-steering'>{_e(trait)}: does it steer?</h2>", steering_section(res, p),
-                 f"<h2 id='{_e(trait)}-identifiability'>{_e(trait)}: is it identifiable?</h2>", identifiability_section(res, p),
-                 geometry_section(res, p),
-                 f"<h2 id='{_e(trait)}-reachability'>{_e(trait)}: is the steered state reachable?</h2>", reachability_section(res, p)]
+        body += trait_sections(trait, res, plots[trait])
     body.append(reproduction_section(results, store))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             f"<title>steerscope audit: {_e(', '.join(cfg['traits']))}</title><style>{_CSS}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>")
 
 
-def trait_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
-    """Write the plots of one trait into ``folder`` (overwriting); returns name → path."""
-    from steerscope.audit.plots import (
-        plot_calibration, plot_effect_ratio, plot_reachability_positions, plot_reachability_sweep, plot_spectra, plot_stability,
-    )
+def trait_sections(trait: str, res: Mapping[str, Any], plots: Mapping[str, Path]) -> list[str]:
+    """The HTML of one trait: each registered stage's section, under its heading where it opens a part."""
+    from steerscope.audit.registry import stages
 
-    paths = {name: folder / f"{trait}_{name}.png" for name in ("calibration", "effect_ratio", "spectra", "stability", "positions", "alpha_sweep")}
-    plot_calibration(res, paths["calibration"], overwrite=True)
-    plot_effect_ratio(res["identifiability"], paths["effect_ratio"], overwrite=True)
-    plot_spectra(res["nullspace"], paths["spectra"], overwrite=True)
-    plot_stability(res["recovery"], paths["stability"], overwrite=True)
-    plot_reachability_positions(res["reachability"], paths["positions"], overwrite=True)
-    plot_reachability_sweep(res["reachability"], paths["alpha_sweep"], overwrite=True)
+    parts = []
+    for stage in stages():
+        if stage.heading is not None:
+            anchor, title = stage.heading
+            parts.append(f"<h2 id='{_e(trait)}-{_e(anchor)}'>{_e(trait)}: {_e(title)}</h2>")
+        if stage.section is not None:
+            parts.append(stage.section(res, plots))
+    return parts
+
+
+def trait_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
+    """Write the plots of every registered stage for one trait into ``folder`` (overwriting); returns name → path."""
+    from steerscope.audit.registry import stages
+
+    paths: dict[str, Path] = {}
+    for stage in stages():
+        if stage.plots is not None:
+            paths |= stage.plots(trait, res, folder)
     return paths
 
 

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,15 @@ class RunStore:
                                 f"{fingerprint}. Use another --out folder for another model.")
         if known is None:
             self._conn.execute("UPDATE run SET model_fingerprint = ?", (fingerprint,))
+
+    @contextmanager
+    def recording_interruption(self) -> Iterator[None]:
+        """Log an ``interrupted`` event (with the cells done) when Ctrl-C stops the body, then re-raise."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.log("interrupted", f"{self.count()} cells done")
+            raise
 
     def log(self, kind: str, detail: str | None = None) -> None:
         self._conn.execute("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)", (_now(), kind, detail))

@@ -15,17 +15,13 @@ Each answer has a ``status`` (a short label used for colour), a ``headline`` sen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from steerscope.audit.identifiability import MIN_SCORER_ACCURACY
+from steerscope.formatting import ci, num
 
 NULL_TOL = "0.001"
-
-
-def _f(x: Any, fmt: str = ".2f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
 def steers(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,13 +29,13 @@ def steers(result: Mapping[str, Any]) -> dict[str, Any]:
     vn = ident["summary"]["v_vs_none"]
     chosen = next(r for r in strength["rows"] if r["alpha"] == strength["alpha"])
     acc = ident.get("scorer_accuracy")
-    effect = f"effect g = {_f(vn['g'])} [95 % CI {_f(vn['g_low'])}, {_f(vn['g_high'])}], p = {_f(vn['p_diff'], '.3g')}"
-    side = (f"perplexity of steered text under the unsteered model × {_f(chosen['ppl_ratio'])} "
-            f"[{_f(chosen['ppl_ratio_low'])}, {_f(chosen['ppl_ratio_high'])}]")
+    effect = f"effect g = {num(vn['g'], '.2f')} [95 % CI {num(vn['g_low'], '.2f')}, {num(vn['g_high'], '.2f')}], p = {num(vn['p_diff'], '.3g')}"
+    side = (f"perplexity of steered text under the unsteered model × "
+            f"{ci(chosen['ppl_ratio'], chosen['ppl_ratio_low'], chosen['ppl_ratio_high'], '.2f')}")
     js = vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None
     facts = [effect, side, f"α = {strength['alpha']:g} ({strength['reason']})"]
     if js is not None:
-        facts.append(f"next-token JS divergence from unsteered: {_f(js, '.3g')} nats")
+        facts.append(f"next-token JS divergence from unsteered: {num(js, '.3g')} nats")
     if acc is not None and acc < MIN_SCORER_ACCURACY:
         status, headline = "unknown", (f"Unknown: the trait scorer is not valid (held-out accuracy {acc:.2f} < "
                                        f"{MIN_SCORER_ACCURACY}), so its effect cannot be measured.")
@@ -70,8 +66,8 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     ]
     gain = result["nullspace"]["layers"][layer]["logits"].get("vector_gain")
     if gain:
-        facts.append(f"gain of v through the logit Jacobian: {_f(gain['gain_v'], '.3g')} (average direction "
-                     f"{_f(gain['random_mean'], '.3g')})")
+        facts.append(f"gain of v through the logit Jacobian: {num(gain['gain_v'], '.3g')} (average direction "
+                     f"{num(gain['random_mean'], '.3g')})")
     labels = {beh["verdict"], dist["verdict"]}
     if "equivalent" in labels and "different" not in labels:
         status, headline = "no", ("No: adding components orthogonal to v leaves the outcome unchanged, so v is one of many "
@@ -91,10 +87,10 @@ def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
     s = result["reachability"]["summary"]
     facts = [
         f"natural states recovered exactly (positive control): {s['natural_exact_recovery']:.0%} of {s['n_positions']} positions",
-        f"best-found distance to a prompt's state: median {_f(s['median_steered_distance'], '.3g')} = "
-        f"{_f(s['median_steered_over_noise'], '.3g')} × the natural noise floor ({_f(s['noise_floor'], '.2g')})",
-        f"steering displacement ‖αv‖ = {_f(s['steering_norm'], '.3g')}; best-found / displacement = "
-        f"{_f(s['median_steered_over_displacement'], '.3f')}",
+        f"best-found distance to a prompt's state: median {num(s['median_steered_distance'], '.3g')} = "
+        f"{num(s['median_steered_over_noise'], '.3g')} × the natural noise floor ({num(s['noise_floor'], '.2g')})",
+        f"steering displacement ‖αv‖ = {num(s['steering_norm'], '.3g')}; best-found / displacement = "
+        f"{num(s['median_steered_over_displacement'], '.3f')}",
         result["reachability"]["statement"],
     ]
     if s["verdict"] == "reachable":
@@ -103,11 +99,6 @@ def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
         status, headline = "unknown", ("Undetermined: the search does not recover every natural state, so failing to "
                                        "find the steered one says little.")
     else:
-        status, headline = "no", (f"No prompt found: the steered state stays {_f(s['median_steered_over_noise'], '.3g')}× "
+        status, headline = "no", (f"No prompt found: the steered state stays {num(s['median_steered_over_noise'], '.3g')}× "
                                   "the noise floor away from every prompt state the search reached (an upper bound, not a proof).")
     return {"status": status, "headline": headline, "facts": facts}
-
-
-def answers(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"steers", "identifiable", "reachable"}`` answers for one trait's results."""
-    return {"steers": steers(result), "identifiable": identifiable(result), "reachable": reachable(result)}

@@ -16,7 +16,7 @@ within the allowed factor.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from steerscope.generate import GenerationConfig, generate
 from steerscope.intervene import steer
 from steerscope.likelihood import perplexity
 from steerscope.models.loading import LoadedModel
+from steerscope.score.base import Scorer
 from steerscope.stats import cluster_bootstrap, hedges_g, prompt_means
 
 LAYER_RANGE = (0.2, 0.6)
@@ -71,7 +72,7 @@ def layer_separation(lm: LoadedModel, train: Sequence[ContrastivePair], test: Se
 
 
 def strength_point(lm: LoadedModel, layer: int, vector: torch.Tensor, alpha: float, prompts: Sequence[str],
-                   scorer: Callable[[Sequence[str]], np.ndarray], samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+                   scorer: Scorer, samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
     """Trait scores and unsteered-model perplexities ``[n_prompts][samples]`` of completions at ``alpha``."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, seed=seed)
     rows = [p for p in prompts for _ in range(samples)]

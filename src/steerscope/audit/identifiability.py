@@ -34,7 +34,9 @@ from steerscope.divergence import condition_divergences
 from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate
 from steerscope.intervene import steer_rows
+from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
+from steerscope.score.base import Scorer
 from steerscope.stats import (
     cluster_bootstrap,
     compare_conditions,
@@ -156,7 +158,7 @@ def behavioural_scores(
     layer: int,
     conditions: Sequence[Condition],
     prompts: Sequence[str],
-    scorer: Callable[[Sequence[str]], np.ndarray],
+    scorer: Scorer,
     samples_per_prompt: int,
     config: GenerationConfig,
     positions: str = "all",
@@ -427,7 +429,7 @@ def verdict(summary: Mapping[str, Any], alpha: float = 0.05, scorer_accuracy: fl
             "distributional": _distributional_verdict(summary)}
 
 
-def scorer_accuracy(scorer: object) -> float | None:
+def scorer_accuracy(scorer: Scorer) -> float | None:
     """A scorer's held-out accuracy from its ``validity`` dict (None when not measured)."""
     return (getattr(scorer, "validity", None) or {}).get("heldout_accuracy")
 
@@ -475,6 +477,12 @@ def audit_vectors(lm: LoadedModel, trait: str, layer: int, control_trait: str | 
     return vec, control, control_trait
 
 
+def _default_scorer(trait: str) -> Scorer:
+    from steerscope.score.base import get_scorer
+
+    return get_scorer(trait)
+
+
 def evaluation_prompts(trait: str, env: str, n_prompts: int) -> list[str]:
     """The first ``n_prompts`` built-in evaluation prompts of ``trait`` in ``env``; SteerscopeError
     when fewer exist or fewer than 2 are asked for (the prompt is the statistical unit)."""
@@ -488,21 +496,43 @@ def evaluation_prompts(trait: str, env: str, n_prompts: int) -> list[str]:
     return prompts[:n_prompts]
 
 
-def jsonable(x: Any) -> Any:
-    """``x`` with numpy/torch values as plain Python, NaN/Inf as None, tuples as lists."""
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
+@dataclass(frozen=True)
+class IdentifiabilitySettings:
+    """Sizes, generation and statistics of the identifiability audit and its extensions.
+
+    ``n_draws`` orthogonal draws u ⊥ v (seeds ``seed + i``); ``n_prompts`` evaluation prompts of
+    environment ``env`` (the prompt is the statistical unit) × ``samples_per_prompt`` completions
+    of ``max_new_tokens`` tokens sampled at ``temperature``; equivalence margin ``margin_g`` in
+    |Hedges' g|; ``n_boot`` bootstrap resamples; the positive control from ``control_trait``'s
+    vector (default: :func:`default_control_trait`).
+    """
+
+    n_draws: int = 4
+    env: str = "in_distribution"
+    n_prompts: int = 12
+    samples_per_prompt: int = 3
+    max_new_tokens: int = 24
+    seed: int = 0
+    margin_g: float = 0.2
+    control_trait: str | None = None
+    n_boot: int = 2000
+    temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        from steerscope.data.traits import ENVIRONMENTS
+
+        if self.env not in ENVIRONMENTS:
+            raise SteerscopeError(f"unknown environment {self.env!r}; use one of {', '.join(ENVIRONMENTS)}")
+        if self.n_draws < 1:
+            raise SteerscopeError(f"n_draws (--seeds) must be at least 1, got {self.n_draws}")
+        if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
+            raise SteerscopeError("--samples and --max-new-tokens must be at least 1")
+        if not self.margin_g > 0 or self.n_boot < 1:
+            raise SteerscopeError(f"need a margin > 0 and at least one bootstrap resample, got {self.margin_g} and {self.n_boot}")
+
+    def generation(self) -> GenerationConfig:
+        """The sampling configuration of the behavioural readout."""
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature, seed=self.seed)
 
 
 def run_identifiability(
@@ -510,44 +540,34 @@ def run_identifiability(
     trait: str,
     layer: int,
     alpha: float,
-    n_draws: int = 4,
-    env: str = "in_distribution",
-    n_prompts: int = 12,
-    samples_per_prompt: int = 3,
-    max_new_tokens: int = 24,
-    seed: int = 0,
-    margin_g: float = 0.2,
-    scorer=None,
-    control_trait: str | None = None,
-    n_boot: int = 2000,
-    temperature: float = 0.8,
+    settings: IdentifiabilitySettings | None = None,
+    scorer: Scorer | None = None,
     vectors: tuple | None = None,
 ) -> dict[str, Any]:
     """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
 
-    ``vectors`` is the result of :func:`audit_vectors` when the caller already has it.
+    ``vectors`` is the result of :func:`audit_vectors` when the caller already has it; ``scorer``
+    defaults to the trait's built-in scorer.
     """
+    s = settings or IdentifiabilitySettings()
     layer = lm.check_layer(layer)
-    if scorer is None:
-        from steerscope.score.base import get_scorer
-
-        scorer = get_scorer(trait)
-    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, control_trait)
+    scorer = scorer if scorer is not None else _default_scorer(trait)
+    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, s.control_trait)
     v = vec.directions[layer]
-    prompts = evaluation_prompts(trait, env, n_prompts)
-    conditions = build_conditions(v, alpha, n_draws, seed, control.directions[layer])
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
-    scores = behavioural_scores(lm, layer, conditions, prompts, scorer, samples_per_prompt, config)
+    prompts = evaluation_prompts(trait, s.env, s.n_prompts)
+    conditions = build_conditions(v, alpha, s.n_draws, s.seed, control.directions[layer])
+    config = s.generation()
+    scores = behavioural_scores(lm, layer, conditions, prompts, scorer, s.samples_per_prompt, config)
     v_cond = next(c for c in conditions if c.kind == "v")
-    continuations = reference_continuations(lm, layer, v_cond, prompts, max_new_tokens)
+    continuations = reference_continuations(lm, layer, v_cond, prompts, s.max_new_tokens)
     divergences = distributional_readout(lm, layer, conditions, prompts, continuations)
-    summary = summarise(scores, divergences, conditions, margin_g=margin_g, n_boot=n_boot, seed=seed)
+    summary = summarise(scores, divergences, conditions, margin_g=s.margin_g, n_boot=s.n_boot, seed=s.seed)
     report = {
         "config": {
-            "trait": trait, "layer": layer, "alpha": alpha, "n_draws": n_draws, "env": env, "n_prompts": len(prompts),
-            "samples_per_prompt": samples_per_prompt, "max_new_tokens": max_new_tokens, "seed": seed,
-            "margin_g": margin_g, "control_trait": control_trait, "n_boot": n_boot, "temperature": temperature,
-            "draw_seeds": [seed + i for i in range(n_draws)], "random_seed": seed + RANDOM_SEED_OFFSET,
+            "trait": trait, "layer": layer, "alpha": alpha, "n_draws": s.n_draws, "env": s.env, "n_prompts": len(prompts),
+            "samples_per_prompt": s.samples_per_prompt, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
+            "margin_g": s.margin_g, "control_trait": control_trait, "n_boot": s.n_boot, "temperature": s.temperature,
+            "draw_seeds": [s.seed + i for i in range(s.n_draws)], "random_seed": s.seed + RANDOM_SEED_OFFSET,
             "generation": config.__dict__, "extraction": {"method": "mean_diff", "split": "train"},
         },
         "model": lm.info(),
@@ -560,6 +580,6 @@ def run_identifiability(
         "reference_continuations": continuations,
         "summary": summary,
         "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer)),
-        "statement": STATEMENT.format(margin=margin_g),
+        "statement": STATEMENT.format(margin=s.margin_g),
     }
     return jsonable(report)

@@ -1,7 +1,7 @@
 """Null-space audit: which residual-stream directions at a layer does the output ignore?
 
 For each layer, the exact Jacobians of next-token logits and log-probabilities w.r.t. the
-residual at the chosen positions of every prompt (:mod:`steerscope.audit.jacobian`) are stacked
+residual at the chosen positions of every prompt (:mod:`steerscope.jacobian`) are stacked
 through their Gram matrices. Reported per layer and readout: the singular spectrum of the stack
 (the *common* kernel over the prompts), effective ranks and inert fractions at relative
 tolerances, the same for single prompts, principal angles between per-prompt null spaces, the
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from steerscope.audit.jacobian import (
+from steerscope.jacobian import (
     TOLERANCES,
     HeadGram,
     covariance_spectrum,
@@ -116,14 +116,3 @@ def nullspace_audit(
         entry["covariance"] = {"all_tokens": covariance_spectrum(tokens, tolerances), "last_token": covariance_spectrum(last, tolerances)}
         results["layers"][str(layer)] = entry
     return results
-
-
-def builtin_prompt_mix(n: int) -> list[str]:
-    """``n`` built-in evaluation prompts, taken round-robin over every trait × environment."""
-    from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
-
-    pools = [builtin_prompts(trait, env) for trait in TRAITS for env in ENVIRONMENTS]
-    mixed = [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
-    if n > len(mixed):
-        raise SteerscopeError(f"only {len(mixed)} built-in prompts exist, {n} requested")
-    return mixed[:n]

@@ -18,29 +18,27 @@ distance to the prompt-reachable set, not a proof that no prompt reaches the sta
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from steerscope.audit.assumptions import check_assumptions
-from steerscope.audit.identifiability import jsonable, random_draw
-from steerscope.capture import block_hidden
+from steerscope.audit.identifiability import random_draw
 from steerscope.divergence import kl_js
 from steerscope.encoding import encode_prompt
-from steerscope.errors import DataError, SteerscopeError
+from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate_from_ids
-from steerscope.intervene import steer
+from steerscope.intervene import Add, Steering, steer
 from steerscope.likelihood import continuation_logprobs
 from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, check_context, hidden_states, invert
+from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
+from steerscope.score.base import Scorer
 
 STATEMENT = ("a failed search is an upper bound on the distance to the set of prompt-reachable states, not a proof "
              "that no prompt reaches the steered state")
@@ -70,50 +68,7 @@ class AuditSettings:
     seed: int = 0
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line) or a JSONL file with a ``prompt`` field per line."""
-    file = Path(path)
-    if not file.is_file():
-        raise SteerscopeError(f"prompt file {file} does not exist")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if file.suffix != ".jsonl":
-        return [line.strip() for line in lines]
-    prompts, problems = [], []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{file}:{n}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            problems.append(f"{file}:{n}: prompt: missing or not a non-empty string")
-        else:
-            prompts.append(record["prompt"])
-    if problems:
-        raise DataError(str(file), problems)
-    if not prompts:
-        raise SteerscopeError(f"no prompts in {file}")
-    return prompts
-
-
 # --- targets -----------------------------------------------------------------------------------
-
-@contextmanager
-def add_at(lm: LoadedModel, layer: int, vector: torch.Tensor, positions: Sequence[int]) -> Iterator[None]:
-    """Add ``vector`` (``[d]``) to the output of block ``layer`` at absolute ``positions`` of a full-sequence pass."""
-    idx = torch.as_tensor(list(positions), dtype=torch.long)
-
-    def hook(_module, _args, output):
-        h = block_hidden(output).clone()
-        h[:, idx] += vector.to(h.device, h.dtype)
-        return (h, *output[1:]) if isinstance(output, tuple) else h
-
-    handle = lm.layers[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
 
 def steered_states(lm: LoadedModel, ids: Sequence[int], vector: torch.Tensor, alpha: float, layer: int, capture_layer: int) -> torch.Tensor:
     """``[T, d]`` states at ``capture_layer`` with ``alpha·vector`` added at layer ``layer``, every position."""
@@ -182,7 +137,7 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
     q = list(ids[:i]) + [replacement] + list(ids[i + 1:])
     h_p, h_q = hidden_states(lm, ids, layer), hidden_states(lm, q, layer)
     v_star = h_q[i] - h_p[i]
-    with add_at(lm, layer, v_star, [i, i + 1]):
+    with Steering(lm, {layer: Add(v_star)}, positions=[i, i + 1]):
         target = hidden_states(lm, ids[: i + 2], layer)
     first = invert(lm, target[: i + 1], layer, threshold.epsilon, prefix=ids[:i], config=settings.natural_search)
     nxt = SearchConfig(policy="exhaustive", chunk=settings.natural_search.chunk) if settings.adversarial_exhaustive else settings.steered_search
@@ -206,7 +161,7 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
 
 def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence[Sequence[int]], nearest: Sequence[Sequence[int]],
                          vector: torch.Tensor, alpha: float, layer: int, trait: str | None,
-                         scorer: Callable[[Sequence[str]], np.ndarray] | None, max_new_tokens: int) -> dict:
+                         scorer: Scorer | None, max_new_tokens: int) -> dict:
     """Greedy generations and readouts for four columns: ``unsteered``, ``steered`` (white-box),
     ``nearest_prompt`` (the search's tokens for the steered states) and ``instruction`` (black-box
     prompt baseline; only with a built-in trait). KL: mean per-token ``KL(p_steered ‖ p_column)``
@@ -267,7 +222,7 @@ def run_reachability(
     calibration_prompts: Sequence[str],
     capture_layer: int | None = None,
     trait: str | None = None,
-    scorer: Callable[[Sequence[str]], np.ndarray] | None = None,
+    scorer: Scorer | None = None,
     settings: AuditSettings | None = None,
     vector_info: dict | None = None,
 ) -> dict[str, Any]:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,19 +19,20 @@ import torch
 
 from steerscope.audit.identifiability import (
     Condition,
+    IdentifiabilitySettings,
     _interval,
     behavioural_scores,
     build_conditions,
     evaluation_prompts,
-    jsonable,
     orthogonal_draw,
     scorer_accuracy,
     summarise,
     verdict,
 )
 from steerscope.errors import SteerscopeError
-from steerscope.generate import GenerationConfig
+from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
+from steerscope.score.base import Scorer
 from steerscope.stats import efficacy, hedges_g, prompt_means
 
 
@@ -66,14 +67,10 @@ def alpha_sweep(
     layer: int,
     v: torch.Tensor,
     alphas: Sequence[float],
-    n_draws: int,
-    seed: int,
     prompts: Sequence[str],
-    scorer: Callable[[Sequence[str]], np.ndarray],
-    samples_per_prompt: int,
-    config: GenerationConfig,
+    scorer: Scorer,
+    settings: IdentifiabilitySettings,
     h_norm: float | None = None,
-    n_boot: int = 2000,
     level: float = 0.95,
 ) -> dict[str, Any]:
     """Scale-invariance check: mean scores, efficacy and g vs v of each ``v + u_i`` at every α.
@@ -84,9 +81,10 @@ def alpha_sweep(
     ``relative_dose`` is ``|α|·‖v‖ / h_norm`` (None without ``h_norm``). Efficacy CIs resample
     prompts jointly over ``[cond, none, v]``; undefined statistics are reported as None.
     """
+    n_draws, seed, samples_per_prompt, n_boot = settings.n_draws, settings.seed, settings.samples_per_prompt, settings.n_boot
     conds = sweep_conditions(v, alphas, n_draws, seed)
     generated = [c for c in conds if c.kind == "none" or c.alpha != 0.0]
-    scores = behavioural_scores(lm, layer, generated, prompts, scorer, samples_per_prompt, config)
+    scores = behavioural_scores(lm, layer, generated, prompts, scorer, samples_per_prompt, settings.generation())
     none = np.asarray(scores["none"], float)
     for c in conds:
         if c.name not in scores:
@@ -131,42 +129,37 @@ def environment_runs(
     layer: int,
     v: torch.Tensor,
     alpha: float,
-    n_draws: int,
-    seed: int,
-    scorer: Callable[[Sequence[str]], np.ndarray],
-    samples_per_prompt: int,
-    config: GenerationConfig,
+    scorer: Scorer,
+    settings: IdentifiabilitySettings,
     control_direction: torch.Tensor | None = None,
-    n_prompts: int = 12,
-    margin_g: float = 0.2,
-    n_boot: int = 2000,
     prompts_by_env: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Behavioural comparison (none, v, v+perp draws, targeted) in every built-in environment.
 
-    Prompts are ``evaluation_prompts(trait, env, n_prompts)`` unless ``prompts_by_env`` gives them.
+    Prompts are ``evaluation_prompts(trait, env, settings.n_prompts)`` unless ``prompts_by_env`` gives them.
     Each environment gets :func:`summarise` (no divergences) and the behavioural :func:`verdict`.
     Returns ``{"trait", "alpha", "layer", "environments": {env: {...}}}``, JSON-serialisable.
     """
     from steerscope.data import ENVIRONMENTS
 
+    s = settings
     keep = ("none", "v", "v+perp", "targeted")
-    conds = [c for c in build_conditions(v, alpha, n_draws, seed, control_direction) if c.kind in keep]
+    conds = [c for c in build_conditions(v, alpha, s.n_draws, s.seed, control_direction) if c.kind in keep]
     results: dict[str, Any] = {}
     for env in ENVIRONMENTS:
-        prompts = list(prompts_by_env[env]) if prompts_by_env is not None else evaluation_prompts(trait, env, n_prompts)
+        prompts = list(prompts_by_env[env]) if prompts_by_env is not None else evaluation_prompts(trait, env, s.n_prompts)
         if len(prompts) < 2:
             raise SteerscopeError(f"environment {env}: need at least 2 prompts, got {len(prompts)}")
-        scores = behavioural_scores(lm, layer, conds, prompts, scorer, samples_per_prompt, config)
-        summary = summarise(scores, None, conds, margin_g=margin_g, n_boot=n_boot, seed=seed)
+        scores = behavioural_scores(lm, layer, conds, prompts, scorer, s.samples_per_prompt, s.generation())
+        summary = summarise(scores, None, conds, margin_g=s.margin_g, n_boot=s.n_boot, seed=s.seed)
         results[env] = {
             "n_prompts": len(prompts),
             "mean_scores": {name: float(np.mean(s)) for name, s in scores.items()},
             "summary": summary,
             "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer))["behavioural"],
         }
-    return jsonable({"trait": trait, "layer": layer, "alpha": float(alpha), "n_draws": n_draws, "seed": seed,
-                     "samples_per_prompt": samples_per_prompt, "environments": results})
+    return jsonable({"trait": trait, "layer": layer, "alpha": float(alpha), "n_draws": s.n_draws, "seed": s.seed,
+                     "samples_per_prompt": s.samples_per_prompt, "environments": results})
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -187,19 +180,10 @@ def run_extensions(
     trait: str,
     layer: int,
     alpha: float,
+    settings: IdentifiabilitySettings | None = None,
     alphas: Sequence[float] | None = None,
     all_envs: bool = False,
-    n_draws: int = 4,
-    env: str = "in_distribution",
-    n_prompts: int = 12,
-    samples_per_prompt: int = 3,
-    max_new_tokens: int = 24,
-    seed: int = 0,
-    margin_g: float = 0.2,
-    scorer=None,
-    control_trait: str | None = None,
-    n_boot: int = 2000,
-    temperature: float = 0.8,
+    scorer: Scorer | None = None,
     vectors: tuple | None = None,
 ) -> dict[str, Any]:
     """The α sweep (when ``alphas``) and environment runs (when ``all_envs``) with the settings of
@@ -213,24 +197,21 @@ def run_extensions(
 
     if not alphas and not all_envs:
         return {}
+    s = settings or IdentifiabilitySettings()
     layer = lm.check_layer(layer)
     if scorer is None:
         from steerscope.score.base import get_scorer
 
         scorer = get_scorer(trait)
-    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, control_trait)
+    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, s.control_trait)
     v = vec.directions[layer]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, seed=seed)
     out: dict[str, Any] = {}
     if alphas:
         dose = vec.dose(1.0, layer)
         h_norm = vec.norm(layer) / dose if dose else None
-        prompts = evaluation_prompts(trait, env, n_prompts)
-        out["alpha_sweep"] = alpha_sweep(lm, layer, v, alphas, n_draws, seed, prompts, scorer, samples_per_prompt,
-                                         config, h_norm=h_norm, n_boot=n_boot) | {"env": env}
+        prompts = evaluation_prompts(trait, s.env, s.n_prompts)
+        out["alpha_sweep"] = alpha_sweep(lm, layer, v, alphas, prompts, scorer, s, h_norm=h_norm) | {"env": s.env}
     if all_envs:
-        out["environments"] = environment_runs(
-            lm, trait, layer, v, alpha, n_draws, seed, scorer, samples_per_prompt, config,
-            control_direction=control.directions[layer], n_prompts=n_prompts, margin_g=margin_g, n_boot=n_boot,
-        ) | {"control_trait": control_trait}
+        out["environments"] = environment_runs(lm, trait, layer, v, alpha, scorer, s, control_direction=control.directions[layer]) | {
+            "control_trait": control_trait}
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +18,16 @@ def _resource(kind: str, trait: str) -> str:
     if trait not in TRAITS:
         raise SteerscopeError(f"unknown built-in trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
     return resources.files("steerscope.data").joinpath("builtin", kind, f"{trait}.jsonl").read_text(encoding="utf-8")
+
+
+def check_traits(traits: Sequence[str]) -> list[str]:
+    """The built-in traits named, in order and without repeats; SteerscopeError for an unknown one or none."""
+    for trait in traits:
+        if trait not in TRAITS:
+            raise SteerscopeError(f"unknown trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
+    if not traits:
+        raise SteerscopeError("at least one built-in trait is needed (--trait)")
+    return list(dict.fromkeys(traits))
 
 
 def builtin_pairs(trait: str, split: str | None = None) -> list[ContrastivePair]:
@@ -44,6 +55,23 @@ def load_pairs(source: str | Path, split: str | None = None) -> list[Contrastive
     if isinstance(source, str) and not Path(source).exists() and Path(source).suffix != ".jsonl" and "/" not in source:
         raise SteerscopeError(f"{source!r} is neither a built-in trait ({', '.join(TRAITS)}) nor an existing file")
     return select_split(read_pairs_file(source), split)
+
+
+def extraction_pairs(trait: str | None, dataset: str | Path | None, split: str | None = "train") -> list[ContrastivePair]:
+    """The pairs a vector is extracted from: exactly one of a built-in ``trait`` or a pair file ``dataset``.
+
+    ``split`` None or ``"all"``: every pair. A pair file without any ``train`` split gives all its
+    pairs for the default ``"train"``.
+    """
+    if (trait is None) == (dataset is None):
+        raise SteerscopeError("give exactly one of --trait or --dataset")
+    wanted = None if split in (None, "all") else split
+    if trait is not None:
+        return load_pairs(trait, wanted)
+    pairs = load_pairs(dataset, None)
+    if wanted == "train" and not any(p.split == "train" for p in pairs):
+        return pairs
+    return select_split(pairs, wanted)
 
 
 def dataset_summary() -> list[dict]:

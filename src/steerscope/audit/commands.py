@@ -1,0 +1,345 @@
+"""The single-audit commands as library objects: what ``steerscope audit identifiability``,
+``audit nullspace``, ``audit reachability`` and ``recover`` decide, run and write.
+
+Each command is a settings object with two steps: :meth:`prepare` validates the request and
+checks the output files before any model is loaded, :meth:`run` computes on a loaded model and
+writes the output folder atomically, returning a :class:`Written` (the Markdown summary and the
+files). Sizes and defaults come from :mod:`steerscope.audit.profiles`. The CLI only parses
+options into these objects and prints what they return.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerscope.audit.identifiability import IdentifiabilitySettings
+from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
+from steerscope.audit.reachability import AuditSettings
+from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
+from steerscope.errors import SteerscopeError
+from steerscope.fileio import atomic_write, check_output_path
+from steerscope.models.loading import LoadedModel
+from steerscope.score.base import Scorer
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a command wrote: its Markdown summary and the files, by name."""
+
+    markdown: str
+    files: dict[str, Path]
+
+
+def _check_outputs(paths: Mapping[str, Path], overwrite: bool) -> None:
+    """Refuse existing outputs and a missing matplotlib before any work."""
+    from steerscope.audit.plots import _pyplot
+
+    for path in paths.values():
+        check_output_path(path, overwrite)
+    _pyplot()
+
+
+def _write_json(path: Path, data: Any, overwrite: bool, indent: int = 2) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent, allow_nan=False)), overwrite)
+
+
+def _write_text(path: Path, text: str, overwrite: bool) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
+
+
+# --- identifiability -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IdentifiabilityCommand:
+    """``v`` against ``v + u`` (u ⊥ v) for one or more built-in traits at one layer.
+
+    ``alpha`` None: :data:`~steerscope.audit.profiles.DEFAULT_ALPHA`; ``layer`` None:
+    :func:`~steerscope.audit.profiles.default_layer`. ``sweep_alphas``: also the α
+    sweep; ``all_envs``: also every environment. Several traits share one Holm family.
+    """
+
+    traits: tuple[str, ...]
+    out_dir: Path
+    settings: IdentifiabilitySettings
+    alpha: float | None = None
+    layer: int | None = None
+    sweep_alphas: tuple[float, ...] = ()
+    all_envs: bool = False
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        """results.json, summary.md and the plots (named per trait when several traits)."""
+        out = {"results": self.out_dir / "results.json", "summary": self.out_dir / "summary.md"}
+        for t in self.traits:
+            for plot in ("effect_ratio", *(("alpha_sweep",) if self.sweep_alphas else ())):
+                out[plot + self._suffix(t)] = self.out_dir / f"{plot}{self._suffix(t)}.png"
+        if self.all_envs:
+            out["environments"] = self.out_dir / "environments.png"
+        return out
+
+    def _suffix(self, trait: str) -> str:
+        return f"_{trait}" if len(self.traits) > 1 else ""
+
+    def prepare(self) -> None:
+        from steerscope.audit.identifiability import evaluation_prompts
+
+        for trait in check_traits(self.traits):
+            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
+        _check_outputs(self.paths(), self.overwrite)
+
+    def chosen_layer(self, lm: LoadedModel) -> int:
+        return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
+
+    def reports(self, lm: LoadedModel) -> dict[str, dict[str, Any]]:
+        """Every trait's report (with the α sweep / environments when asked), Holm across traits."""
+        from steerscope.audit.identifiability import audit_vectors, holm_across_traits, run_identifiability
+        from steerscope.audit.sweep import run_extensions
+        from steerscope.score.base import get_scorer
+
+        layer, alpha, reports = self.chosen_layer(lm), self.alpha if self.alpha is not None else DEFAULT_ALPHA, {}
+        for t in self.traits:
+            scorer, vectors = get_scorer(t), audit_vectors(lm, t, layer, self.settings.control_trait)
+            reports[t] = run_identifiability(lm, t, layer, alpha, self.settings, scorer=scorer, vectors=vectors)
+            reports[t] |= run_extensions(lm, t, layer, alpha, self.settings, alphas=self.sweep_alphas or None,
+                                         all_envs=self.all_envs, scorer=scorer, vectors=vectors)
+        return holm_across_traits(reports) if len(self.traits) > 1 else reports
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.markdown import identifiability_markdown, traits_overview_markdown
+        from steerscope.audit.plots import plot_alpha_sweep, plot_effect_ratio, plot_environment_heatmap
+
+        reports, paths = self.reports(lm), self.paths()
+        if len(self.traits) > 1:
+            result = {"traits": reports, "verdict": {t: r["verdict"] for t, r in reports.items()},
+                      "holm_family": reports[self.traits[0]]["summary"]["holm_family"]}
+            markdown = "\n".join([traits_overview_markdown(reports)] + [identifiability_markdown(r) for r in reports.values()])
+        else:
+            result = reports[self.traits[0]]
+            markdown = identifiability_markdown(result)
+        _write_json(paths["results"], result, self.overwrite)
+        _write_text(paths["summary"], markdown, self.overwrite)
+        for t, report in reports.items():
+            plot_effect_ratio(report, paths["effect_ratio" + self._suffix(t)], self.overwrite)
+            if self.sweep_alphas:
+                plot_alpha_sweep(report["alpha_sweep"], paths["alpha_sweep" + self._suffix(t)], self.overwrite)
+        if self.all_envs:
+            plot_environment_heatmap([r["environments"] for r in reports.values()], paths["environments"], self.overwrite)
+        return Written(markdown, paths)
+
+
+# --- null space ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NullspaceCommand:
+    """Exact Jacobian spectra at ``layers`` over ``prompts``; the gain of a trait's or a file's vector."""
+
+    out_dir: Path
+    layers: tuple[int, ...]
+    prompts: tuple[str, ...]
+    positions: tuple[int, ...] = (-1,)
+    tolerances: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+    trait: str | None = None
+    vector: Path | None = None
+    chunk: int = 144
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        return {name: self.out_dir / f"{name}.{ext}" for name, ext in (("results", "json"), ("summary", "md"), ("spectra", "png"))}
+
+    def prepare(self) -> None:
+        if self.trait is not None and self.vector is not None:
+            raise SteerscopeError("give at most one of --trait or --vector")
+        if self.trait is not None:
+            check_traits([self.trait])
+        _check_outputs(self.paths(), self.overwrite)
+
+    def _vectors(self, lm: LoadedModel, layers: Sequence[int]) -> Mapping[int, torch.Tensor] | None:
+        if self.vector is not None:
+            from steerscope.vectors import SteeringVector
+
+            return SteeringVector.load(self.vector, lm).directions
+        if self.trait is not None:
+            from steerscope.data import load_pairs
+            from steerscope.extract import extract
+
+            return extract(lm, load_pairs(self.trait, "train"), layers).directions
+        return None
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.markdown import nullspace_markdown
+        from steerscope.audit.nullspace import nullspace_audit
+        from steerscope.audit.plots import plot_spectra
+
+        layers = [lm.check_layer(x) for x in self.layers]
+        results = nullspace_audit(lm, list(self.prompts), layers, list(self.positions), list(self.tolerances),
+                                  self._vectors(lm, layers), progress=True, chunk=self.chunk)
+        paths, markdown = self.paths(), nullspace_markdown(results)
+        _write_json(paths["results"], results, self.overwrite, indent=1)
+        _write_text(paths["summary"], markdown, self.overwrite)
+        plot_spectra(results, paths["spectra"], self.overwrite)
+        return Written(markdown, paths)
+
+
+# --- recovery ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecoverCommand:
+    """A trait direction recovered under a structural assumption, with its identifiability report.
+
+    ``environments``: prompts per environment for the Jacobian Gram matrices (default: the
+    built-in environments of the trait, or of formality for a pair file); ``later_layers``: the
+    cross-layer targets (default :func:`~steerscope.audit.profiles.crosslayer_targets`);
+    ``options``: method-specific keywords of :func:`steerscope.recover.trait.recover_trait`.
+    """
+
+    method: str
+    out_dir: Path
+    layer: int
+    trait: str | None = None
+    dataset: Path | None = None
+    env_prompts: int = 6
+    environments: Mapping[str, Sequence[str]] | None = None
+    later_layers: tuple[int, ...] = ()
+    boot: int = 20
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        return {name: self.out_dir / name for name in ("recovery.json", "summary.md", "vector.safetensors")}
+
+    def prepare(self) -> None:
+        from steerscope.recover import METHODS
+
+        if self.method not in METHODS:
+            raise SteerscopeError(f"unknown recovery method {self.method!r}; use {', '.join(METHODS)}")
+        if (self.trait is None) == (self.dataset is None):
+            raise SteerscopeError("give exactly one of --trait or --dataset")
+        if self.trait is not None:
+            check_traits([self.trait])
+        for path in self.paths().values():
+            check_output_path(path, self.overwrite)
+
+    def _prompts_by_env(self) -> Mapping[str, Sequence[str]]:
+        if self.environments is not None:
+            return self.environments
+        return {e: builtin_prompts(self.trait or "formality", e) for e in ENVIRONMENTS}
+
+    def _inputs(self, lm: LoadedModel, layer: int) -> tuple[dict | None, dict | None]:
+        """The Jacobian Gram matrices per environment and the layer maps the method needs (or None)."""
+        from steerscope.recover.trait import layer_maps, prompt_grams
+
+        needs_grams = self.method in ("multienv", "crosslayer") or (self.method == "sparse" and self.options.get("observe") == "jacobian")
+        if not needs_grams:
+            return None, None
+        by_env = self._prompts_by_env()
+        grams = {e: prompt_grams(lm, list(p[: self.env_prompts]), layer) for e, p in by_env.items()}
+        if self.method != "crosslayer":
+            return grams, None
+        targets = [lm.check_layer(t) for t in self.later_layers] or crosslayer_targets(layer, lm.n_layers)
+        if not targets:
+            raise SteerscopeError(f"layer {layer} is the last one: cross-layer recovery needs a later layer")
+        return grams, layer_maps(lm, list(next(iter(by_env.values()))[: self.env_prompts]), layer, targets)
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.markdown import recovery_markdown
+        from steerscope.data import load_pairs
+        from steerscope.data.pairs import dataset_hash
+        from steerscope.recover.trait import recover_trait
+        from steerscope.vectors.file import SteeringVector, vector_metadata
+
+        pairs = load_pairs(self.trait if self.trait is not None else self.dataset, "train" if self.trait is not None else None)
+        layer = lm.check_layer(self.layer)
+        grams, maps = self._inputs(lm, layer)
+        result = recover_trait(lm, self.method, pairs, layer, grams=grams, maps=maps, n_boot=self.boot, seed=self.seed, **self.options)
+        report = result.to_dict() | {"model": lm.name, "trait": self.trait or str(self.dataset)}
+        paths, markdown = self.paths(), recovery_markdown(report)
+        _write_json(paths["recovery.json"], report, self.overwrite, indent=1)
+        _write_text(paths["summary.md"], markdown, self.overwrite)
+        meta = vector_metadata(lm, method=f"recover-{self.method}", layers=[layer], dataset_hash=dataset_hash(pairs),
+                               trait=self.trait or "", n_pairs=len(pairs))
+        SteeringVector({layer: torch.as_tensor(result.direction, dtype=torch.float32)}, meta).save(paths["vector.safetensors"],
+                                                                                              overwrite=self.overwrite)
+        return Written(markdown, paths)
+
+
+# --- reachability --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReachabilityCommand:
+    """Can a prompt produce the state steered by a vector file's direction or a trait's mean-diff vector?
+
+    ``layer`` None: the vector's only layer, or the default layer with a trait. ``prompts`` None:
+    the built-in in-distribution prompts of the vector's trait (formality's when it has none).
+    """
+
+    out_dir: Path
+    alpha: float
+    settings: AuditSettings
+    n_prompts: int
+    vector: Path | None = None
+    trait: str | None = None
+    layer: int | None = None
+    capture_layer: int | None = None
+    prompts: tuple[str, ...] | None = None
+    allow_model_mismatch: bool = False
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        return {name: self.out_dir / name for name in ("results.json", "summary.md", "positions.png", "alpha_sweep.png")}
+
+    def prepare(self) -> None:
+        if (self.vector is None) == (self.trait is None):
+            raise SteerscopeError("pass exactly one of --vector and --trait")
+        if self.trait is not None:
+            check_traits([self.trait])
+        _check_outputs(self.paths(), self.overwrite)
+
+    def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], str | None]:
+        """``(direction [d], layer, vector_info, trait or None)`` of the audited vector."""
+        if self.vector is None:
+            from steerscope.audit.identifiability import audit_vectors
+
+            layer = lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
+            info = {"source": f"built-in {self.trait} pairs (train split), mean_diff", "method": "mean_diff"}
+            return audit_vectors(lm, str(self.trait), layer)[0].directions[layer], layer, info, self.trait
+        from steerscope.vectors import SteeringVector
+
+        vec = SteeringVector.load(self.vector)
+        vec.check_model(lm, self.allow_model_mismatch)
+        if self.layer is None and len(vec.layers) != 1:
+            raise SteerscopeError(f"the vector has layers {vec.layers}; choose one with --layer")
+        layer = lm.check_layer(self.layer) if self.layer is not None else vec.layers[0]
+        if layer not in vec.directions:
+            raise SteerscopeError(f"the vector has no direction for layer {layer}; it has {vec.layers}")
+        return vec.directions[layer], layer, {"source": str(self.vector), "method": vec.metadata.get("method")}, vec.metadata.get("trait") or None
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.markdown import reachability_markdown
+        from steerscope.audit.plots import plot_reachability_positions, plot_reachability_sweep
+        from steerscope.audit.reachability import run_reachability
+
+        direction, layer, info, trait = self.direction(lm)
+        builtin = trait in TRAITS
+        prompts = list(self.prompts or builtin_prompts(trait if builtin else TRAITS[0], "in_distribution"))[: self.n_prompts]
+        scorer = _scorer(trait) if builtin else None
+        report = run_reachability(lm, direction, layer, self.alpha, prompts, threshold_prompts(), capture_layer=self.capture_layer,
+                                  trait=trait, scorer=scorer, settings=self.settings, vector_info=info)
+        paths, markdown = self.paths(), reachability_markdown(report)
+        _write_json(paths["results.json"], report, self.overwrite)
+        _write_text(paths["summary.md"], markdown, self.overwrite)
+        plot_reachability_positions(report, paths["positions.png"], self.overwrite)
+        plot_reachability_sweep(report, paths["alpha_sweep.png"], self.overwrite)
+        return Written(markdown, paths)
+
+
+def _scorer(trait: str | None) -> Scorer:
+    from steerscope.score.base import get_scorer
+
+    return get_scorer(str(trait))

@@ -1,0 +1,95 @@
+"""Sizes and defaults of every audit: the one table that the pipeline and each audit command read.
+
+``quick`` is the CPU demo (about 4 minutes per trait with smollm2-135m on 2 cores); ``full`` the
+paper-scale run and the default of the single-audit commands (``steerscope audit identifiability``,
+``audit reachability``, ``audit nullspace``, ``recover``), whose ``--quick`` takes the quick sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from steerscope.audit.identifiability import IdentifiabilitySettings
+from steerscope.audit.reachability import AuditSettings
+from steerscope.data.traits import TRAITS, builtin_prompts
+from steerscope.errors import SteerscopeError
+from steerscope.invert import SearchConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The sizes of every registered stage under one profile name; sizes read as attributes (``p.id_draws``)."""
+
+    name: str
+    sizes: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        sizes = self.__dict__.get("sizes", {})
+        if key in sizes:
+            return sizes[key]
+        raise AttributeError(f"profile {self.__dict__.get('name')!r} has no size {key!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The run configuration's ``settings``: the name, then every stage's sizes in stage order."""
+        return {"name": self.name, **self.sizes}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Profile:
+        """The profile stored in a run's configuration (lists back to tuples)."""
+        sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "name"}
+        return cls(str(settings["name"]), sizes)
+
+    def identifiability(self, seed: int = 0, **overrides: Any) -> IdentifiabilitySettings:
+        """Settings of the identifiability audit at this profile's sizes (``overrides`` win)."""
+        sizes = IdentifiabilitySettings(n_draws=self.id_draws, n_prompts=self.id_prompts, samples_per_prompt=self.id_samples,
+                                        max_new_tokens=self.id_tokens, seed=seed)
+        return replace(sizes, **overrides)
+
+    def reachability(self, seed: int = 0, budget: int | None = None, **overrides: Any) -> AuditSettings:
+        """Settings of the reachability audit at this profile's sizes; ``budget``: candidates per steered position."""
+        sizes = AuditSettings(positions=self.reach_positions, alphas=self.reach_alphas, sweep_prompts=self.reach_sweep_prompts,
+                              steered_search=SearchConfig(budget=budget or self.reach_budget, fallback=False),
+                              max_new_tokens=self.reach_tokens, seed=seed)
+        return replace(sizes, **overrides)
+
+
+PROFILE_NAMES = ("quick", "full")
+
+
+#: Strength of the single-audit commands when ``--alpha`` is not given (the pipeline calibrates it).
+DEFAULT_ALPHA = 2.0
+
+
+def profile(name: str) -> Profile:
+    """The profile called ``name`` (``quick`` or ``full``), with the sizes every registered stage declares for it."""
+    from steerscope.audit.registry import stages
+
+    if name not in PROFILE_NAMES:
+        raise SteerscopeError(f"unknown profile {name!r}; use one of {', '.join(PROFILE_NAMES)}")
+    sizes: dict[str, Any] = {}
+    for stage in stages():
+        sizes |= stage.sizes[name]
+    return Profile(name, sizes)
+
+
+def command_profile(quick: bool) -> Profile:
+    """The profile of a single-audit command: ``quick`` with ``--quick``, else ``full``."""
+    return profile("quick" if quick else "full")
+
+
+def default_layer(n_layers: int) -> int:
+    """The layer audited when none is given: 40 % of the depth (the pipeline selects one by held-out separation)."""
+    return round(0.4 * n_layers)
+
+
+def crosslayer_targets(layer: int, n_layers: int) -> list[int]:
+    """The later layer that cross-layer recovery constrains the direction with: ℓ + 10 % of the depth (at least ℓ + 1)."""
+    target = min(layer + max(1, round(0.1 * n_layers)), n_layers - 1)
+    return [target] if target > layer else []
+
+
+def threshold_prompts() -> list[str]:
+    """Prompts on which the reachability audit calibrates its inversion threshold (disjoint from the audited ones)."""
+    return builtin_prompts(TRAITS[0], "topic_shift")[:2]

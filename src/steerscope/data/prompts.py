@@ -1,0 +1,84 @@
+"""Prompt files: one reader for every command, with ``file:line: field: message`` errors.
+
+Two formats: a text file with one prompt per line (blank lines skipped), or JSONL (``.jsonl``)
+with an object per line holding a non-empty string ``prompt`` and, where environments are asked
+for, a non-empty string ``env``. Line numbers count every line of the file, blank ones included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from steerscope.errors import DataError, SteerscopeError
+
+
+def _lines(file: Path) -> Iterator[tuple[int, str]]:
+    if not file.is_file():
+        raise SteerscopeError(f"prompt file {file} does not exist")
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            yield number, line
+
+
+def _records(file: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """Every line as ``{field: value}``; DataError listing every malformed line."""
+    records, problems = [], []
+    for number, line in _lines(file):
+        if file.suffix != ".jsonl":
+            records.append({"prompt": line.strip()})
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{file}:{number}: invalid JSON ({exc.msg})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{file}:{number}: expected an object with {', '.join(fields)}")
+            continue
+        bad = [f for f in fields if not isinstance(record.get(f), str) or not record[f].strip()]
+        problems += [f"{file}:{number}: {f}: missing or not a non-empty string" for f in bad]
+        if not bad:
+            records.append({f: record[f] for f in fields})
+    if problems:
+        raise DataError(str(file), problems)
+    if not records:
+        raise SteerscopeError(f"no prompts in {file}")
+    return records
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a text file (one per line) or a JSONL file with a ``prompt`` field per line."""
+    return [r["prompt"] for r in _records(Path(path), ("prompt",))]
+
+
+def read_environment_prompts(path: str | Path) -> dict[str, list[str]]:
+    """``{env: [prompt, …]}`` from a JSONL file with ``prompt`` and ``env`` on every line (file order)."""
+    file = Path(path)
+    if file.suffix != ".jsonl":
+        raise SteerscopeError(f"{file}: an environments file is JSONL with 'prompt' and 'env' on every line")
+    by_env: dict[str, list[str]] = {}
+    for record in _records(file, ("prompt", "env")):
+        by_env.setdefault(record["env"], []).append(record["prompt"])
+    return by_env
+
+
+def builtin_prompt_mix(n: int) -> list[str]:
+    """``n`` built-in evaluation prompts, taken round-robin over every trait × environment."""
+    from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+
+    pools = [builtin_prompts(trait, env) for trait in TRAITS for env in ENVIRONMENTS]
+    mixed = [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
+    if n > len(mixed):
+        raise SteerscopeError(f"only {len(mixed)} built-in prompts exist, {n} requested")
+    return mixed[:n]
+
+
+def prompts_from_spec(spec: str) -> list[str]:
+    """``N`` (that many built-in prompts, see :func:`builtin_prompt_mix`) or a prompt file (:func:`read_prompts`)."""
+    if spec.isdigit():
+        return builtin_prompt_mix(int(spec))
+    if not Path(spec).is_file():
+        raise SteerscopeError(f"--prompts must be a number of built-in prompts or a file, got {spec!r}")
+    return read_prompts(spec)
