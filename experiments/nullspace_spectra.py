@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import steerscope as ss
-from steerscope.audit.nullspace import builtin_prompt_mix, nullspace_audit
+from steerscope.audit.nullspace import nullspace_audit
+from steerscope.data.prompts import builtin_prompt_mix
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model")

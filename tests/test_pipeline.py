@@ -256,3 +256,47 @@ def test_cli_audit_ctrl_c_then_the_same_command_resumes(tmp_path):
     assert set(summary["answers"]["sentiment"]) == {"steers", "identifiable", "reachable"}
     with RunStore.open(folder, readonly=True) as store:
         assert [e["kind"] for e in store.events()] == ["created", "interrupted", "resumed", "finished"]
+
+
+def test_a_registered_stage_reaches_the_plan_the_results_and_the_report(reference, tmp_path, monkeypatch):
+    """A new audit is one Stage and one registration: its cells are planned and run, its results
+    assembled, its answer shown on the first screen and its section in the report."""
+    import shutil
+
+    from steerscope.audit import registry
+    from steerscope.audit.pipeline import Auditor, plan_cells
+    from steerscope.report import write_outputs
+    from steerscope.testing import tiny_model
+
+    def run(a, state):
+        a.cell(f"{state.trait}/norm", "norm", lambda: ({"layer": state.layer, "norm": float(state.vector.norm())}, None), state.trait)
+
+    def answer(res):
+        return {"status": "yes", "headline": f"‖v‖ = {res['norm']['norm']:.3f}", "facts": []}
+
+    toy = registry.Stage("norm", {"quick": {}, "full": {}}, run, lambda settings: 1, lambda stored, t: {"norm": stored.payload(f"{t}/norm")},
+                         answers=(registry.Answer("long", "How long is the vector?", answer),),
+                         section=lambda res, plots: f"<h3>Vector norm</h3><p>{res['norm']['norm']:.3f}</p>",
+                         heading=("norm", "how long is it?"))
+    config = small_config(["formality", "sentiment"])
+    planned = plan_cells(config)
+    registry.stages()  # the built-in stages first
+    monkeypatch.setitem(registry._STAGES, "norm", toy)
+    assert plan_cells(config) == planned + 2
+    with pytest.raises(Exception, match="already registered"):
+        registry.register_stage(toy)
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    with RunStore.open(copy) as store:
+        before = store.count()
+        Auditor(tiny_model("llama", n_layers=6), store, config, scorers={"formality": WordScorer(), "sentiment": WordScorer()}).run()
+        assert store.count() == before + 2
+        write_outputs(store)
+    results = json.loads((copy / "results.json").read_text())
+    reference_results = json.loads((reference / "results.json").read_text())
+    for trait, res in results["traits"].items():
+        assert res["norm"]["layer"] == res["vector"]["layer"] and res["norm"]["norm"] == pytest.approx(res["vector"]["norm"], rel=1e-6)
+        assert res["answers"]["long"]["headline"].startswith("‖v‖ = ")
+        assert {k: v for k, v in res.items() if k != "norm"} | {"answers": reference_results["traits"][trait]["answers"]} == reference_results["traits"][trait]
+    html = (copy / "report.html").read_text()
+    assert "How long is the vector?" in html and "sentiment: how long is it?" in html and "<h3>Vector norm</h3>" in html
