@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext, suppress
-from typing import Literal
+from typing import Any, Literal, overload
 
 import torch
 
@@ -23,7 +23,7 @@ from steerscope.progress import track
 Position = Literal["last", "mean", "all"]
 
 
-def forward(lm: LoadedModel, batch: Batch, **kwargs) -> object:
+def forward(lm: LoadedModel, batch: Batch, **kwargs) -> Any:
     """Run the model on a padded batch with explicit position ids (so padding does not shift them)."""
     batch = batch.to(lm.device)
     return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs)
@@ -36,6 +36,22 @@ def _reduce(hidden: torch.Tensor, enc: Encoded, offset: int, position: Position,
     if position == "mean":
         return hidden[offset + start:offset + end].mean(dim=0)
     return hidden[offset:offset + len(enc.ids)]
+
+
+@overload
+def capture(
+    lm: LoadedModel, items: Sequence[Item], layers: Sequence[int], position: Literal["last", "mean"] = ...,
+    spans: Sequence[tuple[int, int]] | None = ..., batch_size: int = ..., padding_side: Literal["left", "right"] = ...,
+    progress: bool = ..., norms_out: dict[int, float] | None = ..., steering: RowEdits | None = ...,
+) -> dict[int, torch.Tensor]: ...
+
+
+@overload
+def capture(
+    lm: LoadedModel, items: Sequence[Item], layers: Sequence[int], position: Literal["all"],
+    spans: Sequence[tuple[int, int]] | None = ..., batch_size: int = ..., padding_side: Literal["left", "right"] = ...,
+    progress: bool = ..., norms_out: dict[int, float] | None = ..., steering: RowEdits | None = ...,
+) -> dict[int, list[torch.Tensor]]: ...
 
 
 def capture(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Literal, Optional, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -65,7 +65,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     """List the built-in offline models."""
     from steerscope.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, converted_dir, is_installed
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": m.name, "hf_name": m.hf_name, "architecture": m.architecture, "n_layers": m.n_layers,
          "d_model": m.d_model, "vocab_size": m.vocab_size, "default": m.name == DEFAULT_MODEL,
          "installed": is_installed(m), "converted": (converted_dir(m.name) / "config.json").is_file(),
@@ -138,13 +138,13 @@ def extract(
     from steerscope.extract import extract as run_extract, get_method
     from steerscope.fileio import check_output_path
 
-    _choice(position, ("mean", "last"), "--position")
+    mode: Literal["mean", "last"] = _choice(position, ("mean", "last"), "--position")
     check_output_path(output, overwrite)
     get_method(method)
     pairs = extraction_pairs(trait, dataset, split)
     lm = _load(model, device, dtype, cache_dir, layers_path)
     layers = [lm.check_layer(x) for x in _layers(layer)]
-    vec = run_extract(lm, pairs, layers, method=method, position=position, batch_size=batch_size, trait=trait, progress=True)
+    vec = run_extract(lm, pairs, layers, method=method, position=mode, batch_size=batch_size, trait=trait, progress=True)
     vec.save(output, overwrite=overwrite)
     for ell in vec.layers:
         out.print(f"layer {ell}: ‖v‖ = {vec.norm(ell):.3f}, mean ‖h‖ = {vec.metadata['h_norms'][ell]:.3f}")
@@ -176,7 +176,7 @@ def generate(
     from steerscope.vectors import SteeringVector
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p, seed=seed,
-                              chat=_choice(chat, ("auto", "always", "never"), "--chat"))  # type: ignore[arg-type]
+                              chat=_choice(chat, ("auto", "always", "never"), "--chat"))
     vec = SteeringVector.load(vector) if vector is not None else None
     request = SteerRequest(vec, alpha, _layers(layer) if layer else None, positions, compare, allow_model_mismatch) if vec is not None else None
     lm = _load(model, device, dtype, cache_dir, layers_path)
@@ -194,10 +194,13 @@ def generate(
             out.print(output["completion"].strip(), markup=False, highlight=False)
 
 
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+Choice = TypeVar("Choice", bound=str)
+
+
+def _choice(value: str, allowed: tuple[Choice, ...], option: str) -> Choice:
     if value not in allowed:
         raise SteerscopeError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
-    return value
+    return cast(Choice, value)
 
 
 @app.command("export")

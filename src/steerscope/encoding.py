@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
 Item = Union[str, list[Message]]
@@ -42,7 +45,7 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), self.offsets)
 
 
-def has_chat_template(tokenizer: object) -> bool:
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
@@ -51,7 +54,9 @@ def _plain_chat(messages: Sequence[Message], add_generation_prompt: bool) -> str
     return text + ("\nAssistant:" if add_generation_prompt else "")
 
 
-def render(tokenizer: object, item: Item, add_generation_prompt: bool = False, chat: ChatMode = "auto") -> tuple[str, bool]:
+def render(
+    tokenizer: PreTrainedTokenizerBase, item: Item, add_generation_prompt: bool = False, chat: ChatMode = "auto",
+) -> tuple[str, bool]:
     """Return ``(text, add_special_tokens)`` for an item.
 
     Strings are returned as they are unless ``chat="always"`` (or ``"auto"`` with a chat template
@@ -64,15 +69,18 @@ def render(tokenizer: object, item: Item, add_generation_prompt: bool = False, c
         item = [{"role": "user", "content": item}]
     if has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(list(item), tokenize=False, add_generation_prompt=add_generation_prompt)
+        assert isinstance(text, str)  # tokenize=False renders one conversation to one string
         return text, False
     return _plain_chat(item, add_generation_prompt), True
 
 
-def _tokenize(tokenizer: object, text: str, add_special_tokens: bool) -> list[int]:
+def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def _content_span(tokenizer: object, text: str, ids: list[int], special: bool, content: str) -> tuple[int, int] | None:
+def _content_span(
+    tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], special: bool, content: str,
+) -> tuple[int, int] | None:
     """Token span covering the last occurrence of ``content`` in ``text`` (needs a fast tokenizer)."""
     needle = content.strip()
     start_char = text.rfind(needle) if needle else -1
@@ -89,7 +97,7 @@ def _content_span(tokenizer: object, text: str, ids: list[int], special: bool, c
     return (inside[0], inside[-1] + 1) if inside else None
 
 
-def encode_item(tokenizer: object, item: Item) -> Encoded:
+def encode_item(tokenizer: PreTrainedTokenizerBase, item: Item) -> Encoded:
     """Tokenize an item (no generation prompt) and locate its completion span.
 
     For a conversation the span covers the tokens of the final message's content (not the chat
@@ -111,7 +119,7 @@ def encode_item(tokenizer: object, item: Item) -> Encoded:
     return Encoded(ids, (start, len(ids)))
 
 
-def encode_prompt(tokenizer: object, prompt: Item, chat: ChatMode = "auto") -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Item, chat: ChatMode = "auto") -> list[int]:
     """Tokenize a generation prompt (with the chat template's generation prompt when chatting)."""
     text, special = render(tokenizer, prompt, add_generation_prompt=True, chat=chat)
     return _tokenize(tokenizer, text, special)

@@ -20,7 +20,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place.
 
     A crash or an exception leaves either the old file or nothing at ``path``, never a partial file.

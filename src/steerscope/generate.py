@@ -52,7 +52,8 @@ def _generate_batch(lm: LoadedModel, rows: Sequence[list[int]], config: Generati
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     with steering if steering is not None else nullcontext(), torch.inference_mode():
-        out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+        out = lm.model.generate(  # type: ignore[operator]
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     new = out[:, batch.input_ids.shape[1]:]
     return tok.batch_decode(new, skip_special_tokens=True)
 

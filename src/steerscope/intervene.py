@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Union
+from typing import Any, Protocol, Union
 
 import torch
 
@@ -146,6 +146,11 @@ def _slice(value: object, rows: slice | Sequence[int]) -> object:
     return value
 
 
+def _slice_edit(edit: Edit, rows: slice | Sequence[int]) -> Edit:
+    fields: dict[str, Any] = {f: _slice(getattr(edit, f), rows) for f in edit.__dataclass_fields__}
+    return replace(edit, **fields)
+
+
 class Steering:
     """Context manager that applies edits at decoder-block outputs.
 
@@ -181,10 +186,7 @@ class Steering:
 
     def rows(self, rows: slice | Sequence[int]) -> "Steering":
         """The same steering restricted to a subset of the batch rows."""
-        sliced = {
-            layer: [replace(e, **{f: _slice(getattr(e, f), rows) for f in e.__dataclass_fields__}) for e in group]
-            for layer, group in self.edits.items()
-        }
+        sliced = {layer: [_slice_edit(e, rows) for e in group] for layer, group in self.edits.items()}
         return Steering(self.lm, sliced, self.positions)
 
     # -- hooks -------------------------------------------------------------------------------
@@ -192,6 +194,7 @@ class Steering:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
+        assert ref is not None  # a forward call gets input_ids or inputs_embeds
         batch, width = ref.shape[0], ref.shape[1]
         if self.batch_size is not None and batch != self.batch_size:
             raise SteerscopeError(f"per-row steering was built for {self.batch_size} rows but the model got {batch}")
@@ -214,6 +217,7 @@ class Steering:
         elif self._kind == "generated":
             self._mask = pos >= self._prompt_len
         else:
+            assert self._prompt_last is not None  # set by the prompt call (offset 0)
             last = self._prompt_last.to(ref.device).unsqueeze(1)
             self._mask = (pos <= last) & (pos > last - self._k)
 
@@ -242,9 +246,26 @@ class Steering:
         self._prompt_last = None
 
 
+class HasDirections(Protocol):
+    """Anything with per-layer directions ``{ℓ: [d]}``, such as a :class:`steerscope.vectors.SteeringVector`."""
+
+    @property
+    def directions(self) -> Mapping[int, torch.Tensor]: ...
+
+
+#: A steering vector: a SteeringVector (anything with ``directions``) or a mapping ``{ℓ: [d] tensor}``.
+VectorLike = Union[HasDirections, Mapping[int, torch.Tensor]]
+
+
+def _directions(vector: VectorLike) -> Mapping[int, torch.Tensor]:
+    if hasattr(vector, "directions"):
+        return vector.directions
+    return vector
+
+
 def steer(
     lm: LoadedModel,
-    vector: object,
+    vector: VectorLike,
     alpha: Scalar = 1.0,
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
@@ -254,7 +275,7 @@ def steer(
     ``vector`` is a :class:`steerscope.vectors.SteeringVector` or a mapping ``{ℓ: [d] tensor}``;
     ``layers`` restricts it to some of its layers.
     """
-    directions: Mapping[int, torch.Tensor] = getattr(vector, "directions", vector)  # type: ignore[assignment]
+    directions = _directions(vector)
     chosen = list(directions) if layers is None else [lm.check_layer(layer) for layer in layers]
     missing = [layer for layer in chosen if layer not in directions]
     if missing:
@@ -264,7 +285,7 @@ def steer(
 
 def steer_rows(
     lm: LoadedModel,
-    vectors: Sequence[object | None],
+    vectors: Sequence[VectorLike | None],
     alphas: Sequence[float],
     positions: Positions = "all",
 ) -> Steering:
@@ -274,7 +295,7 @@ def steer_rows(
     """
     if len(vectors) != len(alphas):
         raise SteerscopeError(f"got {len(vectors)} vectors but {len(alphas)} strengths")
-    dirs = [getattr(v, "directions", v) if v is not None else {} for v in vectors]
+    dirs = [_directions(v) if v is not None else {} for v in vectors]
     layers = sorted({layer for d in dirs for layer in d})
     if not layers:
         layers = [0]

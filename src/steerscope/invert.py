@@ -79,7 +79,7 @@ def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
     measured by comparing the module's output with the raw rows.
     """
     module = lm.model.get_input_embeddings()
-    weight = module.weight
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
     ids = torch.arange(min(weight.shape[0], 256), device=weight.device)
     with torch.no_grad():
         out, rows = module(ids).float(), weight[ids].float()

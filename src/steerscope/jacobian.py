@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def _body(lm: LoadedModel) -> torch.nn.Module:
 
 
 def _jacobian(
-    lm: LoadedModel, ids: Sequence[int], layer: int, pos: int, read: Callable[[object], torch.Tensor], chunk: int,
+    lm: LoadedModel, ids: Sequence[int], layer: int, pos: int, read: Callable[[Any], torch.Tensor], chunk: int,
 ) -> torch.Tensor:
     """``∂ read(output) / ∂δ`` (``[d, d]``, model dtype) for δ added to layer ``layer`` at ``pos``.
 

@@ -239,7 +239,9 @@ def write_outputs(store: RunStore) -> dict[str, Path]:
                                        overwrite=True)}
     plots = {}
     for trait, res in results["traits"].items():
-        vec = SteeringVector({res["vector"]["layer"]: stored_direction(store.get(f"{trait}/vector"))}, res["vector"]["metadata"])
+        cell = store.get(f"{trait}/vector")
+        assert cell is not None  # assemble() has read its payload
+        vec = SteeringVector({res["vector"]["layer"]: stored_direction(cell)}, res["vector"]["metadata"])
         written[f"vector_{trait}"] = vec.save(folder / f"vector_{trait}.safetensors", overwrite=True)
         plots[trait] = trait_plots(trait, res, folder / "plots")
         written |= {f"{trait}_{k}": v for k, v in plots[trait].items()}

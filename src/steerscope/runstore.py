@@ -247,7 +247,9 @@ class RunStore:
         payload, blob = compute()
         seconds = time.perf_counter() - start
         self.put(key, stage, payload, seconds, trait, blob)
-        return self.get(key)  # the stored round trip, so that fresh and resumed runs see identical values
+        stored = self.get(key)  # the stored round trip, so that fresh and resumed runs see identical values
+        assert stored is not None
+        return stored
 
     def timings(self) -> dict[str, float]:
         """Wall seconds per stage, summed over cells."""

@@ -135,11 +135,11 @@ def efficacy(cond: ArrayLike, none: ArrayLike, v: ArrayLike) -> float:
     baseline ``none``. Arrays are ``[n_prompts]`` or ``[n_prompts, n_samples]``. Raises
     ValueError when ``mean(v) == mean(none)`` (the vector has no effect: efficacy undefined).
     """
-    base = float(np.mean(none))
-    denominator = float(np.mean(v)) - base
+    base = float(np.asarray(none).mean())
+    denominator = float(np.asarray(v).mean()) - base
     if denominator == 0:
         raise ValueError("efficacy undefined: the vector has no effect (mean(v) == mean(none))")
-    return (float(np.mean(cond)) - base) / denominator
+    return (float(np.asarray(cond).mean()) - base) / denominator
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ word-level tokenizer over a small English vocabulary and a simple chat template.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from steerscope.models.loading import LoadedModel, wrap_model
@@ -54,8 +56,8 @@ def tiny_tokenizer(chat_template: bool = True):
 def _config(arch: str, vocab: int, n_layers: int, d_model: int):
     import transformers as tf
 
-    common = dict(vocab_size=vocab, bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    decoder = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, **common)
+    common: dict[str, Any] = dict(vocab_size=vocab, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    decoder: dict[str, Any] = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4, **common)
     if arch in ("llama", "mistral", "qwen2", "qwen3", "phi3"):
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "phi3": tf.Phi3Config}[arch]
         return cls(num_key_value_heads=2, **decoder)

@@ -254,7 +254,9 @@ class RecoverCommand:
         from steerscope.recover.trait import recover_trait
         from steerscope.vectors.file import SteeringVector, vector_metadata
 
-        pairs = load_pairs(self.trait if self.trait is not None else self.dataset, "train" if self.trait is not None else None)
+        source = self.trait if self.trait is not None else self.dataset
+        assert source is not None  # prepare() requires exactly one of trait and dataset
+        pairs = load_pairs(source, "train" if self.trait is not None else None)
         layer = lm.check_layer(self.layer)
         grams, maps = self._inputs(lm, layer)
         result = recover_trait(lm, self.method, pairs, layer, grams=grams, maps=maps, n_boot=self.boot, seed=self.seed, **self.options)
@@ -326,9 +328,9 @@ class ReachabilityCommand:
         from steerscope.audit.reachability import run_reachability
 
         direction, layer, info, trait = self.direction(lm)
-        builtin = trait in TRAITS
-        prompts = list(self.prompts or builtin_prompts(trait if builtin else TRAITS[0], "in_distribution"))[: self.n_prompts]
-        scorer = _scorer(trait) if builtin else None
+        builtin = trait if trait in TRAITS else None
+        prompts = list(self.prompts or builtin_prompts(builtin or TRAITS[0], "in_distribution"))[: self.n_prompts]
+        scorer = _scorer(builtin) if builtin else None
         report = run_reachability(lm, direction, layer, self.alpha, prompts, threshold_prompts(), capture_layer=self.capture_layer,
                                   trait=trait, scorer=scorer, settings=self.settings, vector_info=info)
         paths, markdown = self.paths(), reachability_markdown(report)

@@ -24,7 +24,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -234,6 +234,14 @@ def distributional_readout(
 
 # --- statistics -------------------------------------------------------------------------------
 
+class Bootstrap(TypedDict):
+    """The cluster-bootstrap settings of :func:`_interval`, passed on as keywords."""
+
+    n_boot: int
+    seed: int
+    level: float
+
+
 def _interval(statistic: Callable[..., float], arrays: Sequence[np.ndarray], n_boot: int, seed: int, level: float) -> dict:
     """``{"estimate", "low", "high"}`` of a cluster bootstrap, NaNs plus ``error`` when undefined."""
     try:
@@ -300,7 +308,7 @@ def summarise(
         raise SteerscopeError("the summary needs the 'v' and 'none' conditions")
     v, none = np.asarray(scores["v"], float), np.asarray(scores["none"], float)
     names = [c.name for c in conditions if c.kind not in ("none", "v")]
-    boot = {"n_boot": n_boot, "seed": seed, "level": level}
+    boot: Bootstrap = {"n_boot": n_boot, "seed": seed, "level": level}
     g_vn = _interval(hedges_g, [prompt_means(v), prompt_means(none)], **boot)
     out: dict[str, Any] = {
         "reference": "v", "margin_g": margin_g, "level": level, "n_boot": n_boot, "seed": seed,
@@ -337,7 +345,7 @@ def _distributional(divergences, conditions, names, out, n_boot: int, seed: int,
     """Per-condition KL/JS from v (mean and CI), pooled v+perp JS, threshold and ratios."""
     js = {n: np.asarray(d["js"], float) for n, d in divergences.items()}
     mask = _finite_rows(js)
-    boot = {"n_boot": n_boot, "seed": seed, "level": level}
+    boot: Bootstrap = {"n_boot": n_boot, "seed": seed, "level": level}
     if mask.sum() < 1:
         return {"error": "no prompt with a non-empty reference continuation", "n_prompts": 0}
     for name in names:

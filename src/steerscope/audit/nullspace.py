@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from steerscope.jacobian import (
     TOLERANCES,
     HeadGram,
+    Readout,
     covariance_spectrum,
     effective_rank,
     head_jacobian,
@@ -35,7 +37,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
 from steerscope.progress import track
 
-READOUTS = ("logits", "logprobs")
+READOUTS: tuple[Readout, ...] = ("logits", "logprobs")
 PAPER_INERT = "80–95 % of d_model reported as null space (arXiv 2602.06801; fp16 finite differences, one prompt, 5 % threshold)"
 
 
@@ -109,7 +111,7 @@ def nullspace_audit(
         start = time.perf_counter()
         grams = layer_grams(lm, prompts, layer, positions, chunk, progress)
         vector = None if vectors is None or layer not in vectors else vectors[layer].double().cpu()
-        entry = {r: readout_report(grams[r], tolerances, angle_prompts, vector) for r in READOUTS}
+        entry: dict[str, Any] = {r: readout_report(grams[r], tolerances, angle_prompts, vector) for r in READOUTS}
         entry["seconds"] = time.perf_counter() - start
         tokens = torch.cat([a[1:] for a in acts[layer]])  # every token but each prompt's first (attention sink)
         last = torch.stack([a[-1] for a in acts[layer]])

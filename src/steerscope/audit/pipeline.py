@@ -66,6 +66,7 @@ def bytes_to_arrays(blob: bytes) -> dict[str, np.ndarray]:
 
 def stored_direction(cell: Cell) -> torch.Tensor:
     """The ``[d]`` float32 direction held by a ``…/vector`` cell."""
+    assert cell.blob is not None
     return torch.from_numpy(bytes_to_arrays(cell.blob)["direction"].copy())
 
 

@@ -79,7 +79,7 @@ def steered_states(lm: LoadedModel, ids: Sequence[int], vector: torch.Tensor, al
 # --- per-prompt rows ---------------------------------------------------------------------------
 
 def _decode(lm: LoadedModel, ids: Sequence[int]) -> list[str]:
-    return [lm.tokenizer.decode([i]) for i in ids]
+    return [lm.tokenizer.decode([i]) for i in ids]  # type: ignore[misc]
 
 
 def position_rows(lm: LoadedModel, ids: Sequence[int], natural: Inversion, steered: Inversion,
@@ -167,7 +167,7 @@ def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence
     prompt baseline; only with a built-in trait). KL: mean per-token ``KL(p_steered ‖ p_column)``
     teacher-forced on the steered completion."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=1)
-    columns: dict[str, list[list[int]]] = {"unsteered": list(seqs), "nearest_prompt": list(nearest)}
+    columns: dict[str, list[Sequence[int]]] = {"unsteered": list(seqs), "nearest_prompt": list(nearest)}
     if trait in INSTRUCTIONS:
         instruction = INSTRUCTIONS[trait][0 if alpha >= 0 else 1]
         columns["instruction"] = [encode_prompt(lm.tokenizer, f"{instruction}\n\n{p}") for p in prompts]
@@ -246,7 +246,8 @@ def run_reachability(
     for ids in seqs + calib:
         check_context(lm, len(ids))
     threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.positions)
-    per_prompt, rows_all, nearest = [], [], []
+    per_prompt: list[dict[str, Any]] = []
+    rows_all, nearest = [], []
     for prompt, ids in zip(prompts, seqs):
         nat_states = hidden_states(lm, ids, capture_layer)
         st_states = steered_states(lm, ids, vector, alpha, layer, capture_layer)
@@ -266,7 +267,8 @@ def run_reachability(
     first = per_prompt[0]
     i = first["start"] + max(0, (len(seqs[0]) - first["start"]) // 2 - 1)
     runner_up = next(r["natural_runner_up"] for r in first["positions"] if r["position"] == i)
-    replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % lm.model.get_input_embeddings().weight.shape[0]
+    vocab = lm.model.get_input_embeddings().weight.shape[0]  # type: ignore[index]
+    replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % vocab
     adversarial = adversarial_collision(lm, seqs[0], layer, i, replacement, threshold, settings)
     behaviour = behaviour_comparison(lm, prompts[:k], seqs[:k], nearest[:k], vector, alpha, layer, trait, scorer,
                                      settings.max_new_tokens)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,18 @@ def strength_summary(points: Sequence[Mapping[str, Any]], config: Mapping[str, A
                               "examples": {f"{p['alpha']:g}": p["texts"] for p in points}})
 
 
+def _strength_cell(a: Auditor, run: TraitRun, prompts: Sequence[str], alpha: float) -> tuple[dict[str, Any], None]:
+    assert run.vector is not None  # set by the vector stage
+    return strength_point(a.lm, run.layer, run.vector, alpha, prompts, a.scorer(run.trait), a.p.calib_samples, a.p.calib_tokens,
+                          a.seed), None
+
+
 def _calibrate(a: Auditor, run: TraitRun) -> None:
     prompts = calibration_prompts(run.trait, a.p.calib_prompts)
     points = []
     for alpha in (0.0, *a.p.alphas):
-        cell = a.cell(f"{run.trait}/calibrate/alpha={alpha:g}", "calibrate", lambda x=alpha: (strength_point(
-            a.lm, run.layer, run.vector, x, prompts, a.scorer(run.trait), a.p.calib_samples, a.p.calib_tokens, a.seed), None), run.trait)
+        key = f"{run.trait}/calibrate/alpha={alpha:g}"
+        cell = a.cell(key, "calibrate", partial(_strength_cell, a, run, prompts, alpha), run.trait)
         points.append(cell.payload)
     run.alpha = float(strength_summary(points, a.config, prompts)["alpha"])
 
@@ -147,6 +154,7 @@ def _nullspace(a: Auditor, run: TraitRun) -> None:
     from steerscope.data.prompts import builtin_prompt_mix
 
     def compute():
+        assert run.vector is not None  # set by the vector stage
         prompts = builtin_prompt_mix(a.p.ns_prompts)
         result = nullspace_audit(a.lm, prompts, [run.layer], vectors={run.layer: run.vector}, angle_prompts=min(8, len(prompts)))
         result["layers"][str(run.layer)].pop("seconds", None)  # wall time belongs to the store, not to the results
@@ -185,6 +193,7 @@ def _grams(a: Auditor, layer: int) -> dict[str, list[np.ndarray]]:
         return {"layer": layer, "environments": list(ENVIRONMENTS), "prompts_per_env": a.p.rec_env_prompts}, tensors_to_bytes(arrays)
 
     cell = a.cell(f"grams/L{layer}", "recover", compute)
+    assert cell.blob is not None
     return _grouped(bytes_to_arrays(cell.blob), cell.payload["environments"])
 
 
@@ -203,6 +212,7 @@ def _maps(a: Auditor, layer: int) -> dict[int, list[np.ndarray]]:
         return {"layer": layer, "target": target}, tensors_to_bytes({f"{target}/{i}": m for i, m in enumerate(maps[target])})
 
     cell = a.cell(f"maps/L{layer}", "recover", compute)
+    assert cell.blob is not None
     return {int(k): v for k, v in _grouped(bytes_to_arrays(cell.blob), [str(target)]).items()}
 
 
@@ -212,7 +222,7 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
     if method == "crosslayer" and not maps:
         return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {},
                 "reason": "no later layer to constrain the direction (the chosen layer is the last one)"}, None
-    kwargs = {"observe": "jacobian", "k": 8} if method == "sparse" else {}
+    kwargs: dict[str, Any] = {"observe": "jacobian", "k": 8} if method == "sparse" else {}
     r = recover_trait(a.lm, method, builtin_pairs(run.trait, "train"), run.layer, grams=grams, maps=maps,
                       n_boot=a.p.rec_boot, seed=a.seed, **kwargs)
     row = r.to_dict()
@@ -223,7 +233,7 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
 def _recovery(a: Auditor, run: TraitRun) -> None:
     grams, maps = _grams(a, run.layer), _maps(a, run.layer)
     for method in RECOVERY_METHODS:
-        a.cell(f"{run.trait}/recover/{method}", "recover", lambda m=method: _recover_row(a, run, m, grams, maps), run.trait)
+        a.cell(f"{run.trait}/recover/{method}", "recover", partial(_recover_row, a, run, method, grams, maps), run.trait)
 
 
 def _assemble_recovery(stored: StoredRun, trait: str) -> dict[str, Any]:
@@ -244,6 +254,7 @@ def _reachability(a: Auditor, run: TraitRun) -> None:
     from steerscope.audit.reachability import run_reachability
 
     def compute():
+        assert run.vector is not None  # set by the vector stage
         prompts = builtin_prompts(run.trait, "in_distribution")[: a.p.reach_prompts]
         return run_reachability(a.lm, run.vector, run.layer, run.alpha, prompts, threshold_prompts(), trait=run.trait,
                                 scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed),

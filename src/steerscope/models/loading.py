@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, convert_to_cache
 from steerscope.models.fingerprint import model_fingerprint
 from steerscope.models.layers import find_decoder_layers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,8 +30,8 @@ class LoadedModel:
     norm and steerscope does not).
     """
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     layers: nn.ModuleList
     layers_path: str
@@ -44,7 +48,7 @@ class LoadedModel:
         for key in ("hidden_size", "n_embd", "d_model"):
             if config is not None and isinstance(getattr(config, key, None), int):
                 return getattr(config, key)
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self.model.get_input_embeddings().weight.shape[1])  # type: ignore[index]
 
     @property
     def device(self) -> torch.device:
@@ -98,14 +102,16 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def prepare_tokenizer(tokenizer: object) -> object:
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give the tokenizer a pad token (the EOS token) if it has none."""
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def wrap_model(model: nn.Module, tokenizer: object, name: str | None = None, layers_path: str | None = None, source: str = "") -> LoadedModel:
+def wrap_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str | None = None, layers_path: str | None = None, source: str = "",
+) -> LoadedModel:
     """Wrap an already-loaded Hugging Face model and tokenizer (e.g. a tiny model built in code)."""
     model.eval()
     layers, path = find_decoder_layers(model, layers_path)
@@ -116,10 +122,12 @@ def wrap_model(model: nn.Module, tokenizer: object, name: str | None = None, lay
     )
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, gguf_file: str | None = None) -> tuple[nn.Module, object]:
+def _from_pretrained(
+    source: str, dtype: torch.dtype, trust_remote_code: bool, gguf_file: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, bool | str] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -127,7 +135,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, g
     return model, tokenizer
 
 
-def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return _from_pretrained(str(path.parent), dtype, False, gguf_file=path.name)
 
 
@@ -181,5 +189,5 @@ def load_model(
         label = name
     else:
         raise _unknown_model(name)
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]
     return wrap_model(model, tokenizer, name=label, layers_path=layers_path, source=name)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -51,7 +52,7 @@ class Scorer(Protocol):
     def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def require(module: str, package: str, what: str) -> object:
+def require(module: str, package: str, what: str) -> ModuleType:
     """Import an optional dependency, or raise a SteerscopeError naming the pip package."""
     try:
         return importlib.import_module(module)
@@ -80,7 +81,7 @@ def _corpus_text(trait: str) -> str:
         raise SteerscopeError(
             f"no built-in scorer corpus for trait {trait!r}; corpora exist for: {', '.join(CORPUS_TRAITS)}"
         )
-    return resources.files("steerscope.data").joinpath("builtin", "scorer", f"{trait}.jsonl").read_text(encoding="utf-8")
+    return (resources.files("steerscope.data") / "builtin" / "scorer" / f"{trait}.jsonl").read_text(encoding="utf-8")
 
 
 def corpus_hash(trait: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from steerscope.errors import SteerscopeError
 from steerscope.score.base import Scorer, check_texts, register_scorer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _labels(config: object, n_labels: int) -> dict[int, str]:
@@ -42,8 +46,8 @@ class HFClassifierScorer:
     tokenized with padding and truncation (``max_length``) in batches of ``batch_size``.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, positive_label: int | str, trait: str = "custom",
-                 name: str | None = None, batch_size: int = 32, max_length: int = 512) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, positive_label: int | str,
+                 trait: str = "custom", name: str | None = None, batch_size: int = 32, max_length: int = 512) -> None:
         config = getattr(model, "config", None)
         n_labels = int(getattr(config, "num_labels", 0) or len(_labels(config, 0)))
         if n_labels < 1:

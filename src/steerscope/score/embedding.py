@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from steerscope.score.base import (
     require,
     scorer_corpus,
 )
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 #: Regularisation strengths tried by 5-fold cross-validation on the train split only.
@@ -52,7 +56,7 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Probe:
-    classifier: object
+    classifier: LogisticRegression
     validity: dict
 
 

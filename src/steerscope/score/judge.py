@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,13 +13,16 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import TRAIT_DESCRIPTIONS, Scorer, check_texts, check_trait, register_scorer
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 DEFAULT_QUESTION = (
     "Is the following text {description}? Answer with a single word, Yes or No.\n\n"
     "Text: \"{text}\""
 )
 
 
-def answer_token_id(tokenizer: object, word: str, prefer_space: bool = False) -> int:
+def answer_token_id(tokenizer: PreTrainedTokenizerBase, word: str, prefer_space: bool = False) -> int:
     """The id of a single token spelling ``word`` (e.g. ``"Yes"``).
 
     Variants tried in order: ``word``, ``" word"``, lower-case and capitalised forms (the
