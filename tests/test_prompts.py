@@ -18,8 +18,8 @@ def test_jsonl_errors_name_every_bad_line_with_its_number_in_the_file(tmp_path):
         read_prompts(jsonl)
     assert info.value.problems == [
         f"{jsonl}:3: prompt: missing or not a non-empty string",
-        f"{jsonl}:4: invalid JSON (Expecting value)",
-        f"{jsonl}:5: expected an object with prompt",
+        f"{jsonl}:4: invalid JSON: Expecting value (column 1)",
+        f"{jsonl}:5: line must be a JSON object, got list",
         f"{jsonl}:6: prompt: missing or not a non-empty string",
     ]
 

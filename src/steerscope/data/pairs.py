@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.encoding import Item
+from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
 
 FIELDS = {"positive", "negative", "trait", "split", "meta"}
@@ -71,9 +72,7 @@ def _item_problems(value: Any, name: str) -> list[str]:
     return problems
 
 
-def _record_problems(record: Any) -> list[str]:
-    if not isinstance(record, dict):
-        return [f"line must be a JSON object, got {type(record).__name__}"]
+def _record_problems(record: dict[str, Any]) -> list[str]:
     problems = [f"{key}: unknown field (allowed: {', '.join(sorted(FIELDS))})" for key in sorted(set(record) - FIELDS)]
     for key in ("positive", "negative"):
         if key not in record:
@@ -97,15 +96,9 @@ def _record_problems(record: Any) -> list[str]:
 
 def validate_lines(lines: Sequence[str], path: str) -> tuple[list[ContrastivePair], list[str]]:
     """Parse JSONL lines; return the pairs and every problem as ``path:line: field: message``."""
-    pairs, problems = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
+    pairs: list[ContrastivePair] = []
+    problems: list[str] = []
+    for number, record in json_objects(lines, path, problems):
         found = _record_problems(record)
         if found:
             problems += [f"{path}:{number}: {p}" for p in found]

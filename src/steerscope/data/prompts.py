@@ -7,45 +7,33 @@ for, a non-empty string ``env``. Line numbers count every line of the file, blan
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
+from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
 
 
-def _lines(file: Path) -> Iterator[tuple[int, str]]:
-    if not file.is_file():
-        raise SteerscopeError(f"prompt file {file} does not exist")
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            yield number, line
+def _no_prompts(file: Path) -> list[dict[str, str]]:
+    raise SteerscopeError(f"no prompts in {file}")
 
 
 def _records(file: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
     """Every line as ``{field: value}``; DataError listing every malformed line."""
-    records, problems = [], []
-    for number, line in _lines(file):
-        if file.suffix != ".jsonl":
-            records.append({"prompt": line.strip()})
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{file}:{number}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{file}:{number}: expected an object with {', '.join(fields)}")
-            continue
+    if not file.is_file():
+        raise SteerscopeError(f"prompt file {file} does not exist")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if file.suffix != ".jsonl":
+        return [{"prompt": line.strip()} for line in lines if line.strip()] or _no_prompts(file)
+    records: list[dict[str, str]] = []
+    problems: list[str] = []
+    for number, record in json_objects(lines, str(file), problems):
         bad = [f for f in fields if not isinstance(record.get(f), str) or not record[f].strip()]
         problems += [f"{file}:{number}: {f}: missing or not a non-empty string" for f in bad]
         if not bad:
             records.append({f: record[f] for f in fields})
     if problems:
         raise DataError(str(file), problems)
-    if not records:
-        raise SteerscopeError(f"no prompts in {file}")
-    return records
+    return records or _no_prompts(file)
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
@@ -18,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
 
 #: Traits with a labelled scorer corpus in ``data/builtin/scorer/``.
@@ -92,18 +92,9 @@ def corpus_hash(trait: str) -> str:
 @cache
 def _corpus(trait: str) -> tuple[dict, ...]:
     where = f"<builtin scorer {trait}>"
-    records, problems = [], []
-    for n, line in enumerate(_corpus_text(trait).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}:{n}: invalid JSON: {exc.msg}")
-            continue
-        if not isinstance(rec, dict):
-            problems.append(f"{where}:{n}: expected a JSON object")
-            continue
+    records: list[dict] = []
+    problems: list[str] = []
+    for n, rec in json_objects(_corpus_text(trait).splitlines(), where, problems):
         if not isinstance(rec.get("text"), str) or not rec["text"].strip():
             problems.append(f"{where}:{n}: text: must be a non-empty string")
         if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
