@@ -358,3 +358,14 @@ def test_unknown_method(cli):
 
 def test_bad_positions(cli):
     assert_user_error(cli["bad_positions"], "'middle'", "last-K")
+
+
+def test_the_cli_only_parses_and_prints():
+    """No command function of the CLI is longer than 40 lines: what it decides lives in the library."""
+    import ast
+
+    import steerscope.cli
+
+    tree = ast.parse(pathlib.Path(steerscope.cli.__file__).read_text(encoding="utf-8"))
+    lengths = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert lengths and max(lengths.values()) <= 40, {k: v for k, v in lengths.items() if v > 40}

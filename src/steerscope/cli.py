@@ -385,11 +385,11 @@ def audit_identifiability(
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", "-a", help="Strength α of every steered condition (default 2)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of orthogonal draws u ⊥ v (default: the profile's)."),
-    env: str = typer.Option("in_distribution", "--env", help="in_distribution, topic_shift or genre_shift."),
+    env: Optional[str] = typer.Option(None, "--env", help="in_distribution (default), topic_shift or genre_shift."),
     n_prompts: Optional[int] = typer.Option(None, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sampled completions per prompt."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
-    margin: float = typer.Option(0.2, "--margin", help="Equivalence margin in |Hedges' g|."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="Equivalence margin in |Hedges' g| (default 0.2)."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
@@ -409,9 +409,9 @@ def audit_identifiability(
     from steerscope.audit.profiles import command_profile
     from steerscope.audit.sweep import parse_alphas
 
-    sizes = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples),
-                               ("max_new_tokens", max_new_tokens)) if v is not None}
-    settings = command_profile(quick).identifiability(seed, env=env, margin_g=margin, **sizes)
+    given = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples),
+                               ("max_new_tokens", max_new_tokens), ("env", env), ("margin_g", margin)) if v is not None}
+    settings = command_profile(quick).identifiability(seed, **given)
     command = IdentifiabilityCommand(tuple(_traits(trait)), out_dir, settings, alpha, layer,
                                      tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
     command.prepare()
