@@ -206,8 +206,11 @@ def test_a_continuation_without_a_readable_cache_is_refused(tiny_models):
     """Position ids beyond the call's width with no cache steerscope can read: refuse, never guess."""
     lm = tiny_models["llama"]
     with steer(lm, {1: _vec(lm)}, 1.0, positions="generated"), torch.no_grad():
-        with pytest.raises(SteerscopeError, match="without a KV cache"):
+        with pytest.raises(SteerscopeError, match="at position ids up to 7 without a KV cache"):
             lm.model(torch.tensor([[5]]), position_ids=torch.tensor([[7]]), use_cache=False)
+        with pytest.raises(SteerscopeError, match="with an attention mask over 8 positions without a KV cache"):
+            lm.model(torch.tensor([[5]]), attention_mask=torch.ones(1, 8, dtype=torch.long), use_cache=False)
+        lm.model(torch.tensor([[5, 6]]), attention_mask=torch.ones(1, 2, dtype=torch.long), use_cache=False)  # a whole sequence
 
 
 def test_ablate_and_clamp_set_the_projection(lm):

@@ -53,9 +53,9 @@ def past_length(kwargs: Mapping[str, object], width: int) -> int:
 
     Read from ``cache_position`` when given, else from the cache object under any of
     :data:`CACHE_NAMES`; 0 when neither is present (a pass over a whole sequence). Raises when
-    no cache is visible but ``position_ids`` show that the call continues a longer sequence
-    (a cache passed in a way this module does not know): edits at prompt or generated positions
-    would silently land on the wrong tokens.
+    no cache is visible but ``position_ids`` or a 2-D ``attention_mask`` wider than the call show
+    that it continues a longer sequence (a cache passed in a way this module does not know):
+    edits at prompt or generated positions would silently land on the wrong tokens.
     """
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, torch.Tensor) and cache_position.numel() > 0:
@@ -63,11 +63,17 @@ def past_length(kwargs: Mapping[str, object], width: int) -> int:
     for name in CACHE_NAMES:
         if kwargs.get(name) is not None:
             return cache_length(kwargs[name])
-    position_ids = kwargs.get("position_ids")
+    position_ids, mask = kwargs.get("position_ids"), kwargs.get("attention_mask")
     if isinstance(position_ids, torch.Tensor) and position_ids.numel() > 0 and int(position_ids.max()) >= width:
-        raise SteerscopeError(
-            f"the model was called on {width} token(s) at position ids up to {int(position_ids.max())} without a KV cache "
-            f"that steerscope can read (looked for cache_position and {', '.join(CACHE_NAMES)}); "
-            "this transformers version passes the cache in a way steerscope does not support"
-        )
+        _refuse(f"at position ids up to {int(position_ids.max())}", width)
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] > width:
+        _refuse(f"with an attention mask over {mask.shape[1]} positions", width)
     return 0
+
+
+def _refuse(evidence: str, width: int) -> None:
+    raise SteerscopeError(
+        f"the model was called on {width} token(s) {evidence} without a KV cache that steerscope can read (looked for "
+        f"cache_position and {', '.join(CACHE_NAMES)}); this transformers version passes the cache in a way steerscope "
+        "does not support"
+    )
