@@ -17,17 +17,12 @@ from steerscope.capture import capture
 from steerscope.data.pairs import ContrastivePair, dataset_hash
 from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
+from steerscope.registry import Registry
 
 Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS: dict[str, Method] = {}
-
-
-def register_method(name: str) -> Callable[[Method], Method]:
-    """Decorator adding an extraction method under ``name`` (overrides an existing one)."""
-    def decorate(fn: Method) -> Method:
-        METHODS[name] = fn
-        return fn
-    return decorate
+METHODS: Registry[Method] = Registry("unknown extraction method {name}; available: {known}")
+#: Decorator adding an extraction method under a name (replacing one registered before).
+register_method = METHODS.register
 
 
 def _scaled(direction: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -66,9 +61,7 @@ def probe(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise SteerscopeError(f"unknown extraction method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def extract(

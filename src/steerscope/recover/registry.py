@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steerscope.errors import SteerscopeError
 from steerscope.recover.result import Recovery
+from steerscope.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,8 @@ class TraitInputs:
 
 
 RecoveryMethod = Callable[[TraitInputs], Recovery]
-METHODS: dict[str, RecoveryMethod] = {}
-
-
-def register_recovery(name: str) -> Callable[[RecoveryMethod], RecoveryMethod]:
-    """Decorator adding a recovery method under ``name`` (overrides an existing one)."""
-    def decorate(fn: RecoveryMethod) -> RecoveryMethod:
-        METHODS[name] = fn
-        return fn
-    return decorate
-
-
-def get_recovery(name: str) -> RecoveryMethod:
-    """The recovery method registered under ``name``."""
-    if name not in METHODS:
-        raise SteerscopeError(f"unknown recovery method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+METHODS: Registry[RecoveryMethod] = Registry("unknown recovery method {name}; available: {known}")
+#: Decorator adding a recovery method under a name (replacing one registered before).
+register_recovery = METHODS.register
+#: The recovery method registered under a name (SteerscopeError naming the known ones otherwise).
+get_recovery = METHODS.lookup

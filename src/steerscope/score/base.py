@@ -19,6 +19,7 @@ import numpy as np
 
 from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
+from steerscope.registry import Registry
 
 #: Traits with a labelled scorer corpus in ``data/builtin/scorer/``.
 CORPUS_TRAITS = ("formality", "politeness", "agreeableness", "truthfulness")
@@ -122,15 +123,9 @@ def scorer_corpus(trait: str, split: str | None = None) -> list[dict]:
 
 #: A scorer kind: ``factory(trait, **kwargs)`` builds a scorer of ``trait``.
 ScorerFactory = Callable[..., Scorer]
-SCORERS: dict[str, ScorerFactory] = {}
-
-
-def register_scorer(kind: str) -> Callable[[ScorerFactory], ScorerFactory]:
-    """Decorator adding a scorer kind under ``kind`` (overrides an existing one)."""
-    def decorate(factory: ScorerFactory) -> ScorerFactory:
-        SCORERS[kind] = factory
-        return factory
-    return decorate
+SCORERS: Registry[ScorerFactory] = Registry("unknown scorer kind {name}; known kinds: {known}")
+#: Decorator adding a scorer kind (replacing one registered before).
+register_scorer = SCORERS.register
 
 
 def check_trait(trait: str) -> None:
@@ -150,9 +145,7 @@ def get_scorer(trait: str, kind: str = "default", **kwargs) -> Scorer:
     ``positive_label=``), and any kind added with :func:`register_scorer`. Other keyword arguments
     go to the scorer's constructor.
     """
-    if kind not in SCORERS:
-        raise SteerscopeError(f"unknown scorer kind {kind!r}; known kinds: {', '.join(sorted(SCORERS))}")
-    return SCORERS[kind](trait, **kwargs)
+    return SCORERS.lookup(kind)(trait, **kwargs)
 
 
 @register_scorer("default")
