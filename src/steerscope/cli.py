@@ -455,7 +455,7 @@ def recover(
     layer: int = typer.Option(..., "--layer", "-l", help="Layer ℓ of the direction."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Your JSONL pair file."),
-    env_prompts: Optional[int] = typer.Option(None, "--env-prompts", help="multienv/crosslayer/sparse --observe jacobian: prompts per environment."),
+    env_prompts: Optional[int] = typer.Option(None, "--env-prompts", help="multienv/crosslayer/sparse --observe jacobian: prompts per environment (default: the full profile's)."),
     environments: Optional[Path] = typer.Option(None, "--environments", help="JSONL with 'prompt' and 'env' fields (default: built-in environments)."),
     later: Optional[str] = typer.Option(None, "--later-layers", help="crosslayer: comma-separated later layers (default ℓ + 10 % of the depth)."),
     dictionary: str = typer.Option("neurons", "--dictionary", help="sparse: neurons, learned, or a .npy/.safetensors file of rows."),
