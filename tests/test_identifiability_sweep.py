@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerscope.audit.identifiability import IdentifiabilitySettings, build_conditions, orthogonal_draw, summarise, verdict
+from steerscope.audit.equivalence import readout_verdict
+from steerscope.audit.identifiability import IdentifiabilitySettings, build_conditions, orthogonal_draw, score_readout
 from steerscope.audit.sweep import alpha_sweep, environment_runs, parse_alphas, sweep_conditions
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
@@ -52,7 +53,6 @@ def sweep(llama):
 @pytest.fixture(scope="module")
 def env_results(llama):
     return environment_runs(llama, "formality", 1, _v(llama.d_model), 8.0, FakeScorer(), SETTINGS,
-                            control_direction=_v(llama.d_model, 9),
                             prompts_by_env={e: PROMPTS[:3] for e in ("in_distribution", "topic_shift", "genre_shift")})
 
 
@@ -100,10 +100,9 @@ def test_environment_runs_all_envs(env_results):
     assert json.loads(json.dumps(env_results, allow_nan=False)) == env_results
     assert set(env_results["environments"]) == {"in_distribution", "topic_shift", "genre_shift"}
     for res in env_results["environments"].values():
-        assert set(res["mean_scores"]) == {"none", "v", "v+perp#0", "v+perp#1", "targeted"}
-        assert set(res["summary"]["conditions"]) == {"v+perp#0", "v+perp#1", "targeted"}
-        assert res["summary"]["positive_control"] == "targeted" and "distributional" not in res["summary"]
-        assert res["verdict"]["verdict"] in ("equivalent", "different", "inconclusive")
+        assert set(res["mean_scores"]) == {"none", "v", "v+perp#0", "v+perp#1", "dose_control", "dose_half"}
+        assert set(res["trait_score"]["conditions"]) == {"v+perp#0", "v+perp#1", "dose_control", "dose_half"}
+        assert res["trait_score"]["verdict"] in ("equivalent", "different", "inconclusive")
 
 
 def _check_png(path):
@@ -117,11 +116,11 @@ def _check_png(path):
 def _report():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(8, 2))
-    conds = build_conditions(_v(), 1.0, 2, seed=0, control_direction=_v(seed=4))
-    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 1.9, "sqrt2*v": 2.5, "perp": 0, "random": 0.1, "targeted": 4}
+    conds = [c for c in build_conditions(_v(), 1.0, 2, seed=0) if c.name != "dose_margin"]
+    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 1.9, "dose_control": 1.6, "dose_half": 1.0}
     scores = {c.name: base + shift[c.name] + 0.1 * rng.normal(size=base.shape) for c in conds}
-    summary = summarise(scores, None, conds, n_boot=50)
-    return jsonable({"config": {"trait": "formality", "layer": 1, "alpha": 1.0}, "summary": summary, "verdict": verdict(summary)})
+    result = readout_verdict(score_readout(scores, conds, None), SETTINGS.margin(), n_boot=50)
+    return jsonable({"config": {"trait": "formality", "layer": 1, "alpha": 1.0, "delta": 0.1}, "readouts": {"trait_score": result}})
 
 
 def test_plots_write_valid_pngs(tmp_path, sweep, env_results):
@@ -131,9 +130,8 @@ def test_plots_write_valid_pngs(tmp_path, sweep, env_results):
     paths = [tmp_path / "effect_ratio.png", tmp_path / "alpha_sweep.png", tmp_path / "environments.png"]
     plot_effect_ratio(_report(), paths[0])
     plot_alpha_sweep(sweep, paths[1])
-    rep = _report()  # non-degenerate scores, so the heat map has finite g values
-    other = {"trait": "politeness", "environments": {"in_distribution": {"summary": rep["summary"],
-                                                                         "verdict": rep["verdict"]["behavioural"]}}}
+    rep = _report()  # non-degenerate scores, so the heat map has finite efficacies
+    other = {"trait": "politeness", "environments": {"in_distribution": {"trait_score": rep["readouts"]["trait_score"]}}}
     plot_environment_heatmap([env_results, other], paths[2])
     for p in paths:
         _check_png(p)
@@ -210,8 +208,9 @@ def test_cli_several_traits_share_one_holm_family(tmp_path, monkeypatch, llama):
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads((out / "results.json").read_text())
     assert list(report["traits"]) == ["formality", "politeness"] and set(report["verdict"]) == {"formality", "politeness"}
-    n_tests = sum(len(r["summary"]["conditions"]) for r in report["traits"].values())
-    assert report["holm_family"] == {"traits": ["formality", "politeness"], "n_tests": n_tests}
+    for readout in ("trait_score", "pair_margin", "distribution"):
+        families = [r["readouts"][readout]["holm_family"] for r in report["traits"].values()]
+        assert families[0] == families[1] == {"traits": ["formality", "politeness"], "n_tests": 2}
     for name in ("effect_ratio_formality.png", "effect_ratio_politeness.png", "environments.png"):
         _check_png(out / name)
     assert (out / "summary.md").read_text().startswith("# Identifiability audit: overview")
@@ -221,28 +220,32 @@ def test_holm_across_traits_equals_holm_over_the_union():
     from steerscope.audit.identifiability import holm_across_traits
     from steerscope.stats import holm
 
-    def report(p_diff, p_tost):
-        conds = {f"c{i}": {"kind": "v+perp", "p_diff": d, "p_tost": t, "p_diff_holm": d, "p_tost_holm": t}
-                 for i, (d, t) in enumerate(zip(p_diff, p_tost))}
-        return {"summary": {"margin_g": 0.2, "v_vs_none": {"p_diff": 0.001}, "positive_control": None,
-                            "conditions": conds}, "scorer": {"validity": {"heldout_accuracy": 0.9}}}
+    def readout(p_diff):
+        conds = {f"c{i}": {"p_different": d, "p_different_holm": d, "p_equivalent": 0.5} for i, d in enumerate(p_diff)}
+        return {"readout": "pair_margin", "kind": "scalar", "delta": 0.1, "level": 0.05, "draws": list(conds), "invalid": None,
+                "effect": {"p": 0.001}, "conditions": conds, "dose_control_detected": True,
+                "planning": {"n": 8, "resolution": 0.2, "units": "fraction of v's effect", "prompts_needed": 40}}
 
-    reports = {"a": report([0.01, 0.04], [0.5, 0.02]), "b": report([0.03], [None])}
+    reports = {"a": {"readouts": {"pair_margin": readout([0.02, 0.04])}}, "b": {"readouts": {"pair_margin": readout([0.03])}}}
     joint = holm_across_traits(reports)
-    expected_diff, expected_tost = holm([0.01, 0.04, 0.03]), holm([0.5, 0.02, 1.0])
-    got = [joint[t]["summary"]["conditions"][c] for t, c in (("a", "c0"), ("a", "c1"), ("b", "c0"))]
-    assert [g["p_diff_holm"] for g in got] == pytest.approx(list(expected_diff))
-    assert [g["p_tost_holm"] for g in got] == pytest.approx(list(expected_tost))
-    assert reports["a"]["summary"]["conditions"]["c0"]["p_diff_holm"] == 0.01  # inputs untouched
-    assert joint["a"]["verdict"]["behavioural"]["verdict"] == "inconclusive"  # no positive control
+    expected = holm([0.02, 0.04, 0.03])
+    got = [joint[t]["readouts"]["pair_margin"]["conditions"][c] for t, c in (("a", "c0"), ("a", "c1"), ("b", "c0"))]
+    assert [g["p_different_holm"] for g in got] == pytest.approx(list(expected))
+    assert reports["a"]["readouts"]["pair_margin"]["conditions"]["c0"]["p_different_holm"] == 0.02  # inputs untouched
+    # alone, trait a's first draw differs (Holm over 2 draws: 0.04); in the family of 3 it does not (0.02 · 3 > 0.05)
+    assert reports["a"]["readouts"]["pair_margin"]["conditions"]["c0"]["p_different"] * 2 < 0.05
+    assert joint["a"]["verdict"]["pair_margin"]["verdict"] == "inconclusive"
+    assert joint["a"]["readouts"]["pair_margin"]["holm_family"] == {"traits": ["a", "b"], "n_tests": 3}
 
 
-def test_invalid_scorer_makes_the_behavioural_verdict_inconclusive():
-    conds = {"v+perp#0": {"kind": "v+perp", "p_tost_holm": 0.001, "p_diff_holm": 0.9},
-             "targeted": {"kind": "targeted", "p_tost_holm": 0.9, "p_diff_holm": 0.001}}
-    summary = {"margin_g": 0.2, "v_vs_none": {"p_diff": 1e-4}, "positive_control": "targeted", "conditions": conds}
-    assert verdict(summary, scorer_accuracy=0.9)["behavioural"]["verdict"] == "equivalent"
-    out = verdict(summary, scorer_accuracy=0.55)["behavioural"]
+def test_invalid_scorer_makes_the_trait_score_verdict_inconclusive():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(10, 2))
+    conds = [c for c in build_conditions(_v(), 1.0, 2, seed=0) if c.name != "dose_margin"]
+    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 2, "dose_control": 1.6, "dose_half": 1.0}
+    scores = {c.name: base + shift[c.name] + 0.01 * rng.normal(size=base.shape) for c in conds}
+    assert readout_verdict(score_readout(scores, conds, 0.9), SETTINGS.margin(), 50)["verdict"] == "equivalent"
+    out = readout_verdict(score_readout(scores, conds, 0.55), SETTINGS.margin(), 50)
     assert out["verdict"] == "inconclusive" and "0.55" in out["reason"]
 
 
@@ -271,6 +274,6 @@ def test_effect_ratio_plot_accepts_an_interval_that_excludes_the_estimate(tmp_pa
     from steerscope.audit.plots import plot_effect_ratio
 
     report = _report()
-    row = next(iter(report["summary"]["conditions"].values()))
+    row = next(iter(report["readouts"]["trait_score"]["conditions"].values()))
     row["efficacy"], row["efficacy_low"], row["efficacy_high"] = 2.0, -1.0, 1.5
     _check_png(plot_effect_ratio(report, tmp_path / "effect_ratio.png"))

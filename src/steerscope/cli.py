@@ -389,7 +389,8 @@ def audit_identifiability(
     n_prompts: Optional[int] = typer.Option(None, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sampled completions per prompt."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
-    margin: Optional[float] = typer.Option(None, "--margin", help="Equivalence margin in |Hedges' g| (default 0.2)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="Equivalence margin δ, a fraction of v's dose (default 0.1)."),
+    class_draws: Optional[int] = typer.Option(None, "--class-draws", help="Monte Carlo draws per norm ratio (class size; 0 skips)."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
@@ -400,17 +401,16 @@ def audit_identifiability(
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
-    """Is the vector identifiable? Test v against v + u (u ⊥ v) with controls and statistics.
+    """Is the vector identifiable? Test v against v + u (u ⊥ v) on three readouts, with dose controls.
 
-    Writes results.json, summary.md and effect_ratio.png (alpha_sweep.png with --alphas, environments.png
-    with --all-envs); several traits share one Holm family, results.json holds each under "traits".
-    """
+    Writes results.json, summary.md, effect_ratio.png (alpha_sweep.png with --alphas, environments.png with
+    --all-envs); several traits share one Holm family per readout, results.json holds each under "traits"."""
     from steerscope.audit.commands import IdentifiabilityCommand
     from steerscope.audit.profiles import command_profile
     from steerscope.audit.sweep import parse_alphas
 
     given = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples),
-                               ("max_new_tokens", max_new_tokens), ("env", env), ("margin_g", margin)) if v is not None}
+                               ("max_new_tokens", max_new_tokens), ("env", env), ("delta", delta), ("class_draws", class_draws)) if v is not None}
     settings = command_profile(quick).identifiability(seed, **given)
     command = IdentifiabilityCommand(tuple(_traits(trait)), out_dir, settings, alpha, layer,
                                      tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)

@@ -9,7 +9,7 @@ import torch
 
 from steerscope.capture import forward
 from steerscope.data.pairs import ContrastivePair
-from steerscope.encoding import Item, encode_item, pad_batch
+from steerscope.encoding import Encoded, Item, encode_item, pad_batch
 from steerscope.errors import SteerscopeError
 from steerscope.intervene import Steering
 from steerscope.models.loading import LoadedModel
@@ -34,19 +34,25 @@ def completion_logprobs(lm: LoadedModel, items: Sequence[Item], steering: Steeri
         # need logits, which matters for large vocabularies.
         keep = max(len(e.ids) - e.span[0] + 1 for e in chunk)
         with rows if rows is not None else nullcontext(), torch.inference_mode():
-            logits = _logits(lm, batch, keep)
-        width = batch.input_ids.shape[1]
-        for row, enc in enumerate(chunk):
-            s, e = enc.span
-            first = width - len(enc.ids) + s - 1 - (width - logits.shape[1])
-            picked = logits[row, first:first + (e - s)].float()
-            targets = torch.tensor(enc.ids[s:e], device=picked.device)
-            token_logp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-            scores[start + row] = token_logp.double().sum().cpu()
+            logits = logits_tail(lm, batch, keep)
+        scores[start:start + len(chunk)] = span_logprobs(logits, chunk, batch.input_ids.shape[1]).cpu()
     return scores
 
 
-def _logits(lm: LoadedModel, batch, keep: int) -> torch.Tensor:
+def span_logprobs(logits: torch.Tensor, encoded: Sequence[Encoded], width: int) -> torch.Tensor:
+    """Summed completion log-probabilities ``[B]`` (float64 sums of float32 terms, differentiable) from the logits ``[B, K, V]``
+    of the last ``K`` positions of a left-padded batch ``width`` tokens wide."""
+    sums = []
+    for row, enc in enumerate(encoded):
+        s, e = enc.span
+        first = width - len(enc.ids) + s - 1 - (width - logits.shape[1])
+        picked = logits[row, first:first + (e - s)].float()
+        targets = torch.tensor(enc.ids[s:e], device=picked.device)
+        sums.append((picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)).double().sum())
+    return torch.stack(sums)
+
+
+def logits_tail(lm: LoadedModel, batch, keep: int) -> torch.Tensor:
     """Logits ``[B, K, V]`` of the last ``K >= keep`` positions (all positions if the model cannot trim)."""
     try:
         return forward(lm, batch, logits_to_keep=keep).logits

@@ -94,28 +94,40 @@ def strength_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
             f"{st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}{_img(plots['calibration'], 'calibration')}{examples}")
 
 
+def _readout_table(result: Mapping[str, Any]) -> str:
+    scalar = result["kind"] == "scalar"
+    rows = [[_e(name), ci(r.get("efficacy"), r.get("efficacy_low"), r.get("efficacy_high"), ".2f") if scalar else num(r.get("js_over_margin")),
+             num(r.get("p_equivalent")), num(r.get("p_different")), num(r.get("p_different_holm"))] for name, r in result["conditions"].items()]
+    plan = result["planning"]
+    head = ["condition", "efficacy [90 % CI]" if scalar else "JS(v, w) / JS(v, (1 − δ)v)", "TOST p", "difference p", "difference p (Holm)"]
+    return (f"<h4>{_e(result['readout'])}: <span class='badge {_status(result['verdict'])}'>{_e(result['verdict'])}</span></h4>"
+            f"<p>{_e(result['reason'])}.</p>{_table(head, rows)}<p class='note'>resolution at n = {plan['n']}: "
+            f"±{num(plan['resolution'])} {_e(plan['units'])}; n ≈ {_e(plan['prompts_needed'] or 'too many')} for 80 % power at "
+            f"δ = {result['delta']:g}.</p>")
+
+
+def _class_table(classes: Mapping[str, Any]) -> str:
+    rows = []
+    if classes.get("trait_score"):
+        c = classes["trait_score"]
+        rows.append(["trait score (audited draws)", "1", ci(c["fraction"], c["low"], c["high"], ".2f"), c["n"], "n/a"])
+    for readout in ("pair_margin", "distribution"):
+        for ratio, c in (classes.get(readout) or {}).items():
+            rows.append([readout, ratio, ci(c["fraction"], c["low"], c["high"], ".2f"), c["n"], num(c.get("predicted"), ".2f")])
+    return _table(["readout", "‖u‖/‖v‖", "share of v + u within δ [95 % CI]", "draws", "first-order prediction"], rows)
+
+
 def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     ident = res["identifiability"]
-    summ, cfg = ident["summary"], ident["config"]
-    vn = summ["v_vs_none"]
-    rows = [["v vs none", "reference", num(vn["mean_v"]), ci(vn["g"], vn["g_low"], vn["g_high"], ".2f"), "", "", num(vn["p_diff"]),
-             num(vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None)]]
-    for name, c in summ["conditions"].items():
-        rows.append([_e(name), _e(c["kind"]), num(c["mean"]), ci(c["g"], c["g_low"], c["g_high"], ".2f"),
-                     ci(c["efficacy"], c["efficacy_low"], c["efficacy_high"], ".2f"), num(c.get("p_tost_holm")), num(c.get("p_diff_holm")),
-                     num(c["js"]["estimate"] if isinstance(c.get("js"), dict) else None)])
-    table = _table(["condition", "kind", "mean score", "g vs v [95 % CI] (v vs none: g vs none)", "efficacy vs v [95 % CI]",
-                    "TOST p (Holm)", "difference p (Holm)", "JS from v (nats)"], rows)
-    verdicts = _table(["readout", "verdict", "reason"], [[_e(k), f'<span class="badge {_status(v["verdict"])}">{_e(v["verdict"])}</span>',
-                                                         _e(v["reason"])] for k, v in ident["verdict"].items()])
-    scorer = ident["scorer"]
-    acc = ident.get("scorer_accuracy")
-    return (f"<h3>v against v + u (u ⊥ v)</h3><p class='note'>{cfg['n_draws']} orthogonal draws (seeds {_e(cfg['draw_seeds'])}), "
-            f"{cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, α = {cfg['alpha']:g}, margin |g| < {cfg['margin_g']}; "
-            f"positive control: {_e(summ['positive_control'])} (the {_e(cfg['control_trait'])} vector); random control seed "
-            f"{_e(cfg['random_seed'])}.</p>{verdicts}{table}"
-            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(acc, '.2f')} "
-            f"(behavioural verdicts need ≥ 0.7).</p>{_img(plots['effect_ratio'], 'effect ratio')}"
+    cfg, scorer = ident["config"], ident["scorer"]
+    tables = "".join(_readout_table(r) for r in ident["readouts"].values())
+    return (f"<h3>v against v + u (u ⊥ v), per readout</h3><p class='note'>{cfg['n_draws']} orthogonal draws (seeds "
+            f"{_e(cfg['draw_seeds'])}), {cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, "
+            f"{cfg['n_pairs']} held-out pairs, α = {cfg['alpha']:g} at every position, δ = {cfg['delta']:g}, level {cfg['level']:g}; "
+            f"dose controls (1 − 2δ)·v and 0.5·v, gradient control v+grad.</p>{tables}"
+            f"<h3>Size of the equivalence class</h3>{_class_table(ident['class_size'])}"
+            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(ident.get('scorer_accuracy'), '.2f')} "
+            f"(trait-score verdicts need ≥ 0.7).</p>{_img(plots['effect_ratio'], 'effect ratio')}"
             f"<p class='note'>{_e(ident['statement'])}</p>")
 
 

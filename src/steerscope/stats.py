@@ -13,12 +13,9 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats as _scipy_stats
 
 MAX_DROPPED_FRACTION = 0.1
 
@@ -142,43 +139,6 @@ def efficacy(cond: ArrayLike, none: ArrayLike, v: ArrayLike) -> float:
     return (float(np.asarray(cond).mean()) - base) / denominator
 
 
-@dataclass(frozen=True)
-class TostResult:
-    """Paired TOST outcome; ``p_value = max(p_lower, p_upper)``, margins as ±margin."""
-
-    p_value: float
-    p_lower: float
-    p_upper: float
-    margin_g: float
-    margin_raw: float
-    mean_diff: float
-    n: int
-
-    def equivalent(self, alpha: float = 0.05) -> bool:
-        """Whether equivalence within ±margin is shown at level ``alpha``."""
-        return self.p_value < alpha
-
-
-def tost_paired(x: ArrayLike, y: ArrayLike, margin_g: float = 0.2) -> TostResult:
-    """Two one-sided tests that paired per-prompt means ``x``, ``y`` (``[n]``) are equivalent.
-
-    The margin is standardised like :func:`hedges_g` (paired): ``Δ = margin_g · sqrt((var_x +
-    var_y) / 2)``. With ``d = x − y``: H0a ``mean(d) ≤ −Δ`` (one-sample t, alternative greater)
-    gives ``p_lower``, H0b ``mean(d) ≥ Δ`` (alternative less) gives ``p_upper``.
-    """
-    if margin_g <= 0:
-        raise ValueError(f"margin_g must be positive, got {margin_g}")
-    a, b = _paired_vectors(x, y)
-    delta = margin_g * _paired_sd(a, b)
-    d = a - b
-    p_lower = float(_scipy_stats.ttest_1samp(d, -delta, alternative="greater").pvalue)
-    p_upper = float(_scipy_stats.ttest_1samp(d, delta, alternative="less").pvalue)
-    return TostResult(
-        p_value=max(p_lower, p_upper), p_lower=p_lower, p_upper=p_upper, margin_g=float(margin_g),
-        margin_raw=float(delta), mean_diff=float(d.mean()), n=int(d.size),
-    )
-
-
 def holm(p_values: ArrayLike) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1), in input order."""
     p = np.asarray(p_values, dtype=float)
@@ -190,71 +150,3 @@ def holm(p_values: ArrayLike) -> np.ndarray:
     adjusted = np.empty_like(p)
     adjusted[order] = np.minimum(stepped, 1.0)
     return adjusted
-
-
-def paired_differences(cond: ArrayLike, ref: ArrayLike) -> np.ndarray:
-    """Per-prompt mean of ``cond`` minus that of ``ref``: ``[n_prompts]`` (inputs ``[n]``/``[n, s]``)."""
-    c, r = prompt_means(cond), prompt_means(ref)
-    if c.shape != r.shape:
-        raise ValueError(f"cond and ref must have the same prompts, got {c.size} and {r.size}")
-    return c - r
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Summary of ``cond`` against ``ref``; CIs are cluster-bootstrap percentile intervals."""
-
-    g: float
-    g_low: float
-    g_high: float
-    efficacy: float
-    efficacy_low: float
-    efficacy_high: float
-    tost: TostResult
-    mean_cond: float
-    mean_ref: float
-    mean_v: float
-    mean_none: float
-    n_prompts: int
-    n_samples: int
-    level: float
-    n_boot: int
-    seed: int
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of plain floats/ints (``tost`` nested as a dict)."""
-        return asdict(self)
-
-
-def compare_conditions(
-    cond: ArrayLike,
-    ref: ArrayLike,
-    v: ArrayLike,
-    none: ArrayLike,
-    margin_g: float = 0.2,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> Comparison:
-    """Compare condition ``cond`` with reference ``ref`` on the same prompts.
-
-    All four arrays are ``[n_prompts]`` or ``[n_prompts, n_samples]`` scores of the same prompts:
-    ``v`` is the steering vector's condition and ``none`` the unsteered baseline (they define
-    efficacy). Reports paired Hedges' g of cond vs ref (per-prompt means), ``efficacy(cond,
-    none, v)`` (prompts resampled jointly across the three arrays), both with cluster-bootstrap
-    CIs from the same ``seed``, and the paired TOST of cond vs ref. ``n_samples`` is that of
-    ``cond`` (1 for ``[n_prompts]`` input).
-    """
-    arrays = [np.asarray(a, dtype=float) for a in (cond, ref, v, none)]
-    means = [prompt_means(a) for a in arrays]
-    if len({m.shape for m in means}) != 1:
-        raise ValueError(f"cond, ref, v, none must share prompts, got shapes {[a.shape for a in arrays]}")
-    c, r, vv, nn = arrays
-    g, g_low, g_high = cluster_bootstrap(hedges_g, means[:2], n_boot=n_boot, seed=seed, level=level)
-    eff, eff_low, eff_high = cluster_bootstrap(efficacy, [c, nn, vv], n_boot=n_boot, seed=seed, level=level)
-    return Comparison(
-        g=g, g_low=g_low, g_high=g_high, efficacy=eff, efficacy_low=eff_low, efficacy_high=eff_high,
-        tost=tost_paired(means[0], means[1], margin_g), mean_cond=float(c.mean()), mean_ref=float(r.mean()),
-        mean_v=float(vv.mean()), mean_none=float(nn.mean()), n_prompts=int(means[0].size),
-        n_samples=int(c.shape[1]) if c.ndim == 2 else 1, level=float(level), n_boot=int(n_boot), seed=int(seed),
-    )

@@ -4,9 +4,10 @@ audit results (see :func:`steerscope.audit.pipeline.assemble`).
 1. *Does it steer?* The identifiability audit's v-vs-unsteered comparison (held-out prompts, paired
    Hedges' g with a cluster-bootstrap CI), with the side effects: the perplexity ratio of steered
    text under the unsteered model (strength calibration) and the next-token JS divergence.
-2. *Is it identifiable?* The behavioural and distributional verdicts of v against v + u (u ⊥ v)
-   with their controls, the first-order equivalence class (directions the logit Jacobian cannot
-   see at 10⁻³), and which structural assumptions recover a unique direction.
+2. *Is it identifiable?* One verdict per readout (trait score, pair margin, next-token
+   distribution) of v against v + u (u ⊥ v) at a margin calibrated from dose, the measured share
+   of random u that stay in v's equivalence class, the first-order class (directions the logit
+   Jacobian cannot see at 10⁻³), and which structural assumptions recover a unique direction.
 3. *Is the steered state reachable by a prompt?* The reachability verdict, with the best-found
    distance against the natural noise floor and the steering displacement.
 
@@ -26,13 +27,13 @@ NULL_TOL = "0.001"
 
 def steers(result: Mapping[str, Any]) -> dict[str, Any]:
     ident, strength = result["identifiability"], result["strength"]
-    vn = ident["summary"]["v_vs_none"]
+    vn = ident["v_vs_none"]
     chosen = next(r for r in strength["rows"] if r["alpha"] == strength["alpha"])
     acc = ident.get("scorer_accuracy")
     effect = f"effect g = {num(vn['g'], '.2f')} [95 % CI {num(vn['g_low'], '.2f')}, {num(vn['g_high'], '.2f')}], p = {num(vn['p_diff'], '.3g')}"
     side = (f"perplexity of steered text under the unsteered model × "
             f"{ci(chosen['ppl_ratio'], chosen['ppl_ratio_low'], chosen['ppl_ratio_high'], '.2f')}")
-    js = vn.get("js", {}).get("estimate") if isinstance(vn.get("js"), dict) else None
+    js = vn.get("js")
     facts = [effect, side, f"α = {strength['alpha']:g} ({strength['reason']})"]
     if js is not None:
         facts.append(f"next-token JS divergence from unsteered: {num(js, '.3g')} nats")
@@ -48,17 +49,37 @@ def steers(result: Mapping[str, Any]) -> dict[str, Any]:
     return {"status": status, "headline": headline, "facts": facts}
 
 
+LABELS = {"trait_score": "Trait score", "pair_margin": "Pair margin", "distribution": "Next-token distribution"}
+MEANING = {"equivalent": "not identifiable (every v + u tested acts like v)", "different": "identifiable at this resolution",
+           "inconclusive": "undetermined"}
+
+
+def _share(row: Mapping[str, Any] | None, delta: float) -> str:
+    if not row or not row.get("n") or row.get("fraction") is None:
+        return ""
+    return (f"{row['fraction']:.0%} [{row['low']:.0%}, {row['high']:.0%}] of {row['n']} random orthogonal additions of "
+            f"equal norm keep the effect within ±{delta:g} of v's dose")
+
+
+def readout_headlines(ident: Mapping[str, Any]) -> list[str]:
+    """One sentence per readout: its verdict, the share of v's class at ‖u‖ = ‖v‖, and why."""
+    delta, classes, out = ident["config"]["delta"], ident.get("class_size") or {}, []
+    for name, res in ident["readouts"].items():
+        row = classes.get(name)
+        share = _share(row.get("1") if row and "1" in row else (row if row and "fraction" in row else None), delta)
+        out.append(f"{LABELS.get(name, name)}: {MEANING[res['verdict']]}{' — ' + share if share else ''} ({res['reason']}).")
+    return out
+
+
 def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
-    verdicts = result["identifiability"]["verdict"]
-    beh, dist = verdicts["behavioural"], verdicts["distributional"]
+    ident = result["identifiability"]
+    verdicts = {k: r["verdict"] for k, r in ident["readouts"].items()}
     layer = str(result["layer_selection"]["chosen"])
     stacked = result["nullspace"]["layers"][layer]["logits"]["stacked"]
     d = stacked["d"]
     null = d - stacked["effective_rank"][NULL_TOL]
     unique = [r["method"] for r in result["recovery"] if r["identifiable"] is True]
-    facts = [
-        f"behavioural readout (trait scores): {beh['verdict']}: {beh['reason']}",
-        f"distributional readout (next-token JS): {dist['verdict']}: {dist['reason']}",
+    facts = readout_headlines(ident) + [
         f"first-order equivalence class: {null} of {d} directions have logit-Jacobian gain ≤ 10⁻³ × the largest "
         f"over {result['nullspace']['config']['n_prompts']} prompts",
         "structural assumptions that make the direction unique: " + (", ".join(unique) if unique else "none of "
@@ -68,19 +89,17 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     if gain:
         facts.append(f"gain of v through the logit Jacobian: {num(gain['gain_v'], '.3g')} (average direction "
                      f"{num(gain['random_mean'], '.3g')})")
-    labels = {beh["verdict"], dist["verdict"]}
-    if "equivalent" in labels and "different" not in labels:
-        status, headline = "no", ("No: adding components orthogonal to v leaves the outcome unchanged, so v is one of many "
-                                  "interchangeable vectors.")
-    elif "different" in labels and "equivalent" not in labels:
-        status, headline = "yes", ("Yes, at this resolution: random components orthogonal to v change the outcome "
-                                   f"({', '.join(sorted(k for k, v in verdicts.items() if v['verdict'] == 'different'))} "
-                                   f"readout), and {null} of {d} directions are first-order invisible.")
+    labels = set(verdicts.values())
+    per_readout = "; ".join(f"{LABELS.get(k, k).lower()}: {MEANING[v]}" for k, v in verdicts.items())
+    if labels == {"equivalent"}:
+        status = "no"
+    elif labels == {"different"}:
+        status = "yes"
     elif labels == {"inconclusive"}:
-        status, headline = "unknown", "Undetermined: neither readout could show equivalence or difference at this sample size."
+        status = "unknown"
     else:
-        status, headline = "mixed", "Mixed: the readouts disagree (see the details)."
-    return {"status": status, "headline": headline, "facts": facts}
+        status = "mixed"
+    return {"status": status, "headline": f"Per readout — {per_readout}.", "facts": facts}
 
 
 def reachable(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -98,16 +98,16 @@ class IdentifiabilityCommand:
 
     def reports(self, lm: LoadedModel) -> dict[str, dict[str, Any]]:
         """Every trait's report (with the α sweep / environments when asked), Holm across traits."""
-        from steerscope.audit.identifiability import audit_vectors, holm_across_traits, run_identifiability
+        from steerscope.audit.identifiability import audit_vector, holm_across_traits, run_identifiability
         from steerscope.audit.sweep import run_extensions
         from steerscope.score.base import get_scorer
 
         layer, alpha, reports = self.chosen_layer(lm), self.alpha if self.alpha is not None else DEFAULT_ALPHA, {}
         for t in self.traits:
-            scorer, vectors = get_scorer(t), audit_vectors(lm, t, layer, self.settings.control_trait)
-            reports[t] = run_identifiability(lm, t, layer, alpha, self.settings, scorer=scorer, vectors=vectors)
+            scorer, vector = get_scorer(t), audit_vector(lm, t, layer)
+            reports[t] = run_identifiability(lm, t, layer, alpha, self.settings, scorer=scorer, vector=vector)
             reports[t] |= run_extensions(lm, t, layer, alpha, self.settings, alphas=self.sweep_alphas or None,
-                                         all_envs=self.all_envs, scorer=scorer, vectors=vectors)
+                                         all_envs=self.all_envs, scorer=scorer, vector=vector)
         return holm_across_traits(reports) if len(self.traits) > 1 else reports
 
     def run(self, lm: LoadedModel) -> Written:
@@ -116,8 +116,7 @@ class IdentifiabilityCommand:
 
         reports, paths = self.reports(lm), self.paths()
         if len(self.traits) > 1:
-            result = {"traits": reports, "verdict": {t: r["verdict"] for t, r in reports.items()},
-                      "holm_family": reports[self.traits[0]]["summary"]["holm_family"]}
+            result = {"traits": reports, "verdict": {t: r["verdict"] for t, r in reports.items()}}
             markdown = "\n".join([traits_overview_markdown(reports)] + [identifiability_markdown(r) for r in reports.values()])
         else:
             result = reports[self.traits[0]]
@@ -306,11 +305,11 @@ class ReachabilityCommand:
     def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], str | None]:
         """``(direction [d], layer, vector_info, trait or None)`` of the audited vector."""
         if self.vector is None:
-            from steerscope.audit.identifiability import audit_vectors
+            from steerscope.audit.identifiability import audit_vector
 
             layer = lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
             info = {"source": f"built-in {self.trait} pairs (train split), mean_diff", "method": "mean_diff"}
-            return audit_vectors(lm, str(self.trait), layer)[0].directions[layer], layer, info, self.trait
+            return audit_vector(lm, str(self.trait), layer).directions[layer], layer, info, self.trait
         from steerscope.vectors import SteeringVector
 
         vec = SteeringVector.load(self.vector)

@@ -1,35 +1,34 @@
-"""Identifiability audit: does adding an orthogonal direction to a steering vector change behaviour?
+"""Identifiability audit: which vectors act like the steering vector v, under which readout?
 
-The claim under test: for a steering vector ``v`` and a random ``u ⊥ v`` with ``‖u‖ = ‖v‖``,
-steering with ``v + u`` has the same behavioural effect as steering with ``v``. The audit fixes the
-design flaws of the original protocol:
+For v and random ``u ⊥ v`` (‖u‖ = ‖v‖), three readouts compare steering with ``v + u`` to steering
+with ``v``, each with its own verdict (:mod:`steerscope.audit.equivalence`), never merged:
 
-* an unsteered baseline (``none``) so that the vector is shown to do something at all;
-* a norm control (``sqrt2*v``, same norm as ``v + u``), ``perp`` (u alone) and a same-norm
-  ``random`` direction;
-* a positive control (``targeted``: ``v + w`` with ``w ⊥ v`` taken from another trait's vector)
-  that the readout must detect before equivalence can be claimed;
-* prompt-clustered statistics (per-prompt means, cluster-bootstrap CIs), paired TOST equivalence
-  tests and paired difference tests, Holm-corrected across conditions (and across traits when
-  several are audited together, :func:`holm_across_traits`);
-* a distributional readout (teacher-forced per-token KL/JS from the ``v`` condition).
+* ``trait_score``: the trait score of sampled completions (scored without the prompt);
+* ``pair_margin``: the teacher-forced margin ``log p(positive) − log p(negative)`` of held-out
+  contrastive pairs (deterministic, so equivalence is testable at small sizes);
+* ``distribution``: the per-token JS divergence of the next-token distribution from ``v``.
+
+Margins come from dose: w is equivalent to v at δ when it moves the readout no further than a δ
+change of dose does. Conditions: ``none``; ``v``; the draws ``v+perp#i``; the dose conditions
+``(1 − δ)·v`` (the distribution's margin), ``(1 − 2δ)·v`` and ``0.5·v`` (positive controls that must
+be detected); ``v+grad`` (v plus the direction ⟂ v of steepest pair-margin increase, at ‖v‖).
+The size of the class (the share of random u that keeps v's effect within δ) is measured by Monte
+Carlo on the teacher-forced readouts next to its first-order prediction (:mod:`steerscope.audit.readouts`).
 
 A failed search for a difference is not proof of equivalence.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from scipy import stats as _scipy_stats
 
+from steerscope.audit.equivalence import Margin, ReadoutData, fraction, readout_verdict, redecide
 from steerscope.divergence import condition_divergences
 from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate
@@ -37,24 +36,17 @@ from steerscope.intervene import steer_rows
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
-from steerscope.stats import (
-    cluster_bootstrap,
-    compare_conditions,
-    hedges_g,
-    holm,
-    prompt_means,
-    tost_paired,
-)
+from steerscope.stats import cluster_bootstrap, hedges_g, holm, prompt_means
 
-KINDS = ("none", "v", "v+perp", "sqrt2*v", "perp", "random", "targeted")
-RANDOM_SEED_OFFSET = 10_000
-#: Distributional "negligible" threshold as a fraction of JS(v, none): a reporting convention, not a test.
-JS_THRESHOLD_FRACTION = 0.1
-#: Scorers whose held-out accuracy is below this cannot support a behavioural verdict.
+KINDS = ("none", "v", "v+perp", "dose", "gradient")
+READOUTS = ("trait_score", "pair_margin", "distribution")
+CONTROLS = ("dose_control", "dose_half", "v+grad")
+#: Scorers whose held-out accuracy is below this cannot support a verdict on the trait score.
 MIN_SCORER_ACCURACY = 0.7
 STATEMENT = (
-    "a failed search for a difference is not proof of equivalence; equivalence is claimed only with a "
-    "detected positive control and a TOST at margin |g| < {margin}"
+    "each readout has its own verdict; w is equivalent to v at δ = {delta:g} when it moves the readout no further than a "
+    "δ change of dose does (TOST per draw at level {level:g}); equivalence needs the dose control (1 − 2δ)·v to be "
+    "detected; a failed search for a difference is not proof of equivalence"
 )
 
 
@@ -107,17 +99,16 @@ def build_conditions(
     alpha: float,
     n_draws: int,
     seed: int,
-    control_direction: torch.Tensor | None = None,
+    margin: Margin | None = None,
+    gradient: torch.Tensor | None = None,
     perp_directions: Sequence[torch.Tensor] | None = None,
 ) -> list[Condition]:
     """The audit's conditions, all at strength ``alpha`` (``v``: ``[d]``).
 
     ``none``; ``v``; ``v+perp#i`` (``u_i`` from seed ``seed + i``, or the ``i``-th of
-    ``perp_directions`` made ⟂ v and rescaled to ‖v‖, e.g. directions from a readout's null space,
-    seed recorded as None); ``sqrt2*v`` (norm control,
-    ``‖√2·v‖ = ‖v + u‖``); ``perp`` (``u_0``); ``random`` (same norm, seed ``seed + 10000``);
-    ``targeted`` (``v + w``, ``w`` = ``control_direction`` ⊥ v rescaled to ‖v‖), only when a
-    control direction is given (otherwise there is no positive control).
+    ``perp_directions`` made ⟂ v and rescaled to ‖v‖, seed recorded as None); the dose conditions
+    ``dose_margin`` = (1 − δ)·v, ``dose_control`` = (1 − 2δ)·v and ``dose_half`` = 0.5·v; and, when a
+    readout ``gradient`` is given, ``v+grad`` = v + (gradient ⟂ v, rescaled to ‖v‖).
     """
     if v.ndim != 1 or not torch.isfinite(v).all() or float(v.norm()) == 0:
         raise SteerscopeError(f"v must be a finite non-zero [d] vector, got shape {tuple(v.shape)}")
@@ -135,12 +126,10 @@ def build_conditions(
         raise SteerscopeError("perp_directions is empty")
     conds = [Condition("none", None, 0.0, None, "none"), Condition("v", v32, alpha, None, "v")]
     conds += [Condition(f"v+perp#{i}", (v64 + u.double()).float(), alpha, s, "v+perp") for i, (u, s) in enumerate(zip(draws, seeds))]
-    conds.append(Condition("sqrt2*v", (math.sqrt(2.0) * v64).float(), alpha, None, "sqrt2*v"))
-    conds.append(Condition("perp", draws[0], alpha, seeds[0], "perp"))
-    conds.append(Condition("random", random_draw(v32, seed + RANDOM_SEED_OFFSET), alpha, seed + RANDOM_SEED_OFFSET, "random"))
-    if control_direction is not None:
-        w = _orthogonal_to(control_direction.detach().cpu().double(), v64)
-        conds.append(Condition("targeted", (v64 + w).float(), alpha, None, "targeted"))
+    conds += [Condition(name, (scale * v64).float(), alpha, None, "dose") for name, scale in (margin or Margin()).dose_scales().items()]
+    if gradient is not None:
+        g = _orthogonal_to(torch.as_tensor(gradient).detach().cpu().double(), v64)
+        conds.append(Condition("v+grad", (v64 + g).float(), alpha, None, "gradient"))
     return conds
 
 
@@ -251,238 +240,82 @@ def _interval(statistic: Callable[..., float], arrays: Sequence[np.ndarray], n_b
         return {"estimate": math.nan, "low": math.nan, "high": math.nan, "error": str(err)}
 
 
-def difference_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided paired t-test p of per-prompt means ``x`` vs ``y`` (``[n]``); 1.0 when undefined."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p = float(_scipy_stats.ttest_rel(x, y).pvalue)
-    return p if math.isfinite(p) else 1.0
+def v_vs_none(scores: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
+    """Hedges' g of v against the unsteered baseline on the trait score, 95 % cluster-bootstrap CI and paired p."""
+    from steerscope.audit.equivalence import two_sided_p
+
+    v, none = prompt_means(scores["v"]), prompt_means(scores["none"])
+    g = _interval(hedges_g, [v, none], n_boot, seed, 0.95)
+    return {"g": g["estimate"], "g_low": g["low"], "g_high": g["high"], "p_diff": two_sided_p(v - none),
+            "mean_v": float(v.mean()), "mean_none": float(none.mean())}
 
 
-def _comparison(cond: np.ndarray, v: np.ndarray, none: np.ndarray, margin_g: float, n_boot: int, seed: int, level: float) -> dict:
-    """g (cond vs v) and efficacy with CIs and TOST p, via compare_conditions, piecewise if degenerate."""
-    try:
-        comp = compare_conditions(cond, v, v, none, margin_g=margin_g, n_boot=n_boot, seed=seed, level=level).to_json()
-        return {k: comp[k] for k in ("g", "g_low", "g_high", "efficacy", "efficacy_low", "efficacy_high")} | {
-            "p_tost": comp["tost"]["p_value"], "tost": comp["tost"], "error": None}
-    except ValueError as err:
-        from steerscope.stats import efficacy
-
-        g = _interval(hedges_g, [prompt_means(cond), prompt_means(v)], n_boot, seed, level)
-        eff = _interval(efficacy, [cond, none, v], n_boot, seed, level)
-        try:
-            tost = tost_paired(prompt_means(cond), prompt_means(v), margin_g)
-            tost_json: dict | None = dict(tost.__dict__)
-        except ValueError:
-            tost_json = None
-        return {
-            "g": g["estimate"], "g_low": g["low"], "g_high": g["high"],
-            "efficacy": eff["estimate"], "efficacy_low": eff["low"], "efficacy_high": eff["high"],
-            "p_tost": tost_json["p_value"] if tost_json else math.nan, "tost": tost_json, "error": str(err),
-        }
+def score_readout(scores: Mapping[str, np.ndarray], conditions: Sequence[Condition], accuracy: float | None) -> ReadoutData:
+    """The trait-score readout: per-prompt means of every generated condition."""
+    invalid = (f"scorer invalid: held-out accuracy {accuracy:.2f} < {MIN_SCORER_ACCURACY} (near chance)"
+               if accuracy is not None and accuracy < MIN_SCORER_ACCURACY else None)
+    return ReadoutData("trait_score", "scalar", {n: prompt_means(s) for n, s in scores.items()}, _draws(conditions),
+                       _controls(conditions), invalid)
 
 
-def _finite_rows(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Boolean ``[P]`` mask of prompts where every array is finite."""
-    return np.all(np.stack([np.isfinite(a) for a in arrays.values()]), axis=0)
+def margin_readout(margins: Mapping[str, np.ndarray], conditions: Sequence[Condition]) -> ReadoutData:
+    """The teacher-forced pair-margin readout (one value per held-out pair)."""
+    return ReadoutData("pair_margin", "scalar", dict(margins), _draws(conditions), _controls(conditions))
 
 
-def summarise(
-    scores: Mapping[str, np.ndarray],
-    divergences: Mapping[str, Mapping[str, np.ndarray]] | None,
-    conditions: Sequence[Condition],
-    margin_g: float = 0.2,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, Any]:
-    """Statistics of every steered condition against ``v`` (scores ``[P, S]``, divergences ``[P]``).
-
-    Per condition: g vs v and efficacy vs the unsteered baseline (cluster-bootstrap CIs), paired TOST
-    p vs v at ``margin_g``, paired t-test p vs v, both Holm-corrected across the conditions, and mean
-    KL/JS from v with cluster-bootstrap CIs. Also v vs none, and the distributional quantities
-    used by :func:`verdict`.
-    """
-    kinds = {c.name: c.kind for c in conditions}
-    if "v" not in scores or "none" not in scores:
-        raise SteerscopeError("the summary needs the 'v' and 'none' conditions")
-    v, none = np.asarray(scores["v"], float), np.asarray(scores["none"], float)
-    names = [c.name for c in conditions if c.kind not in ("none", "v")]
-    boot: Bootstrap = {"n_boot": n_boot, "seed": seed, "level": level}
-    g_vn = _interval(hedges_g, [prompt_means(v), prompt_means(none)], **boot)
-    out: dict[str, Any] = {
-        "reference": "v", "margin_g": margin_g, "level": level, "n_boot": n_boot, "seed": seed,
-        "positive_control": next((c.name for c in conditions if c.kind == "targeted"), None),
-        "v_vs_none": {
-            "g": g_vn["estimate"], "g_low": g_vn["low"], "g_high": g_vn["high"],
-            "p_diff": difference_p(prompt_means(v), prompt_means(none)),
-            "mean_v": float(v.mean()), "mean_none": float(none.mean()),
-        },
-        "conditions": {},
-    }
-    for name in names:
-        cond = np.asarray(scores[name], float)
-        row = {"kind": kinds[name], "mean": float(cond.mean())}
-        row |= _comparison(cond, v, none, margin_g, n_boot, seed, level)
-        row["p_diff"] = difference_p(prompt_means(cond), prompt_means(v))
-        out["conditions"][name] = row
-    if names:
-        p_tost = [out["conditions"][n]["p_tost"] for n in names]
-        p_tost = [p if math.isfinite(p) else 1.0 for p in p_tost]
-        for n, pt, pd in zip(names, holm(p_tost), holm([out["conditions"][n]["p_diff"] for n in names])):
-            out["conditions"][n]["p_tost_holm"] = float(pt)
-            out["conditions"][n]["p_diff_holm"] = float(pd)
-    if divergences is not None:
-        out["distributional"] = _distributional(divergences, conditions, names, out, **boot)
-    return out
-
-
-def _mean_ci(x: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
-    return _interval(lambda a: float(np.mean(a)), [x], n_boot, seed, level)
-
-
-def _distributional(divergences, conditions, names, out, n_boot: int, seed: int, level: float) -> dict:
-    """Per-condition KL/JS from v (mean and CI), pooled v+perp JS, threshold and ratios."""
+def js_readout(divergences: Mapping[str, Mapping[str, np.ndarray]], conditions: Sequence[Condition]) -> ReadoutData:
+    """The next-token distribution readout: mean per-token JS from v per prompt (prompts without tokens dropped)."""
     js = {n: np.asarray(d["js"], float) for n, d in divergences.items()}
-    mask = _finite_rows(js)
-    boot: Bootstrap = {"n_boot": n_boot, "seed": seed, "level": level}
-    if mask.sum() < 1:
-        return {"error": "no prompt with a non-empty reference continuation", "n_prompts": 0}
-    for name in names:
-        for which in ("kl", "js"):
-            out["conditions"][name][which] = _mean_ci(np.asarray(divergences[name][which], float)[mask], **boot)
-    js_none = _mean_ci(js["none"][mask], **boot)
-    out["v_vs_none"]["js"] = js_none
-    out["v_vs_none"]["kl"] = _mean_ci(np.asarray(divergences["none"]["kl"], float)[mask], **boot)
-    draws = [c.name for c in conditions if c.kind == "v+perp"]
-    pooled = _mean_ci(np.mean([js[n][mask] for n in draws], axis=0), **boot) if draws else None
-    control = out["positive_control"]
-    control_js = out["conditions"][control]["js"] if control else None
-    base = js_none["estimate"]
-    threshold = JS_THRESHOLD_FRACTION * base
-    return {
-        "n_prompts": int(mask.sum()),
-        "js_v_none": base,
-        "threshold": threshold,
-        "threshold_fraction": JS_THRESHOLD_FRACTION,
-        "js_perp_pooled": pooled,
-        "js_perp_draws": {n: out["conditions"][n]["js"]["estimate"] for n in draws},
-        "js_control": control_js,
-        "ratio_perp_to_none": (pooled["estimate"] / base) if pooled and base > 0 else None,
-        "control_exceeds_all_draws": (
-            bool(all(control_js["estimate"] > out["conditions"][n]["js"]["estimate"] for n in draws)) if control_js else None
-        ),
-    }
+    keep = np.all(np.stack([np.isfinite(a) for a in js.values()]), axis=0)
+    return ReadoutData("distribution", "distribution", {n: a[keep] for n, a in js.items()}, _draws(conditions), _controls(conditions))
 
 
-# --- verdicts ---------------------------------------------------------------------------------
-
-def _behavioural_verdict(summary: Mapping[str, Any], alpha: float, scorer_accuracy: float | None) -> dict[str, str]:
-    conds = summary["conditions"]
-    if scorer_accuracy is not None and scorer_accuracy < MIN_SCORER_ACCURACY:
-        return {"verdict": "inconclusive", "reason": f"scorer invalid: held-out accuracy {scorer_accuracy:.2f} < "
-                f"{MIN_SCORER_ACCURACY} (near chance)"}
-    if not summary["v_vs_none"]["p_diff"] < alpha:
-        return {"verdict": "inconclusive", "reason": "vector has no detectable effect (v vs none: p = "
-                f"{summary['v_vs_none']['p_diff']:.3g} >= {alpha})"}
-    control = summary.get("positive_control")
-    if control is None:
-        return {"verdict": "inconclusive", "reason": "readout insensitive: positive control not detected (no positive control exists)"}
-    if not conds[control]["p_diff_holm"] < alpha:
-        return {"verdict": "inconclusive", "reason": "readout insensitive: positive control not detected "
-                f"(Holm p = {conds[control]['p_diff_holm']:.3g} >= {alpha})"}
-    draws = [n for n, c in conds.items() if c["kind"] == "v+perp"]
-    if not draws:
-        return {"verdict": "inconclusive", "reason": "no v+perp draws"}
-    if all(conds[n]["p_tost_holm"] < alpha for n in draws):
-        return {"verdict": "equivalent", "reason": f"every v+perp draw is equivalent to v (Holm TOST p < {alpha}, "
-                f"margin |g| < {summary['margin_g']}) and the positive control was detected"}
-    different = [n for n in draws if conds[n]["p_diff_holm"] < alpha]
-    if different:
-        return {"verdict": "different", "reason": f"{', '.join(different)} differ from v (Holm difference p < {alpha})"}
-    return {"verdict": "inconclusive", "reason": "neither equivalence nor difference shown at this sample size"}
+def _draws(conditions: Sequence[Condition]) -> list[str]:
+    return [c.name for c in conditions if c.kind == "v+perp"]
 
 
-def _distributional_verdict(summary: Mapping[str, Any]) -> dict[str, Any]:
-    dist = summary.get("distributional")
-    if not dist or dist.get("js_perp_pooled") is None or "threshold" not in dist:
-        return {"verdict": "inconclusive", "reason": "no distributional readout"}
-    base, threshold, pooled, control = dist["js_v_none"], dist["threshold"], dist["js_perp_pooled"], dist["js_control"]
-    extra = {"ratio_perp_to_none": dist["ratio_perp_to_none"], "control_exceeds_all_draws": dist["control_exceeds_all_draws"],
-             "threshold": threshold}
-    rule = (f"threshold = {JS_THRESHOLD_FRACTION} x JS(v, none) = {threshold:.3g} nats (a reporting convention, not a test)")
-    if not base > 0:
-        return {"verdict": "inconclusive", "reason": f"v does not move the next-token distribution (JS(v, none) = 0); {rule}"} | extra
-    if pooled["low"] > threshold:
-        return {"verdict": "different", "reason": f"v+perp JS CI lower bound {pooled['low']:.3g} > {rule}"} | extra
-    control_ok = control is not None and control["low"] > threshold
-    if pooled["high"] < threshold and control_ok:
-        return {"verdict": "equivalent", "reason": f"v+perp JS CI upper bound {pooled['high']:.3g} < {rule}, "
-                f"and the positive control's JS CI lower bound {control['low']:.3g} exceeds it"} | extra
-    why = "no positive control" if control is None else ("positive control JS not above the threshold" if not control_ok
-                                                        else "v+perp JS CI straddles the threshold")
-    return {"verdict": "inconclusive", "reason": f"{why}; {rule}"} | extra
+def _controls(conditions: Sequence[Condition]) -> list[str]:
+    return [c.name for c in conditions if c.name in CONTROLS]
 
 
-def verdict(summary: Mapping[str, Any], alpha: float = 0.05, scorer_accuracy: float | None = None) -> dict[str, dict]:
-    """Behavioural and distributional verdicts (``equivalent`` / ``different`` / ``inconclusive``).
+def score_class(result: Mapping[str, Any], delta: float) -> dict[str, Any]:
+    """Share of the audited draws whose trait-score efficacy lies within ``1 ± δ`` (exact interval over draws)."""
+    effs = [result["conditions"][n]["efficacy"] for n in result["draws"]]
+    return fraction([abs(e - 1) <= delta for e in effs if math.isfinite(e)]) | {"source": "audited draws"}
 
-    Behavioural: requires a scorer whose held-out accuracy (when known) is at least
-    :data:`MIN_SCORER_ACCURACY`, v to have an effect and the positive control to be detected before
-    equivalence (all v+perp draws Holm-TOST p < alpha) or difference (any draw Holm p < alpha).
-    Distributional: the pooled v+perp JS from v against ``0.1 × JS(v, none)`` (a reporting
-    convention, not a hypothesis test); equivalence also needs the control's JS above it.
+
+def holm_across_traits(reports: Mapping[str, dict], level: float = 0.05) -> dict[str, dict]:
+    """Holm-correct the difference p-values of every draw of every trait, per readout.
+
+    ``reports``: trait → :func:`run_identifiability` report. Each readout's ``p_different_holm``
+    is replaced by the family-wide value (``holm_family`` records the family) and its verdict
+    recomputed; equivalence (intersection–union) needs no correction. Inputs are not modified.
     """
-    return {"behavioural": _behavioural_verdict(summary, alpha, scorer_accuracy),
-            "distributional": _distributional_verdict(summary)}
+    import copy
 
-
-def scorer_accuracy(scorer: Scorer) -> float | None:
-    """A scorer's held-out accuracy from its ``validity`` dict (None when not measured)."""
-    return (getattr(scorer, "validity", None) or {}).get("heldout_accuracy")
-
-
-def holm_across_traits(reports: Mapping[str, dict], alpha: float = 0.05) -> dict[str, dict]:
-    """Holm-correct the TOST and difference p-values over every condition of every trait.
-
-    ``reports``: trait → :func:`run_identifiability` report; each summary's ``p_tost_holm`` and
-    ``p_diff_holm`` are replaced by the family-wide values (``summary["holm_family"]`` records the
-    family) and the verdicts recomputed. Returns the new reports (inputs are not modified).
-    """
     out = {t: copy.deepcopy(r) for t, r in reports.items()}
-    keys = [(t, n) for t, r in out.items() for n in r["summary"]["conditions"]]
-    if not keys:
-        return out
-    rows = [out[t]["summary"]["conditions"][n] for t, n in keys]
-    p_tost = holm([p if p is not None and math.isfinite(p) else 1.0 for p in (r["p_tost"] for r in rows)])
-    p_diff = holm([r["p_diff"] for r in rows])
-    for row, pt, pd in zip(rows, p_tost, p_diff):
-        row["p_tost_holm"], row["p_diff_holm"] = float(pt), float(pd)
+    for readout in READOUTS:
+        results = [r["readouts"][readout] for r in out.values() if readout in r["readouts"]]
+        keys = [(res, n) for res in results for n in res["draws"]]
+        if not keys:
+            continue
+        for (res, n), p in zip(keys, holm([res["conditions"][n]["p_different"] for res, n in keys])):
+            res["conditions"][n]["p_different_holm"] = float(p)
+        for res in results:
+            res |= redecide(res) | {"holm_family": {"traits": list(out), "n_tests": len(keys)}}
     for report in out.values():
-        report["summary"]["holm_family"] = {"traits": list(out), "n_tests": len(keys)}
-        report["verdict"] = verdict(report["summary"], alpha, (report["scorer"].get("validity") or {}).get("heldout_accuracy"))
+        report["verdict"] = {k: {"verdict": r["verdict"], "reason": r["reason"]} for k, r in report["readouts"].items()}
     return out
 
 
 # --- end to end -------------------------------------------------------------------------------
 
-def default_control_trait(trait: str) -> str:
-    """The built-in trait whose vector supplies the positive control for ``trait``."""
-    return "politeness" if trait == "formality" else "formality"
-
-
-def audit_vectors(lm: LoadedModel, trait: str, layer: int, control_trait: str | None = None):
-    """``(vector, control_vector, control_trait)``: mean-diff vectors on the train pairs of
-    ``trait`` and of its control trait at ``layer`` (shared by the main audit and its extensions)."""
+def audit_vector(lm: LoadedModel, trait: str, layer: int):
+    """The mean-difference vector of ``trait``'s train pairs at ``layer`` (a SteeringVector)."""
     from steerscope.data.traits import builtin_pairs
     from steerscope.extract import extract
 
-    control_trait = control_trait or default_control_trait(trait)
-    if control_trait == trait:
-        raise SteerscopeError("the control trait must differ from the audited trait")
-    vec = extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
-    control = extract(lm, builtin_pairs(control_trait, "train"), [layer], method="mean_diff", trait=control_trait)
-    return vec, control, control_trait
+    return extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
 
 
 def _default_scorer(trait: str) -> Scorer:
@@ -510,9 +343,10 @@ class IdentifiabilitySettings:
 
     ``n_draws`` orthogonal draws u ⊥ v (seeds ``seed + i``); ``n_prompts`` evaluation prompts of
     environment ``env`` (the prompt is the statistical unit) × ``samples_per_prompt`` completions
-    of ``max_new_tokens`` tokens sampled at ``temperature``; equivalence margin ``margin_g`` in
-    |Hedges' g|; ``n_boot`` bootstrap resamples; the positive control from ``control_trait``'s
-    vector (default: :func:`default_control_trait`).
+    of ``max_new_tokens`` tokens sampled at ``temperature``; ``n_pairs`` held-out pairs for the pair
+    margin (None: all); equivalence margin ``delta`` (fraction of the dose) and test ``level``;
+    ``class_draws`` Monte Carlo draws per norm ratio in ``class_ratios`` for the class size
+    (0 draws: skipped); ``n_boot`` bootstrap resamples.
     """
 
     n_draws: int = 4
@@ -521,8 +355,11 @@ class IdentifiabilitySettings:
     samples_per_prompt: int = 3
     max_new_tokens: int = 24
     seed: int = 0
-    margin_g: float = 0.2
-    control_trait: str | None = None
+    delta: float = 0.1
+    level: float = 0.05
+    n_pairs: int | None = None
+    class_draws: int = 200
+    class_ratios: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_boot: int = 2000
     temperature: float = 0.8
 
@@ -535,12 +372,24 @@ class IdentifiabilitySettings:
             raise SteerscopeError(f"n_draws (--seeds) must be at least 1, got {self.n_draws}")
         if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
             raise SteerscopeError("--samples and --max-new-tokens must be at least 1")
-        if not self.margin_g > 0 or self.n_boot < 1:
-            raise SteerscopeError(f"need a margin > 0 and at least one bootstrap resample, got {self.margin_g} and {self.n_boot}")
+        if self.n_boot < 1 or self.class_draws < 0 or (self.n_pairs is not None and self.n_pairs < 2):
+            raise SteerscopeError("need at least one bootstrap resample, a non-negative number of class draws and at least 2 pairs")
+        self.margin()  # validates delta and level
+
+    def margin(self) -> Margin:
+        """The equivalence margin δ and the test level."""
+        return Margin(self.delta, self.level)
 
     def generation(self) -> GenerationConfig:
-        """The sampling configuration of the behavioural readout."""
+        """The sampling configuration of the trait-score readout."""
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature, seed=self.seed)
+
+
+def _pairs(trait: str, n: int | None):
+    from steerscope.data.traits import builtin_pairs
+
+    pairs = builtin_pairs(trait, "test")
+    return pairs if n is None else pairs[:n]
 
 
 def run_identifiability(
@@ -550,44 +399,66 @@ def run_identifiability(
     alpha: float,
     settings: IdentifiabilitySettings | None = None,
     scorer: Scorer | None = None,
-    vectors: tuple | None = None,
+    vector=None,
 ) -> dict[str, Any]:
     """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
 
-    ``vectors`` is the result of :func:`audit_vectors` when the caller already has it; ``scorer``
-    defaults to the trait's built-in scorer.
+    ``vector``: the SteeringVector when the caller already has it (default :func:`audit_vector`);
+    ``scorer`` defaults to the trait's built-in scorer.
     """
+    from steerscope.audit.readouts import ClassSample, class_fraction, margin_gradient, pair_margins_by_condition
+
     s = settings or IdentifiabilitySettings()
+    margin = s.margin()
     layer = lm.check_layer(layer)
     scorer = scorer if scorer is not None else _default_scorer(trait)
-    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, s.control_trait)
-    v = vec.directions[layer]
-    prompts = evaluation_prompts(trait, s.env, s.n_prompts)
-    conditions = build_conditions(v, alpha, s.n_draws, s.seed, control.directions[layer])
-    config = s.generation()
-    scores = behavioural_scores(lm, layer, conditions, prompts, scorer, s.samples_per_prompt, config)
-    v_cond = next(c for c in conditions if c.kind == "v")
-    continuations = reference_continuations(lm, layer, v_cond, prompts, s.max_new_tokens)
+    vec = vector if vector is not None else audit_vector(lm, trait, layer)
+    v = vec.directions[layer].detach().float().cpu()
+    prompts, pairs = evaluation_prompts(trait, s.env, s.n_prompts), _pairs(trait, s.n_pairs)
+    gradient = margin_gradient(lm, layer, v, alpha, pairs)
+    conditions = build_conditions(v, alpha, s.n_draws, s.seed, margin, torch.from_numpy(gradient))
+    generated = [c for c in conditions if c.name != "dose_margin"]
+    scores = behavioural_scores(lm, layer, generated, prompts, scorer, s.samples_per_prompt, s.generation())
+    margins = pair_margins_by_condition(lm, layer, {c.name: c.vector for c in conditions}, alpha, pairs)
+    continuations = reference_continuations(lm, layer, conditions[1], prompts, s.max_new_tokens)
     divergences = distributional_readout(lm, layer, conditions, prompts, continuations)
-    summary = summarise(scores, divergences, conditions, margin_g=s.margin_g, n_boot=s.n_boot, seed=s.seed)
+    accuracy = scorer_accuracy(scorer)
+    data = [score_readout(scores, generated, accuracy), margin_readout(margins, conditions), js_readout(divergences, conditions)]
+    readouts = {d.name: readout_verdict(d, margin, s.n_boot, s.seed) for d in data}
+    classes: dict[str, Any] = {"trait_score": score_class(readouts["trait_score"], s.delta)}
+    if s.class_draws:
+        keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
+        mc = class_fraction(lm, layer, v, alpha, pairs, ([prompts[i] for i in keep], [continuations[i] for i in keep]), margin,
+                            ClassSample(s.class_draws, tuple(s.class_ratios), s.seed + 50_000), gradient)
+        classes |= {"pair_margin": mc["pair_margin"], "distribution": mc["distribution"]}
     report = {
         "config": {
             "trait": trait, "layer": layer, "alpha": alpha, "n_draws": s.n_draws, "env": s.env, "n_prompts": len(prompts),
-            "samples_per_prompt": s.samples_per_prompt, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
-            "margin_g": s.margin_g, "control_trait": control_trait, "n_boot": s.n_boot, "temperature": s.temperature,
-            "draw_seeds": [s.seed + i for i in range(s.n_draws)], "random_seed": s.seed + RANDOM_SEED_OFFSET,
-            "generation": config.__dict__, "extraction": {"method": "mean_diff", "split": "train"},
+            "n_pairs": len(pairs), "samples_per_prompt": s.samples_per_prompt, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
+            "delta": s.delta, "level": s.level, "n_boot": s.n_boot, "temperature": s.temperature,
+            "class_draws": s.class_draws, "class_ratios": list(s.class_ratios), "steered_positions": "all",
+            "draw_seeds": [s.seed + i for i in range(s.n_draws)], "generation": s.generation().__dict__,
+            "extraction": {"method": "mean_diff", "split": "train"}, "pairs": {"split": "test"},
         },
         "model": lm.info(),
-        "vector": {"norm": vec.norm(layer), "relative_dose": vec.dose(alpha, layer), "control_norm": control.norm(layer)},
+        "vector": {"norm": vec.norm(layer), "relative_dose": vec.dose(alpha, layer)},
+        "gradient": {"norm": float(np.linalg.norm(gradient)),
+                     "cos_with_v": float(gradient @ v.double().numpy() / (np.linalg.norm(gradient) * float(v.norm()) or 1.0))},
         "scorer": {"name": getattr(scorer, "name", type(scorer).__name__), "validity": getattr(scorer, "validity", None)},
         "conditions": [{"name": c.name, "kind": c.kind, "seed": c.seed, "alpha": c.alpha,
                         "norm": float(c.vector.norm()) if c.vector is not None else 0.0} for c in conditions],
-        "mean_scores": {name: float(s.mean()) for name, s in scores.items()},
+        "mean_scores": {name: float(x.mean()) for name, x in scores.items()},
+        "v_vs_none": v_vs_none(scores, s.n_boot, s.seed) | {"js": float(np.nanmean(divergences["none"]["js"]))},
+        "readouts": readouts,
+        "class_size": classes,
         "prompts": prompts,
         "reference_continuations": continuations,
-        "summary": summary,
-        "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer)),
-        "statement": STATEMENT.format(margin=s.margin_g),
+        "verdict": {k: {"verdict": r["verdict"], "reason": r["reason"]} for k, r in readouts.items()},
+        "statement": STATEMENT.format(delta=s.delta, level=s.level),
     }
     return jsonable(report)
+
+
+def scorer_accuracy(scorer: Scorer) -> float | None:
+    """A scorer's held-out accuracy from its ``validity`` dict (None when not measured)."""
+    return (getattr(scorer, "validity", None) or {}).get("heldout_accuracy")

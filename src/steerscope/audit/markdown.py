@@ -7,62 +7,83 @@ from typing import Any
 from steerscope.formatting import ci, num
 
 
+LABELS = {"trait_score": "Trait score", "pair_margin": "Pair margin", "distribution": "Next-token distribution"}
+
+
+def _condition_cell(result: dict[str, Any], row: dict[str, Any]) -> str:
+    if result["kind"] == "scalar":
+        return ci(row.get("efficacy"), row.get("efficacy_low"), row.get("efficacy_high"), ".3f")
+    return num(row.get("js_over_margin"), ".3g")
+
+
+def readout_lines(result: dict[str, Any]) -> list[str]:
+    """One readout's table: every draw and control against v, with the planning numbers."""
+    plan = result["planning"]
+    scale = "efficacy [90 % CI]" if result["kind"] == "scalar" else "JS(v, w) / JS(v, (1 − δ)v)"
+    lines = ["", f"### {LABELS.get(result['readout'], result['readout'])}: {result['verdict']}", "", result["reason"] + ".", "",
+             f"| condition | {scale} | TOST p | difference p | difference p (Holm) |", "|---|---|---|---|---|"]
+    for name, row in result["conditions"].items():
+        lines.append(f"| {name} | {_condition_cell(result, row)} | {num(row.get('p_equivalent'), '.3g')} | "
+                     f"{num(row.get('p_different'), '.3g')} | {num(row.get('p_different_holm'), '.3g')} |")
+    lines += ["", f"Resolution at n = {plan['n']}: ±{num(plan['resolution'], '.3g')} {plan['units']} "
+              f"(80 % power; differences of {num(plan['detectable'], '.3g')} detectable); about "
+              f"n = {plan['prompts_needed'] or 'too many'} needed to resolve δ = {result['delta']:g}."]
+    return lines
+
+
+def class_lines(classes: dict[str, Any]) -> list[str]:
+    """The size of v's equivalence class per readout and norm ratio, measured and predicted."""
+    lines = ["", "### Size of the equivalence class", "", "| readout | ‖u‖/‖v‖ | share of v + u within δ [95 % CI] | draws | first-order prediction |",
+             "|---|---|---|---|---|"]
+    score = classes.get("trait_score")
+    if score:
+        lines.append(f"| trait score (audited draws) | 1 | {ci(score['fraction'], score['low'], score['high'], '.2f')} | {score['n']} | n/a |")
+    for readout in ("pair_margin", "distribution"):
+        for ratio, row in (classes.get(readout) or {}).items():
+            lines.append(f"| {readout.replace('_', ' ')} | {ratio} | {ci(row['fraction'], row['low'], row['high'], '.2f')} | "
+                         f"{row['n']} | {num(row.get('predicted'), '.2f')} |")
+    return lines
+
+
 def identifiability_markdown(report: dict[str, Any]) -> str:
-    """A one-page summary: verdicts first, then the per-condition table and the caveats."""
-    cfg, summary, verdicts = report["config"], report["summary"], report["verdict"]
-    base = summary["v_vs_none"]
+    """A one-page summary: the verdict of each readout, then its table, the class size and the caveats."""
+    from steerscope.audit.answers import readout_headlines
+
+    cfg, base = report["config"], report["v_vs_none"]
     validity = (report["scorer"].get("validity") or {}).get("heldout_accuracy")
-    lines = [
-        f"# Identifiability audit: {cfg['trait']} on {report['model']['name']}, layer {cfg['layer']}",
-        "",
-        f"- **Behavioural verdict: {verdicts['behavioural']['verdict']}** — {verdicts['behavioural']['reason']}",
-        f"- **Distributional verdict: {verdicts['distributional']['verdict']}** — {verdicts['distributional']['reason']}",
+    lines = [f"# Identifiability audit: {cfg['trait']} on {report['model']['name']}, layer {cfg['layer']}", ""]
+    lines += [f"- **{h}**" for h in readout_headlines(report)]
+    lines += [
         f"- Vector: mean_diff on the train pairs, ‖v‖ = {num(report['vector']['norm'], '.3f')}, α = {cfg['alpha']:g}, "
-        f"relative dose {num(report['vector']['relative_dose'], '.3f')}.",
-        f"- Does v steer? g(v vs none) = {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')}, "
-        f"p = {num(base.get('p_diff'), '.2g')}; JS(v, none) = {num(base['js']['estimate'], '.4f')} nats.",
+        f"relative dose {num(report['vector']['relative_dose'], '.3f')}, steered at every position.",
+        f"- Does v steer? g(v vs none) on the trait score = {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')}, "
+        f"p = {num(base.get('p_diff'), '.2g')}; JS(v, none) = {num(base.get('js'), '.4f')} nats.",
         f"- Scorer: {report['scorer']['name']} (held-out accuracy {num(validity, '.3f')}); "
-        f"{cfg['n_prompts']} prompts ({cfg['env']}) × {cfg['samples_per_prompt']} samples; "
-        f"equivalence margin |g| < {cfg['margin_g']:g}; seed {cfg['seed']}.",
-        "",
-        "| condition | mean score | g vs v [CI] | efficacy [CI] | TOST p (Holm) | diff p (Holm) | JS vs v [CI] |",
-        "|---|---|---|---|---|---|---|",
+        f"{cfg['n_prompts']} prompts ({cfg['env']}) × {cfg['samples_per_prompt']} samples; {cfg['n_pairs']} held-out pairs; "
+        f"δ = {cfg['delta']:g}, level {cfg['level']:g}; seed {cfg['seed']}.",
     ]
-    for name, row in summary["conditions"].items():
-        js = row.get("js") or {}
-        lines.append(
-            f"| {name} | {num(row.get('mean'), '.3f')} | {ci(row.get('g'), row.get('g_low'), row.get('g_high'), '.3f')} | "
-            f"{ci(row.get('efficacy'), row.get('efficacy_low'), row.get('efficacy_high'), '.3f')} | "
-            f"{num(row.get('p_tost_holm'), '.3g')} | {num(row.get('p_diff_holm'), '.3g')} | "
-            f"{ci(js.get('estimate'), js.get('low'), js.get('high'), '.3f')} |"
-        )
+    for result in report["readouts"].values():
+        lines += readout_lines(result)
+    lines += class_lines(report["class_size"])
     lines += _alpha_sweep_lines(report.get("alpha_sweep")) + _environment_lines(report.get("environments"))
     lines += ["", f"Note: {report['statement']}.", ""]
     return "\n".join(lines)
 
 
 def traits_overview_markdown(reports: dict[str, dict[str, Any]]) -> str:
-    """One table over traits: v's effect, mean v+perp efficacy, JS ratio and both verdicts."""
-    family = next(iter(reports.values()))["summary"].get("holm_family") or {}
+    """One table over traits: v's effect and the verdict of each readout."""
     lines = [
         "# Identifiability audit: overview", "",
-        f"Holm correction across all {family.get('n_tests', '?')} condition tests of "
-        f"{len(reports)} traits ({', '.join(reports)}).", "",
-        "| trait | scorer accuracy | g(v vs none) [CI] | mean efficacy of v+perp | JS(v, v+perp) / JS(v, none) "
-        "| behavioural verdict | distributional verdict |",
-        "|---|---|---|---|---|---|---|",
+        f"Difference tests Holm-corrected across the draws of all {len(reports)} traits ({', '.join(reports)}), per readout.", "",
+        "| trait | scorer accuracy | g(v vs none) [CI] | trait score | pair margin | next-token distribution |",
+        "|---|---|---|---|---|---|",
     ]
     for trait, r in reports.items():
-        s, v = r["summary"], r["verdict"]
-        base = s["v_vs_none"]
-        effs = [row.get("efficacy") for row in s["conditions"].values() if row["kind"] == "v+perp"]
-        effs = [e for e in effs if e is not None]
+        base, v = r["v_vs_none"], r["verdict"]
         validity = (r["scorer"].get("validity") or {}).get("heldout_accuracy")
-        ratio = (s.get("distributional") or {}).get("ratio_perp_to_none")
         lines.append(
             f"| {trait} | {num(validity, '.3f')} | {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')} | "
-            f"{num(sum(effs) / len(effs) if effs else None, '.2f')} | {num(ratio, '.2f')} | "
-            f"{v['behavioural']['verdict']} | {v['distributional']['verdict']} |"
+            f"{v['trait_score']['verdict']} | {v['pair_margin']['verdict']} | {v['distribution']['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -89,23 +110,21 @@ def _alpha_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
 
 
 def _environment_lines(envs: dict[str, Any] | None) -> list[str]:
-    """The per-environment section (empty without environment runs): behavioural verdicts and g."""
+    """The per-environment section (empty without environment runs): trait-score verdicts."""
     if not envs:
         return []
     lines = [
-        "", "## Environments (behavioural readout only)", "",
-        "| environment | prompts | g(v vs none) | mean g(v+perp vs v) | positive control diff p (Holm) | verdict |",
-        "|---|---|---|---|---|---|",
+        "", "## Environments (trait score only)", "",
+        "| environment | prompts | mean efficacy of v+u | dose control detected | verdict |",
+        "|---|---|---|---|---|",
     ]
     for env, res in envs.get("environments", {}).items():
-        summary = res["summary"]
-        gs = [r.get("g") for r in summary["conditions"].values() if r.get("kind") == "v+perp" and r.get("g") is not None]
-        control = summary.get("positive_control")
-        p_control = summary["conditions"][control].get("p_diff_holm") if control else None
+        result = res["trait_score"]
+        effs = [result["conditions"][d].get("efficacy") for d in result["draws"]]
+        effs = [e for e in effs if e is not None]
         lines.append(
-            f"| {env} | {res.get('n_prompts')} | {num(summary['v_vs_none'].get('g'), '.3f')} | "
-            f"{num(sum(gs) / len(gs) if gs else None, '.3f')} | {num(p_control, '.3g')} | "
-            f"{res['verdict']['verdict']}: {res['verdict']['reason']} |"
+            f"| {env} | {res.get('n_prompts')} | {num(sum(effs) / len(effs) if effs else None, '.3f')} | "
+            f"{'yes' if result['dose_control_detected'] else 'no'} | {result['verdict']}: {result['reason']} |"
         )
     return lines
 

@@ -20,9 +20,6 @@ from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write
 from steerscope.formatting import num
 
-_ORDER = ("v+perp", "sqrt2*v", "perp", "random", "targeted")
-
-
 def _pyplot():
     try:
         import matplotlib
@@ -56,25 +53,23 @@ def _ci_bars(ax: Any, xs: Sequence[float], low: Sequence[float], high: Sequence[
 
 
 def plot_effect_ratio(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Efficacy relative to v (with CI error bars) of each steered condition in ``report["summary"]``."""
+    """Efficacy relative to v (90 % CI error bars) of each draw and control on the scalar readouts,
+    with the equivalence band ``1 ± δ`` shaded."""
     plt = _pyplot()
-    conds = report["summary"]["conditions"]
-    names = [n for kind in _ORDER for n, row in conds.items() if row.get("kind") == kind]
-    names += [n for n in conds if n not in names]
-    est = [_f(conds[n].get("efficacy")) for n in names]
-    low = [_f(conds[n].get("efficacy_low")) for n in names]
-    high = [_f(conds[n].get("efficacy_high")) for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.6))
-    xs = list(range(len(names)))
-    colours = ["tab:red" if conds[n].get("kind") == "targeted" else "tab:blue" for n in names]
-    ax.bar(xs, [e if math.isfinite(e) else 0.0 for e in est], color=colours, alpha=0.7)
-    _ci_bars(ax, xs, low, high)
-    for x, e in zip(xs, est):
-        if not math.isfinite(e):
-            ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8)
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="v (efficacy 1)")
-    ax.axhline(0.0, color="black", linewidth=0.8, label="unsteered (0)")
-    ax.set_xticks(xs)
+    scalars = [r for r in report["readouts"].values() if r["kind"] == "scalar"]
+    names = list(dict.fromkeys(n for r in scalars for n in r["conditions"]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.6))
+    width = 0.8 / max(1, len(scalars))
+    for k, result in enumerate(scalars):
+        rows = [result["conditions"].get(n, {}) for n in names]
+        xs = [i + (k - (len(scalars) - 1) / 2) * width for i in range(len(names))]
+        est = [_f(r.get("efficacy")) for r in rows]
+        ax.bar(xs, [e if math.isfinite(e) else 0.0 for e in est], width=width, alpha=0.7, label=result["readout"])
+        _ci_bars(ax, xs, [_f(r.get("efficacy_low")) for r in rows], [_f(r.get("efficacy_high")) for r in rows])
+    delta = float(report["config"]["delta"])
+    ax.axhspan(1 - delta, 1 + delta, color="grey", alpha=0.2, label=f"equivalent to v (1 ± {delta:g})")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel("efficacy relative to v")
     cfg = report.get("config", {})
@@ -118,7 +113,7 @@ def _env_blocks(env_results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) ->
 def plot_environment_heatmap(
     env_results: Mapping[str, Any] | Sequence[Mapping[str, Any]], path: str | os.PathLike, overwrite: bool = False,
 ) -> Path:
-    """Heat map trait × environment of g(v+perp vs v) (mean over draws), annotated with the verdict.
+    """Heat map trait × environment of the mean trait-score efficacy of the v+u draws, annotated with the verdict.
 
     ``env_results`` is one :func:`environment_runs` result or a list of them (one row per trait).
     """
@@ -137,14 +132,15 @@ def plot_environment_heatmap(
             res = b["environments"].get(env)
             if res is None:
                 continue
-            gs = [_f(row.get("g")) for row in res["summary"]["conditions"].values() if row.get("kind") == "v+perp"]
-            gs = [g for g in gs if math.isfinite(g)]
-            grid[r, c] = float(np.mean(gs)) if gs else np.nan
-            labels[r][c] = f"{num(grid[r, c], '.2f')}\n{res['verdict']['verdict']}"
+            result = res["trait_score"]
+            effs = [_f(result["conditions"][d].get("efficacy")) for d in result["draws"]]
+            effs = [e for e in effs if math.isfinite(e)]
+            grid[r, c] = float(np.mean(effs)) if effs else np.nan
+            labels[r][c] = f"{num(grid[r, c], '.2f')}\n{result['verdict']}"
     finite = grid[np.isfinite(grid)]
-    lim = max(0.5, float(np.abs(finite).max())) if finite.size else 1.0
+    lim = max(0.5, float(np.abs(finite - 1).max())) if finite.size else 1.0
     fig, ax = plt.subplots(figsize=(1.8 * len(envs) + 2, 0.9 * len(blocks) + 1.6))
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=1 - lim, vmax=1 + lim, aspect="auto")
     ax.set_xticks(range(len(envs)))
     ax.set_xticklabels(envs)
     ax.set_yticks(range(len(traits)))
@@ -152,8 +148,8 @@ def plot_environment_heatmap(
     for r in range(len(blocks)):
         for c in range(len(envs)):
             ax.text(c, r, labels[r][c], ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label="mean g(v+perp vs v)")
-    ax.set_title("v+perp vs v by environment (behavioural verdict)")
+    fig.colorbar(im, ax=ax, label="mean efficacy of v+u (1 = like v)")
+    ax.set_title("v+u against v by environment (trait-score verdict)")
     return _save(fig, path, overwrite)
 
 

@@ -44,7 +44,8 @@ class Profile:
     def identifiability(self, seed: int = 0, **overrides: Any) -> IdentifiabilitySettings:
         """Settings of the identifiability audit at this profile's sizes (``overrides`` win)."""
         sizes = IdentifiabilitySettings(n_draws=self.id_draws, n_prompts=self.id_prompts, samples_per_prompt=self.id_samples,
-                                        max_new_tokens=self.id_tokens, seed=seed)
+                                        max_new_tokens=self.id_tokens, n_pairs=self.id_pairs, class_draws=self.id_class_draws,
+                                        class_ratios=tuple(self.id_class_ratios), seed=seed)
         return replace(sizes, **overrides)
 
     def reachability(self, seed: int = 0, budget: int | None = None, **overrides: Any) -> AuditSettings:

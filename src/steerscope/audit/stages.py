@@ -127,12 +127,11 @@ register_stage(Stage(
 # --- 4. identifiability --------------------------------------------------------------------------
 
 def _identifiability(a: Auditor, run: TraitRun) -> None:
-    from steerscope.audit.identifiability import audit_vectors, run_identifiability, scorer_accuracy
+    from steerscope.audit.identifiability import run_identifiability, scorer_accuracy
 
     def compute():
         scorer = a.scorer(run.trait)
-        report_ = run_identifiability(a.lm, run.trait, run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer,
-                                      vectors=audit_vectors(a.lm, run.trait, run.layer))
+        report_ = run_identifiability(a.lm, run.trait, run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer)
         return report_ | {"scorer_accuracy": scorer_accuracy(scorer)}, None
 
     a.cell(f"{run.trait}/identifiability", "identifiability", compute, run.trait)
@@ -140,8 +139,10 @@ def _identifiability(a: Auditor, run: TraitRun) -> None:
 
 register_stage(Stage(
     "identifiability",
-    {"quick": {"id_draws": 3, "id_prompts": 12, "id_samples": 3, "id_tokens": 16},
-     "full": {"id_draws": 4, "id_prompts": 12, "id_samples": 3, "id_tokens": 24}},
+    {"quick": {"id_draws": 3, "id_prompts": 12, "id_samples": 3, "id_tokens": 16, "id_pairs": 8, "id_class_draws": 12,
+               "id_class_ratios": (1.0,)},
+     "full": {"id_draws": 4, "id_prompts": 12, "id_samples": 3, "id_tokens": 24, "id_pairs": None, "id_class_draws": 200,
+              "id_class_ratios": (0.25, 0.5, 1.0)}},
     _identifiability, _one_cell, _single("identifiability", "identifiability"),
     plots=_plot("effect_ratio", plots.plot_effect_ratio, lambda res: res["identifiability"]),
     section=report.identifiability_section, heading=("identifiability", "is it identifiable?")))

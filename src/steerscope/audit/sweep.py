@@ -26,10 +26,10 @@ from steerscope.audit.identifiability import (
     build_conditions,
     evaluation_prompts,
     orthogonal_draw,
+    score_readout,
     scorer_accuracy,
-    summarise,
-    verdict,
 )
+from steerscope.audit.equivalence import readout_verdict
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
@@ -132,35 +132,29 @@ def environment_runs(
     alpha: float,
     scorer: Scorer,
     settings: IdentifiabilitySettings,
-    control_direction: torch.Tensor | None = None,
     prompts_by_env: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Behavioural comparison (none, v, v+perp draws, targeted) in every built-in environment.
+    """The trait-score comparison (none, v, v+perp draws, the dose controls) in every built-in environment.
 
     Prompts are ``evaluation_prompts(trait, env, settings.n_prompts)`` unless ``prompts_by_env`` gives them.
-    Each environment gets :func:`summarise` (no divergences) and the behavioural :func:`verdict`.
+    Each environment gets the trait-score :func:`~steerscope.audit.equivalence.readout_verdict`.
     Returns ``{"trait", "alpha", "layer", "environments": {env: {...}}}``, JSON-serialisable.
     """
     from steerscope.data import ENVIRONMENTS
 
     s = settings
-    keep = ("none", "v", "v+perp", "targeted")
-    conds = [c for c in build_conditions(v, alpha, s.n_draws, s.seed, control_direction) if c.kind in keep]
+    conds = [c for c in build_conditions(v, alpha, s.n_draws, s.seed, s.margin()) if c.name != "dose_margin"]
     results: dict[str, Any] = {}
     for env in ENVIRONMENTS:
         prompts = list(prompts_by_env[env]) if prompts_by_env is not None else evaluation_prompts(trait, env, s.n_prompts)
         if len(prompts) < 2:
             raise SteerscopeError(f"environment {env}: need at least 2 prompts, got {len(prompts)}")
         scores = behavioural_scores(lm, layer, conds, prompts, scorer, s.samples_per_prompt, s.generation())
-        summary = summarise(scores, None, conds, margin_g=s.margin_g, n_boot=s.n_boot, seed=s.seed)
-        results[env] = {
-            "n_prompts": len(prompts),
-            "mean_scores": {name: float(np.mean(s)) for name, s in scores.items()},
-            "summary": summary,
-            "verdict": verdict(summary, scorer_accuracy=scorer_accuracy(scorer))["behavioural"],
-        }
+        result = readout_verdict(score_readout(scores, conds, scorer_accuracy(scorer)), s.margin(), s.n_boot, s.seed)
+        results[env] = {"n_prompts": len(prompts), "mean_scores": {name: float(np.mean(x)) for name, x in scores.items()},
+                        "trait_score": result}
     return jsonable({"trait": trait, "layer": layer, "alpha": float(alpha), "n_draws": s.n_draws, "seed": s.seed,
-                     "samples_per_prompt": s.samples_per_prompt, "environments": results})
+                     "delta": s.delta, "samples_per_prompt": s.samples_per_prompt, "environments": results})
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -185,16 +179,16 @@ def run_extensions(
     alphas: Sequence[float] | None = None,
     all_envs: bool = False,
     scorer: Scorer | None = None,
-    vectors: tuple | None = None,
+    vector=None,
 ) -> dict[str, Any]:
     """The α sweep (when ``alphas``) and environment runs (when ``all_envs``) with the settings of
     :func:`run_identifiability` (same mean-diff vectors, prompts, draws and generation config).
 
     Returns ``{"alpha_sweep": ...}`` and/or ``{"environments": ...}`` (empty dict when neither).
-    ``vectors`` is the result of :func:`~steerscope.audit.identifiability.audit_vectors` when the
-    caller already has it.
+    ``vector`` is the SteeringVector when the caller already has it (default
+    :func:`~steerscope.audit.identifiability.audit_vector`).
     """
-    from steerscope.audit.identifiability import audit_vectors
+    from steerscope.audit.identifiability import audit_vector
 
     if not alphas and not all_envs:
         return {}
@@ -204,7 +198,7 @@ def run_extensions(
         from steerscope.score.base import get_scorer
 
         scorer = get_scorer(trait)
-    vec, control, control_trait = vectors or audit_vectors(lm, trait, layer, s.control_trait)
+    vec = vector if vector is not None else audit_vector(lm, trait, layer)
     v = vec.directions[layer]
     out: dict[str, Any] = {}
     if alphas:
@@ -213,6 +207,5 @@ def run_extensions(
         prompts = evaluation_prompts(trait, s.env, s.n_prompts)
         out["alpha_sweep"] = alpha_sweep(lm, layer, v, alphas, prompts, scorer, s, h_norm=h_norm) | {"env": s.env}
     if all_envs:
-        out["environments"] = environment_runs(lm, trait, layer, v, alpha, scorer, s, control_direction=control.directions[layer]) | {
-            "control_trait": control_trait}
+        out["environments"] = environment_runs(lm, trait, layer, v, alpha, scorer, s)
     return out
