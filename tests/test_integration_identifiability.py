@@ -2,36 +2,37 @@
 
 import pytest
 
-from steerscope.audit.equivalence import Margin, readout_verdict
-from steerscope.audit.identifiability import (
-    audit_vector,
-    build_conditions,
-    distributional_readout,
-    evaluation_prompts,
-    js_readout,
-    margin_readout,
-    reference_continuations,
-)
-from steerscope.audit.readouts import pair_margins_by_condition
+from steerscope.audit import equivalence, identifiability, readouts
 from steerscope.data.traits import builtin_pairs
 
 pytestmark = pytest.mark.integration
 
 
-def test_dose_controls_are_detected_on_smollm2(smollm2):
-    """Sentiment vector at layer 12, α = 3: v moves the held-out pair margins, and both teacher-forced
-    readouts resolve the dose control (1 − 2δ)·v and 0.5·v from v — the precondition of any
-    equivalence verdict — at the quick profile's sizes (8 pairs, 8 prompts)."""
-    lm, layer, alpha = smollm2, 12, 3.0
-    v = audit_vector(lm, "sentiment", layer).directions[layer]
-    conds = [c for c in build_conditions(v, alpha, 1, 0) if c.name != "v+grad"]
-    pairs = builtin_pairs("sentiment", "test")[:8]
-    margins = pair_margins_by_condition(lm, layer, {c.name: c.vector for c in conds}, alpha, pairs)
-    prompts = evaluation_prompts("sentiment", "in_distribution", 8)
-    js = distributional_readout(lm, layer, conds, prompts, reference_continuations(lm, layer, conds[1], prompts, 16))
-    for data in (margin_readout(margins, conds), js_readout(js, conds)):
-        out = readout_verdict(data, Margin(0.1), n_boot=200)
+def _readouts(lm, alpha):
+    layer = 12
+    v = identifiability.audit_vector(lm, "sentiment", layer).directions[layer]
+    conds = [c for c in identifiability.build_conditions(v, alpha, 1, 0) if c.name != "v+grad"]
+    margins = readouts.pair_margins_by_condition(lm, layer, {c.name: c.vector for c in conds}, alpha,
+                                                 builtin_pairs("sentiment", "test")[:8])
+    prompts = identifiability.evaluation_prompts("sentiment", "in_distribution", 8)
+    continuations = identifiability.reference_continuations(lm, layer, conds[1], prompts, 16)
+    js = identifiability.distributional_readout(lm, layer, conds, prompts, continuations)
+    return [equivalence.readout_verdict(data, equivalence.Margin(0.1), n_boot=200)
+            for data in (identifiability.margin_readout(margins, conds), identifiability.js_readout(js, conds))]
+
+
+def test_dose_controls_on_smollm2_both_ways(smollm2):
+    """Sentiment vector at layer 12 of SmolLM2, 8 held-out pairs and 8 prompts.
+
+    At α = 1 the pair margin still grows with dose: both teacher-forced readouts resolve the dose
+    controls (1 − 2δ)·v and 0.5·v from v. At α = 3 the margin has passed its peak (measured: 0.8·v
+    and 0.5·v give larger margins than v), so the margin cannot resolve δ there and must not call
+    any draw equivalent.
+    """
+    for out in _readouts(smollm2, 1.0):
         assert out["effect"]["p"] < 0.05, out["effect"]
-        assert out["dose_control_detected"], out["conditions"]["dose_control"]
+        assert out["dose_control_detected"], (out["readout"], out["conditions"]["dose_control"])
         assert out["conditions"]["dose_half"]["p_different"] < 0.05
-    assert (margins["v"] - margins["none"]).mean() > 0
+    margin, _ = _readouts(smollm2, 3.0)
+    assert not margin["dose_control_detected"] and margin["conditions"]["dose_control"]["efficacy"] > 1
+    assert margin["verdict"] != "equivalent", margin["reason"]

@@ -59,6 +59,18 @@ def test_autograd_jacobian_matches_float64_finite_differences(gpt2_64, position)
     assert float((fd - jac).norm() / jac.norm()) < 1e-6
 
 
+@pytest.mark.parametrize("start", [0, -3])
+def test_spread_jacobian_is_the_sum_over_the_steered_positions(gpt2_64, start):
+    """Steering every position from ``start`` on with one δ: the Jacobian is Σ_t J_t (exact in float64)."""
+    lm = gpt2_64
+    ids = lm.tokenizer(PROMPT)["input_ids"]
+    first = start % len(ids)
+    summed = sum(head_jacobian(lm, ids, 1, t).jz for t in range(first, len(ids)))
+    spread = head_jacobian(lm, ids, 1, start, spread=True).jz
+    assert torch.allclose(spread, summed, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(spread, head_jacobian(lm, ids, 1, -1).jz)
+
+
 def test_logprob_jacobian_is_logit_jacobian_minus_its_mean_row(gpt2_64):
     ids = gpt2_64.tokenizer(PROMPT)["input_ids"]
     jl = logit_jacobian(gpt2_64, ids, 2)
@@ -164,4 +176,7 @@ def test_vector_gain_of_a_kernel_direction_and_of_a_seen_one():
     seen = vector_gain(gram, np.array([1.0, 0.0, 0.0]), 3)
     assert seen["gain_v"] == pytest.approx(2.0)
     assert seen["complement_inert_fraction"]["0.01"] == pytest.approx(0.5)
+    # relative to v's own gain (2): the complement gains 1 and 0 — one of two is ≤ 0.01 × 2
+    assert seen["complement_below_v"]["0.01"] == pytest.approx(0.5)
+    assert vector_gain(np.diag([1.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0]), 1)["complement_below_v"]["0.01"] == 0.0
     assert seen["random_mean"] == pytest.approx(np.sqrt(5 / 3))

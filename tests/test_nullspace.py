@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from dataclasses import replace
 from typer.testing import CliRunner
 
 from steerscope.audit.markdown import nullspace_markdown
@@ -24,7 +25,7 @@ def llama(tiny_models):
 @pytest.fixture(scope="module")
 def audit(llama):
     v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(0))
-    return nullspace_audit(llama, PROMPTS, [1, 2], positions=(-1, -2), vectors={1: v}, angle_prompts=3)
+    return nullspace_audit(llama, PROMPTS, [1, 2], positions=(-1, -2), vectors={1: v}, angle_prompts=3, all_positions=2)
 
 
 def test_audit_structure_and_consistency(audit, llama):
@@ -44,6 +45,24 @@ def test_audit_structure_and_consistency(audit, llama):
         assert cov["last_token"]["n_samples"] == 3
         assert cov["all_tokens"]["n_samples"] > 3
     assert "vector_gain" in audit["layers"]["1"]["logits"] and "vector_gain" not in audit["layers"]["2"]["logits"]
+    # the Jacobian of steering every position, on the first two prompts: the sum of the per-position Grams' Jacobians
+    assert audit["config"]["all_positions_prompts"] == 2
+    spread = audit["layers"]["1"]["all_positions"]["logits"]
+    assert "complement_below_v" in spread["vector_gain"]
+    assert spread["stacked"]["singular_values"] != audit["layers"]["1"]["logits"]["stacked"]["singular_values"]
+
+
+def test_all_positions_gram_equals_the_gram_of_the_summed_jacobian(llama):
+    from steerscope.encoding import encode_prompt
+    from steerscope.jacobian import HeadGram, head_jacobian, prompt_gram
+
+    ids = encode_prompt(llama.tokenizer, PROMPTS[0])
+    gram = layer_grams(llama, PROMPTS[:1], 1, positions=(0,), spread=True)["logits"][0]
+    per_position = [head_jacobian(llama, ids, 1, t) for t in range(len(ids))]
+    summed = replace(per_position[-1], jz=sum(hj.jz for hj in per_position))
+    assert torch.allclose(gram, prompt_gram(HeadGram(llama), summed, "logits"), rtol=1e-4, atol=1e-6)
+    with pytest.raises(SteerscopeError, match="all-positions"):
+        nullspace_audit(llama, PROMPTS, [1], all_positions=-1)
 
 
 def test_stacked_gram_is_the_sum_over_prompts_and_positions(llama):

@@ -431,6 +431,8 @@ def audit_nullspace(
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Also report the gain of this built-in trait's mean_diff vector."),
     vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Also report the gain of this vector file's directions."),
     chunk: int = typer.Option(144, "--chunk", help="Backward passes batched together (memory vs speed)."),
+    all_positions: int = typer.Option(0, "--all-positions", help="Also the Jacobian of δ at every position (as the audits "
+                                      "steer) on this many prompts; about 20× the cost of one position."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -442,7 +444,7 @@ def audit_nullspace(
 
     prompt_list = prompts_from_spec(prompts if prompts is not None else str(command_profile(False).ns_prompts))
     command = NullspaceCommand(out_dir, tuple(_layers(layer)), tuple(prompt_list), _numbers(positions, int, "--positions"),
-                               _numbers(tolerances, float, "--tolerances"), trait, vector, chunk, overwrite)
+                               _numbers(tolerances, float, "--tolerances"), trait, vector, chunk, overwrite, all_positions)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
     _print_written(command.run(lm))

@@ -104,8 +104,10 @@ def _body(lm: LoadedModel) -> torch.nn.Module:
 
 def _jacobian(
     lm: LoadedModel, ids: Sequence[int], layer: int, pos: int, read: Callable[[Any], torch.Tensor], chunk: int,
+    spread: bool = False,
 ) -> torch.Tensor:
-    """``∂ read(output) / ∂δ`` (``[d, d]``, model dtype) for δ added to layer ``layer`` at ``pos``.
+    """``∂ read(output) / ∂δ`` (``[d, d]``, model dtype) for δ added to layer ``layer`` at ``pos``
+    (``spread``: at ``pos`` and every later position, the same δ, so the result is ``Σ_t J_t``).
 
     ``read`` maps the output of the model body (without the head) on the tokens ``ids[pos:]`` to
     ``[d]``. Tokens before ``pos`` go into a no-grad KV cache first, so only the positions that can
@@ -117,7 +119,7 @@ def _jacobian(
     delta = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device, requires_grad=True)
 
     def add_delta(h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1)
+        return h + delta if spread else torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1)
 
     with _frozen(lm):
         with torch.no_grad():
@@ -139,8 +141,11 @@ def head_jacobian(
     position: int = -1,
     readout_position: Literal["last", "same"] = "last",
     chunk: int = 576,
+    spread: bool = False,
 ) -> HeadJacobian:
-    """``J_z`` for δ added to layer ``layer`` at token ``position`` (negative counts from the end).
+    """``J_z`` for δ added to layer ``layer`` at token ``position`` (negative counts from the end);
+    with ``spread``, the same δ at ``position`` and every later one (``position=0``: the Jacobian of
+    steering every position, ``Σ_t J_t``).
 
     The readout is at the last position (next token) or at ``position`` itself (``"same"``).
     """
@@ -148,7 +153,7 @@ def head_jacobian(
     layer = lm.check_layer(layer)
     (pos,) = _positions(len(ids), [position])
     rel = len(ids) - 1 if readout_position == "last" else pos
-    jz = _jacobian(lm, ids, layer, pos, lambda out: out.last_hidden_state[0, rel - pos], chunk)
+    jz = _jacobian(lm, ids, layer, pos, lambda out: out.last_hidden_state[0, rel - pos], chunk, spread)
     with torch.no_grad():
         logits = lm.model(input_ids=torch.tensor([list(ids)], device=lm.device)).logits[0, rel].double().cpu()
     cap = _softcap(lm)
@@ -302,7 +307,8 @@ def vector_gain(gram: torch.Tensor | np.ndarray, v: torch.Tensor | np.ndarray, n
 
     ``gain(u) = sqrt(uᵀ G u / n)`` for unit ``u``; the complement's gains are the singular values of
     ``G`` restricted to ``v^⊥``. ``random_mean`` is the gain of an average direction
-    (``sqrt(tr G / (d n))``), the natural yardstick.
+    (``sqrt(tr G / (d n))``), the natural yardstick. ``complement_inert_fraction`` counts
+    complement directions with gain ≤ t × the largest; ``complement_below_v`` those ≤ t × v's own gain.
     """
     g = np.asarray(gram, dtype=np.float64)
     u = np.asarray(v, dtype=np.float64)
@@ -310,10 +316,12 @@ def vector_gain(gram: torch.Tensor | np.ndarray, v: torch.Tensor | np.ndarray, n
     d = len(u)
     basis = np.linalg.svd(np.eye(d) - np.outer(u, u))[0][:, : d - 1]  # orthonormal basis of v^⊥
     comp = np.sqrt(np.clip(np.linalg.eigvalsh(basis.T @ g @ basis), 0.0, None))[::-1] / np.sqrt(n_prompts)
+    gain_v = float(np.sqrt(max(u @ g @ u, 0.0) / n_prompts))
     return {
-        "gain_v": float(np.sqrt(max(u @ g @ u, 0.0) / n_prompts)),
+        "gain_v": gain_v,
         "random_mean": float(np.sqrt(np.trace(g) / (d * n_prompts))),
         "complement_max": float(comp.max()), "complement_min": float(comp.min()),
         "complement_rms": float(np.sqrt((comp ** 2).mean())),
         "complement_inert_fraction": {str(t): inert_fraction(comp, t) for t in TOLERANCES},
+        "complement_below_v": {str(t): float(np.mean(comp <= t * gain_v)) for t in TOLERANCES},
     }

@@ -135,6 +135,18 @@ def _status(verdict: str) -> str:
     return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no"}.get(verdict, "unknown")
 
 
+def _all_positions_note(ns: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """The Jacobian of the audited intervention (δ at every position), when it was computed."""
+    part = entry.get("all_positions")
+    if not part:
+        return ""
+    s, gain = part["logits"]["stacked"], part["logits"].get("vector_gain") or {}
+    return (f"With δ at every position (the intervention the audits apply; {ns['config'].get('all_positions_prompts')} prompts): "
+            f"gain of v {num(gain.get('gain_v'))}, inert fraction {' / '.join(f'{100 * v:.1f} %' for v in s['inert_fraction'].values())} "
+            f"relative to σ_max, and {' / '.join(f'{100 * v:.1f} %' for v in gain.get('complement_below_v', {}).values())} of the "
+            f"directions ⟂ v with gain below 10⁻² / 10⁻³ / 10⁻⁴ × v's own. ")
+
+
 def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     ns = res["nullspace"]
     layer = str(res["layer_selection"]["chosen"])
@@ -149,8 +161,9 @@ def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
                        "effective rank", "condition σmax/σmin"], rows)
     gain = entry["logits"].get("vector_gain") or {}
     return (f"<h3>Null space of the logit Jacobian at layer {layer}</h3><p class='note'>Exact autograd Jacobians over "
-            f"{ns['config']['n_prompts']} prompts, stacked (JᵀJ summed in float64). Gain of v: {num(gain.get('gain_v'))} "
-            f"(average direction {num(gain.get('random_mean'))}). Activation covariance (a different object): low-variance "
+            f"{ns['config']['n_prompts']} prompts, δ at the last position, stacked (JᵀJ summed in float64). Gain of v: "
+            f"{num(gain.get('gain_v'))} (average direction {num(gain.get('random_mean'))}). {_all_positions_note(ns, entry)}"
+            f"Activation covariance (a different object): low-variance "
             f"fraction {' / '.join(f'{100 * v:.1f} %' for v in cov['low_variance_fraction'].values())} over {cov['n_samples']} "
             f"last-token states.</p>{spectrum}{_img(plots['spectra'], 'spectra')}")
 

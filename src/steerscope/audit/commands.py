@@ -147,6 +147,7 @@ class NullspaceCommand:
     vector: Path | None = None
     chunk: int = 144
     overwrite: bool = False
+    all_positions: int = 0
 
     def paths(self) -> dict[str, Path]:
         return {name: self.out_dir / f"{name}.{ext}" for name, ext in (("results", "json"), ("summary", "md"), ("spectra", "png"))}
@@ -177,7 +178,7 @@ class NullspaceCommand:
 
         layers = [lm.check_layer(x) for x in self.layers]
         results = nullspace_audit(lm, list(self.prompts), layers, list(self.positions), list(self.tolerances),
-                                  self._vectors(lm, layers), progress=True, chunk=self.chunk)
+                                  self._vectors(lm, layers), progress=True, chunk=self.chunk, all_positions=self.all_positions)
         paths, markdown = self.paths(), nullspace_markdown(results)
         _write_json(paths["results"], results, self.overwrite, indent=1)
         _write_text(paths["summary"], markdown, self.overwrite)

@@ -129,6 +129,16 @@ def _environment_lines(envs: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _gain_rows(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(layer, where δ was added, vector_gain)`` for every layer and Jacobian that has a vector gain."""
+    rows = []
+    for layer, entry in results["layers"].items():
+        for where, part in ((f"positions {results['config']['positions']}", entry), ("every position", entry.get("all_positions"))):
+            if part and "vector_gain" in part["logits"]:
+                rows.append((layer, where, part["logits"]["vector_gain"]))
+    return rows
+
+
 def nullspace_markdown(results: dict[str, Any]) -> str:
     """Summary of a null-space audit: stacked spectra per layer, then the covariance spectrum."""
     cfg = results["config"]
@@ -149,11 +159,13 @@ def nullspace_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {layer} | {readout} | {st['sigma_max']:.3g} | {st['stable_rank']:.2f} | "
                          + " | ".join(f"{st['inert_fraction'][t]:.3f}" for t in tols) + " | "
                          + " | ".join(f"{per[t]['mean']:.1f}" for t in tols) + " |")
-    gains = [(layer, e["logits"]["vector_gain"]) for layer, e in results["layers"].items() if "vector_gain" in e["logits"]]
+    gains = _gain_rows(results)
     if gains:
         lines += ["", "## Gain of the steering vector (logits, RMS per prompt)", "",
-                  "| layer | gain(v̂) | mean gain of a random direction | complement max | complement min |", "|---|---|---|---|---|"]
-        lines += [f"| {layer} | {g['gain_v']:.3g} | {g['random_mean']:.3g} | {g['complement_max']:.3g} | {g['complement_min']:.3g} |" for layer, g in gains]
+                  "| layer | δ at | gain(v̂) | mean gain of a random direction | complement max | complement min "
+                  "| complement ≤ 10⁻³ × gain(v̂) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {layer} | {mode} | {g['gain_v']:.3g} | {g['random_mean']:.3g} | {g['complement_max']:.3g} | "
+                  f"{g['complement_min']:.3g} | {num(g.get('complement_below_v', {}).get('0.001'), '.3f')} |" for layer, mode, g in gains]
     lines += ["", "## Activation covariance (a different object: where activations vary)", "",
               "| layer | samples | " + " | ".join(f"low-variance fraction @ {t}" for t in tols) + " | top-10 variance share |",
               "|---|---|" + "---|" * (len(tols) + 1)]

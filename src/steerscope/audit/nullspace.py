@@ -43,15 +43,16 @@ PAPER_INERT = "80–95 % of d_model reported as null space (arXiv 2602.06801; fp
 
 def layer_grams(
     lm: LoadedModel, prompts: Sequence[str], layer: int, positions: Sequence[int] = (-1,),
-    chunk: int = 144, progress: bool = False,
+    chunk: int = 144, progress: bool = False, spread: bool = False,
 ) -> dict[str, list[torch.Tensor]]:
-    """Per-(prompt, position) Gram matrices ``JᵀJ`` (``[d, d]`` float64) for each readout."""
+    """Per-(prompt, position) Gram matrices ``JᵀJ`` (``[d, d]`` float64) for each readout
+    (``spread``: δ at each position and every later one, see :func:`~steerscope.jacobian.head_jacobian`)."""
     head = HeadGram(lm)
     grams: dict[str, list[torch.Tensor]] = {r: [] for r in READOUTS}
     for prompt in track(prompts, f"Jacobians at layer {layer}", enabled=progress):
         ids = encode_prompt(lm.tokenizer, prompt)
         for position in positions:
-            hj = head_jacobian(lm, ids, layer, position, chunk=chunk)
+            hj = head_jacobian(lm, ids, layer, position, chunk=chunk, spread=spread)
             for readout in READOUTS:
                 grams[readout].append(prompt_gram(head, hj, readout))
     return grams
@@ -87,22 +88,27 @@ def nullspace_audit(
     angle_prompts: int = 8,
     chunk: int = 144,
     progress: bool = False,
+    all_positions: int = 0,
 ) -> dict:
     """Run the null-space audit at ``layers`` over ``prompts`` (rendered as generation prompts).
 
     ``positions`` are token positions (negative from the end) at which δ is applied; the readout
     is always the next-token prediction at the last position. ``vectors`` maps layer → ``[d]``
     steering vector whose gain is reported. ``angle_prompts`` consecutive prompts enter the
-    principal-angle comparison. Returns a JSON-serialisable dict.
+    principal-angle comparison. ``all_positions`` > 0: also the Jacobian of steering *every*
+    position (``Σ_t J_t``, the intervention the audits apply) on the first that many prompts,
+    under ``"all_positions"``. Returns a JSON-serialisable dict.
     """
     if len(prompts) < 1:
         raise SteerscopeError("the null-space audit needs at least one prompt")
+    if all_positions < 0:
+        raise SteerscopeError(f"--all-positions must be 0 or more prompts, got {all_positions}")
     layer_ids = [lm.check_layer(layer) for layer in layers]
     results: dict = {
         "model": lm.info(),
         "config": {"n_prompts": len(prompts), "layers": layer_ids, "positions": list(positions),
                    "tolerances": list(tolerances), "dtype": str(lm.dtype).removeprefix("torch."),
-                   "angle_prompts": angle_prompts, "method": "autograd reverse mode, Gram JᵀJ accumulated in float64"},
+                   "angle_prompts": angle_prompts, "all_positions_prompts": min(all_positions, len(prompts)), "method": "autograd reverse mode, Gram JᵀJ accumulated in float64"},
         "paper_reference": PAPER_INERT,
         "layers": {},
     }
@@ -112,6 +118,9 @@ def nullspace_audit(
         grams = layer_grams(lm, prompts, layer, positions, chunk, progress)
         vector = None if vectors is None or layer not in vectors else vectors[layer].double().cpu()
         entry: dict[str, Any] = {r: readout_report(grams[r], tolerances, angle_prompts, vector) for r in READOUTS}
+        if all_positions:
+            spread = layer_grams(lm, prompts[:all_positions], layer, (0,), chunk, progress, spread=True)
+            entry["all_positions"] = {r: readout_report(spread[r], tolerances, angle_prompts, vector) for r in READOUTS}
         entry["seconds"] = time.perf_counter() - start
         tokens = torch.cat([a[1:] for a in acts[layer]])  # every token but each prompt's first (attention sink)
         last = torch.stack([a[-1] for a in acts[layer]])

@@ -4,7 +4,9 @@
 2. ``vector``: the mean-difference vector at the chosen layer (train pairs);
 3. ``calibrate``: one cell per strength of the grid (α = 0 is the baseline), then the choice of α;
 4. ``identifiability``: v against v + u (u ⊥ v) with controls (:mod:`steerscope.audit.identifiability`);
-5. ``nullspace``: the logit-Jacobian spectrum at the layer and the gain of v (:mod:`steerscope.audit.nullspace`);
+5. ``nullspace``: the logit-Jacobian spectrum at the layer and the gain of v, for δ at the last position
+   and (on fewer prompts, it costs about 20× more) for δ at every position, as the audits steer
+   (:mod:`steerscope.audit.nullspace`);
 6. ``recover``: ica, sparse, multienv and crosslayer recovery; Jacobian Gram matrices (``grams/L…``)
    and layer maps (``maps/L…``) are cells shared by traits at the same layer;
 7. ``reachability``: prompt inversion of natural and steered states (:mod:`steerscope.audit.reachability`).
@@ -157,14 +159,16 @@ def _nullspace(a: Auditor, run: TraitRun) -> None:
     def compute():
         assert run.vector is not None  # set by the vector stage
         prompts = builtin_prompt_mix(a.p.ns_prompts)
-        result = nullspace_audit(a.lm, prompts, [run.layer], vectors={run.layer: run.vector}, angle_prompts=min(8, len(prompts)))
+        result = nullspace_audit(a.lm, prompts, [run.layer], vectors={run.layer: run.vector}, angle_prompts=min(8, len(prompts)),
+                                 all_positions=a.p.ns_all_positions)
         result["layers"][str(run.layer)].pop("seconds", None)  # wall time belongs to the store, not to the results
         return result, None
 
     a.cell(f"{run.trait}/nullspace", "nullspace", compute, run.trait)
 
 
-register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16}, "full": {"ns_prompts": 64}}, _nullspace, _one_cell,
+register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 2}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
+                     _nullspace, _one_cell,
                      _single("nullspace", "nullspace"), plots=_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
                      section=report.nullspace_section))
 
