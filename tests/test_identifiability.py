@@ -164,3 +164,53 @@ def test_cli_writes_results_and_summary(tmp_path):
     assert summary.startswith("# Identifiability audit: formality") and "Size of the equivalence class" in summary
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+# --- group-sequential looks -------------------------------------------------------------------
+
+def _planted_prompt_data(efficacy: float, noise: float):
+    """A stand-in for the model readouts: per-prompt trait scores and divergences with planted effects."""
+    from steerscope.audit.identifiability import PromptData
+
+    def data(lm, layer, conditions, prompts, scorer, s):
+        rng = np.random.default_rng(len(prompts) * 1000 + sum(map(len, prompts)))
+        none = rng.normal(0, 1, (len(prompts), 1))
+        shift = {"none": 0.0, "v": 1.0, "dose_control": 0.8, "dose_half": 0.5, "v+grad": 1.5}
+        scores = {c.name: none + shift.get(c.name, efficacy) + rng.normal(0, noise, (len(prompts), 1))
+                  for c in conditions if c.name != "dose_margin"}
+        js_margin = rng.uniform(1e-3, 2e-3, len(prompts))
+        scale = {"none": 50.0, "v": 0.0, "dose_margin": 1.0, "dose_control": 4.0, "dose_half": 25.0, "v+grad": 30.0}
+        divergences = {c.name: {"kl": js_margin * scale.get(c.name, 9.0), "js": js_margin * scale.get(c.name, 9.0)}
+                       for c in conditions}
+        return PromptData(list(prompts), scores, ["x"] * len(prompts), divergences)
+    return data
+
+
+@pytest.mark.parametrize(("noise", "looks"), [(0.02, 1), (1.2, 3)])
+def test_prompt_looks_stop_when_conclusive_and_spend_alpha_linearly(monkeypatch, noise, looks):
+    from steerscope.audit import identifiability as ident
+
+    monkeypatch.setattr(ident, "prompt_data", _planted_prompt_data(efficacy=1.6, noise=noise))
+    s = IdentifiabilitySettings(n_draws=2, n_prompts=4, max_prompts=12, n_boot=50)
+    conds = build_conditions(_v(), 1.0, 2, seed=0, gradient=_v(seed=3))
+    seen, readouts, trace = ident.prompt_looks(None, 1, conds, [f"prompt {i}" for i in range(12)], FakeScorer(), s)
+    assert [look["n_prompts"] for look in trace] == [4, 8, 12][:looks] and len(seen.prompts) == 4 * looks
+    assert [look["level"] for look in trace] == pytest.approx([0.05 / 3] * looks)
+    assert readouts["distribution"]["verdict"] == "different"  # every draw moves the distribution 9x the margin
+    if looks == 1:  # clear data: both readouts conclusive at the first look
+        assert readouts["trait_score"]["verdict"] == "different"
+    else:  # too noisy: the budget is spent and the trait score stays undetermined
+        assert readouts["trait_score"]["verdict"] == "inconclusive"
+    assert readouts["trait_score"]["level"] == pytest.approx(0.05 / 3)
+
+
+def test_until_conclusive_flags_go_together():
+    from steerscope.audit.profiles import sequential_budget
+    from steerscope.errors import SteerscopeError
+
+    assert sequential_budget(False, None) is None and sequential_budget(True, 20) == 20
+    for args in ((True, None), (False, 20)):
+        with pytest.raises(SteerscopeError, match="go together"):
+            sequential_budget(*args)
+    with pytest.raises(SteerscopeError, match="at least --prompts"):
+        IdentifiabilitySettings(n_prompts=12, max_prompts=8)

@@ -113,12 +113,17 @@ def _check_png(path):
     assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0
 
 
-def _report():
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(8, 2))
+def _planted_scores(seed: int, n: int, second_draw: float, noise: float):
+    """Trait scores ``[n, 2]`` per condition with planted shifts (v: 2, the dose controls 1.6 and 1)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 2))
     conds = [c for c in build_conditions(_v(), 1.0, 2, seed=0) if c.name != "dose_margin"]
-    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 1.9, "dose_control": 1.6, "dose_half": 1.0}
-    scores = {c.name: base + shift[c.name] + 0.1 * rng.normal(size=base.shape) for c in conds}
+    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": second_draw, "dose_control": 1.6, "dose_half": 1.0}
+    return {c.name: base + shift[c.name] + noise * rng.normal(size=base.shape) for c in conds}, conds
+
+
+def _report():
+    scores, conds = _planted_scores(0, 8, 1.9, 0.1)
     result = readout_verdict(score_readout(scores, conds, None), SETTINGS.margin(), n_boot=50)
     return jsonable({"config": {"trait": "formality", "layer": 1, "alpha": 1.0, "delta": 0.1}, "readouts": {"trait_score": result}})
 
@@ -239,11 +244,7 @@ def test_holm_across_traits_equals_holm_over_the_union():
 
 
 def test_invalid_scorer_makes_the_trait_score_verdict_inconclusive():
-    rng = np.random.default_rng(1)
-    base = rng.normal(size=(10, 2))
-    conds = [c for c in build_conditions(_v(), 1.0, 2, seed=0) if c.name != "dose_margin"]
-    shift = {"none": 0, "v": 2, "v+perp#0": 2, "v+perp#1": 2, "dose_control": 1.6, "dose_half": 1.0}
-    scores = {c.name: base + shift[c.name] + 0.01 * rng.normal(size=base.shape) for c in conds}
+    scores, conds = _planted_scores(1, 10, 2.0, 0.01)
     assert readout_verdict(score_readout(scores, conds, 0.9), SETTINGS.margin(), 50)["verdict"] == "equivalent"
     out = readout_verdict(score_readout(scores, conds, 0.55), SETTINGS.margin(), 50)
     assert out["verdict"] == "inconclusive" and "0.55" in out["reason"]

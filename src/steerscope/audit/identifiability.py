@@ -358,6 +358,7 @@ class IdentifiabilitySettings:
     delta: float = 0.1
     level: float = 0.05
     n_pairs: int | None = None
+    max_prompts: int | None = None
     class_draws: int = 200
     class_ratios: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_boot: int = 2000
@@ -374,6 +375,8 @@ class IdentifiabilitySettings:
             raise SteerscopeError("--samples and --max-new-tokens must be at least 1")
         if self.n_boot < 1 or self.class_draws < 0 or (self.n_pairs is not None and self.n_pairs < 2):
             raise SteerscopeError("need at least one bootstrap resample, a non-negative number of class draws and at least 2 pairs")
+        if self.max_prompts is not None and self.max_prompts < self.n_prompts:
+            raise SteerscopeError(f"--max-prompts ({self.max_prompts}) must be at least --prompts ({self.n_prompts})")
         self.margin()  # validates delta and level
 
     def margin(self) -> Margin:
@@ -390,6 +393,61 @@ def _pairs(trait: str, n: int | None):
 
     pairs = builtin_pairs(trait, "test")
     return pairs if n is None else pairs[:n]
+
+
+@dataclass(frozen=True)
+class PromptData:
+    """What the prompt-based readouts saw: prompts ``[P]``, trait scores ``{condition: [P, S]}``, the
+    reference continuations ``[P]`` and the divergences from v ``{condition: {"kl", "js": [P]}}``."""
+
+    prompts: list[str]
+    scores: dict[str, np.ndarray]
+    continuations: list[str]
+    divergences: dict[str, dict[str, np.ndarray]]
+
+    def extend(self, more: PromptData) -> PromptData:
+        """This data followed by ``more`` (same conditions), concatenated along the prompt axis."""
+        return PromptData(self.prompts + more.prompts, {k: np.concatenate([x, more.scores[k]]) for k, x in self.scores.items()},
+                          self.continuations + more.continuations,
+                          {k: {m: np.concatenate([x[m], more.divergences[k][m]]) for m in x} for k, x in self.divergences.items()})
+
+
+def prompt_data(lm: LoadedModel, layer: int, conditions: Sequence[Condition], prompts: Sequence[str], scorer: Scorer,
+                s: IdentifiabilitySettings) -> PromptData:
+    """Trait scores (every condition but the distribution's margin) and divergences from v on ``prompts``."""
+    generated = [c for c in conditions if c.name != "dose_margin"]
+    scores = behavioural_scores(lm, layer, generated, prompts, scorer, s.samples_per_prompt, s.generation())
+    continuations = reference_continuations(lm, layer, conditions[1], prompts, s.max_new_tokens)
+    return PromptData(list(prompts), scores, continuations, distributional_readout(lm, layer, conditions, prompts, continuations))
+
+
+def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], pool: Sequence[str], scorer: Scorer,
+                 s: IdentifiabilitySettings) -> tuple[PromptData, dict[str, dict], list[dict[str, Any]]]:
+    """The trait-score and distribution verdicts, adding ``s.n_prompts`` prompts of ``pool`` at a time.
+
+    Group-sequential: look ``k`` at ``n_k`` prompts tests at level ``α·(n_k − n_{k−1}) / N`` (linear
+    alpha spending over the ``N = len(pool)`` prompt budget, a Bonferroni split over looks, valid for
+    every test at every look); it stops at the first look where both readouts are conclusive.
+    Returns the data seen, the last look's verdicts and every look's ``{n_prompts, level, verdicts}``.
+    """
+    generated = [c for c in conditions if c.name != "dose_margin"]
+    accuracy, budget = scorer_accuracy(scorer), len(pool)
+    seen: PromptData | None = None
+    looks: list[dict[str, Any]] = []
+    readouts: dict[str, dict] = {}
+    while seen is None or len(seen.prompts) < budget:
+        start = len(seen.prompts) if seen else 0
+        batch = prompt_data(lm, layer, conditions, pool[start:start + s.n_prompts], scorer, s)
+        seen = batch if seen is None else seen.extend(batch)
+        level = s.level * (len(seen.prompts) - start) / budget
+        margin = Margin(s.delta, level)
+        data = (score_readout(seen.scores, generated, accuracy), js_readout(seen.divergences, conditions))
+        readouts = {d.name: readout_verdict(d, margin, s.n_boot, s.seed) for d in data}
+        looks.append({"n_prompts": len(seen.prompts), "level": level, "verdicts": {k: r["verdict"] for k, r in readouts.items()}})
+        if all(r["verdict"] != "inconclusive" for r in readouts.values()):
+            break
+    assert seen is not None
+    return seen, readouts, looks
 
 
 def run_identifiability(
@@ -414,17 +472,15 @@ def run_identifiability(
     scorer = scorer if scorer is not None else _default_scorer(trait)
     vec = vector if vector is not None else audit_vector(lm, trait, layer)
     v = vec.directions[layer].detach().float().cpu()
-    prompts, pairs = evaluation_prompts(trait, s.env, s.n_prompts), _pairs(trait, s.n_pairs)
+    pairs = _pairs(trait, s.n_pairs)
     gradient = margin_gradient(lm, layer, v, alpha, pairs)
     conditions = build_conditions(v, alpha, s.n_draws, s.seed, margin, torch.from_numpy(gradient))
-    generated = [c for c in conditions if c.name != "dose_margin"]
-    scores = behavioural_scores(lm, layer, generated, prompts, scorer, s.samples_per_prompt, s.generation())
     margins = pair_margins_by_condition(lm, layer, {c.name: c.vector for c in conditions}, alpha, pairs)
-    continuations = reference_continuations(lm, layer, conditions[1], prompts, s.max_new_tokens)
-    divergences = distributional_readout(lm, layer, conditions, prompts, continuations)
-    accuracy = scorer_accuracy(scorer)
-    data = [score_readout(scores, generated, accuracy), margin_readout(margins, conditions), js_readout(divergences, conditions)]
-    readouts = {d.name: readout_verdict(d, margin, s.n_boot, s.seed) for d in data}
+    seen, readouts, looks = prompt_looks(lm, layer, conditions, evaluation_prompts(trait, s.env, s.max_prompts or s.n_prompts),
+                                         scorer, s)
+    readouts["pair_margin"] = readout_verdict(margin_readout(margins, conditions), margin, s.n_boot, s.seed)
+    readouts = {k: readouts[k] for k in READOUTS}
+    prompts, scores, continuations, divergences = seen.prompts, seen.scores, seen.continuations, seen.divergences
     classes: dict[str, Any] = {"trait_score": score_class(readouts["trait_score"], s.delta)}
     if s.class_draws:
         keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
@@ -437,6 +493,7 @@ def run_identifiability(
             "n_pairs": len(pairs), "samples_per_prompt": s.samples_per_prompt, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
             "delta": s.delta, "level": s.level, "n_boot": s.n_boot, "temperature": s.temperature,
             "class_draws": s.class_draws, "class_ratios": list(s.class_ratios), "steered_positions": "all",
+            "max_prompts": s.max_prompts,
             "draw_seeds": [s.seed + i for i in range(s.n_draws)], "generation": s.generation().__dict__,
             "extraction": {"method": "mean_diff", "split": "train"}, "pairs": {"split": "test"},
         },
@@ -453,6 +510,7 @@ def run_identifiability(
         "class_size": classes,
         "prompts": prompts,
         "reference_continuations": continuations,
+        "sequential": looks,
         "verdict": {k: {"verdict": r["verdict"], "reason": r["reason"]} for k, r in readouts.items()},
         "statement": STATEMENT.format(delta=s.delta, level=s.level),
     }

@@ -80,6 +80,13 @@ def command_profile(quick: bool) -> Profile:
     return profile("quick" if quick else "full")
 
 
+def sequential_budget(until_conclusive: bool, max_prompts: int | None) -> int | None:
+    """The prompt budget of ``--until-conclusive --max-prompts N`` (None: one look); each flag needs the other."""
+    if until_conclusive != (max_prompts is not None):
+        raise SteerscopeError("--until-conclusive and --max-prompts go together: give both or neither")
+    return max_prompts
+
+
 def default_layer(n_layers: int) -> int:
     """The layer audited when none is given: 40 % of the depth (the pipeline selects one by held-out separation)."""
     return round(0.4 * n_layers)
