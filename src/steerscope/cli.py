@@ -393,6 +393,7 @@ def audit_identifiability(
     class_draws: Optional[int] = typer.Option(None, "--class-draws", help="Monte Carlo draws per norm ratio (class size; 0 skips)."),
     until_conclusive: bool = typer.Option(False, "--until-conclusive", help="Add --prompts prompts per look until conclusive."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Prompt budget of --until-conclusive (α spent linearly)."),
+    protocol: str = typer.Option("audit", "--protocol", help="audit (default) or paper: the seed paper's own protocol and metrics."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
@@ -403,17 +404,16 @@ def audit_identifiability(
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
-    """Is the vector identifiable? v against v + u (u ⊥ v) on three readouts, with dose controls; writes
-    results.json, summary.md, effect_ratio.png (alpha_sweep.png with --alphas, environments.png with --all-envs)."""
-    from steerscope.audit.commands import IdentifiabilityCommand
+    """Is the vector identifiable? v against v + u (u ⊥ v) on three readouts, or the seed paper's protocol."""
+    from steerscope.audit.commands import identifiability_command
     from steerscope.audit.profiles import command_profile, sequential_budget
     from steerscope.audit.sweep import parse_alphas
 
     given = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples), ("delta", delta),
                                ("max_new_tokens", max_new_tokens), ("env", env), ("class_draws", class_draws)) if v is not None}
     settings = command_profile(quick).identifiability(seed, **given, max_prompts=sequential_budget(until_conclusive, max_prompts))
-    command = IdentifiabilityCommand(tuple(_traits(trait)), out_dir, settings, alpha, layer,
-                                     tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
+    command = identifiability_command(protocol, quick, tuple(_traits(trait)), out_dir, settings, alpha, layer,
+                                      tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
     with err.status(f"auditing {', '.join(command.traits)} at layer {command.chosen_layer(lm)}"):

@@ -64,7 +64,8 @@ def _share(row: Mapping[str, Any] | None, delta: float) -> str:
 def readout_headlines(ident: Mapping[str, Any]) -> list[str]:
     """One sentence per readout: its verdict, the share of v's class at ‖u‖ = ‖v‖, and why."""
     delta, classes, out = ident["config"]["delta"], ident.get("class_size") or {}, []
-    for name, res in ident["readouts"].items():
+    for name in [k for k in LABELS if k in ident["readouts"]]:
+        res = ident["readouts"][name]
         row = classes.get(name)
         share = _share(row.get("1") if row and "1" in row else (row if row and "fraction" in row else None), delta)
         out.append(f"{LABELS.get(name, name)}: {MEANING[res['verdict']]}{' — ' + share if share else ''} ({res['reason']}).")
@@ -73,7 +74,7 @@ def readout_headlines(ident: Mapping[str, Any]) -> list[str]:
 
 def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     ident = result["identifiability"]
-    verdicts = {k: r["verdict"] for k, r in ident["readouts"].items()}
+    verdicts = {k: ident["readouts"][k]["verdict"] for k in LABELS if k in ident["readouts"]}
     layer = str(result["layer_selection"]["chosen"])
     stacked = result["nullspace"]["layers"][layer]["logits"]["stacked"]
     d = stacked["d"]

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from steerscope.audit.identifiability import IdentifiabilitySettings
+from steerscope.audit.paper import PaperSettings
 from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
 from steerscope.audit.reachability import AuditSettings
 from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
@@ -130,6 +131,60 @@ class IdentifiabilityCommand:
         if self.all_envs:
             plot_environment_heatmap([r["environments"] for r in reports.values()], paths["environments"], self.overwrite)
         return Written(markdown, paths)
+
+
+@dataclass(frozen=True)
+class PaperCommand:
+    """The seed paper's protocol (:mod:`steerscope.audit.paper`) for one or more built-in traits at one layer."""
+
+    traits: tuple[str, ...]
+    out_dir: Path
+    settings: PaperSettings
+    layer: int | None = None
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        """results.json, summary.md and one paper_<trait>.png per trait."""
+        return {"results": self.out_dir / "results.json", "summary": self.out_dir / "summary.md",
+                **{f"paper_{t}": self.out_dir / f"paper_{t}.png" for t in self.traits}}
+
+    def prepare(self) -> None:
+        from steerscope.audit.identifiability import evaluation_prompts
+
+        for trait in check_traits(self.traits):
+            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
+        _check_outputs(self.paths(), self.overwrite)
+
+    def chosen_layer(self, lm: LoadedModel) -> int:
+        return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.paper import paper_markdown, run_paper_protocol
+        from steerscope.audit.plots import plot_paper
+
+        layer, paths = self.chosen_layer(lm), self.paths()
+        reports = {t: run_paper_protocol(lm, t, layer, _scorer(t), self.settings) for t in self.traits}
+        markdown = "\n".join(paper_markdown(r) for r in reports.values())
+        _write_json(paths["results"], {"protocol": "paper", "traits": reports}, self.overwrite)
+        _write_text(paths["summary"], markdown, self.overwrite)
+        for t, report in reports.items():
+            plot_paper(report, paths[f"paper_{t}"], self.overwrite)
+        return Written(markdown, paths)
+
+
+def identifiability_command(protocol: str, quick: bool, traits: tuple[str, ...], out_dir: Path, settings: IdentifiabilitySettings,
+                            alpha: float | None, layer: int | None, sweep_alphas: tuple[float, ...], all_envs: bool,
+                            overwrite: bool) -> IdentifiabilityCommand | PaperCommand:
+    """``audit identifiability``'s command: this project's audit, or (``protocol="paper"``) the paper's
+    protocol at its sizes (:meth:`PaperSettings.quick_sizes` with ``quick``), with the settings' seed and environment."""
+    if protocol == "audit":
+        return IdentifiabilityCommand(traits, out_dir, settings, alpha, layer, sweep_alphas, all_envs, overwrite)
+    if protocol != "paper":
+        raise SteerscopeError(f"unknown --protocol {protocol!r}; use audit or paper")
+    if alpha is not None or sweep_alphas or all_envs or settings.max_prompts:
+        raise SteerscopeError("--protocol paper fixes its own strengths and prompts: drop --alpha, --alphas, --all-envs and --until-conclusive")
+    sizes = PaperSettings.quick_sizes() if quick else PaperSettings()
+    return PaperCommand(traits, out_dir, replace(sizes, seed=settings.seed, env=settings.env), layer, overwrite)
 
 
 # --- null space ----------------------------------------------------------------------------------

@@ -215,6 +215,11 @@ def readout_verdict(data: ReadoutData, margin: Margin, n_boot: int = 2000, seed:
     return out | redecide(out)
 
 
+def _listed(draws: Sequence[str]) -> str:
+    """``"v+perp#0 differs"`` / ``"v+perp#0, v+perp#2 differ"``."""
+    return f"{', '.join(draws)} {'differs' if len(draws) == 1 else 'differ'}"
+
+
 def redecide(result: Mapping[str, Any]) -> dict[str, str]:
     """``{"verdict", "reason"}`` of a :func:`readout_verdict` result from its stored p-values (used
     again after the difference p-values are Holm-corrected over a larger family)."""
@@ -228,12 +233,11 @@ def redecide(result: Mapping[str, Any]) -> dict[str, str]:
     equivalent = [n for n in draws if rows[n]["p_equivalent"] < a]
     different = [n for n in draws if rows[n]["p_different_holm"] < a]
     if len(equivalent) == len(draws) and result["dose_control_detected"]:
-        note = f"; {', '.join(different)} differ(s) from v by less than δ" if different else ""
+        note = f"; {_listed(different)} from v by less than δ" if different else ""
         return {"verdict": "equivalent", "reason": f"every v+u draw stays within ±{d:g} of v's dose (TOST p < {a:g} each, "
                 f"intersection–union) and the dose control (1 − 2δ)·v is detected{note}"}
     if different:
-        return {"verdict": "different", "reason": f"{', '.join(different)} differ(s) from v (Holm p < {a:g} over "
-                f"{len(draws)} draws)"}
+        return {"verdict": "different", "reason": f"{_listed(different)} from v (Holm p < {a:g} over {len(draws)} draws)"}
     if len(equivalent) == len(draws):
         return {"verdict": "inconclusive", "reason": f"readout cannot resolve δ = {d:g}: the dose control (1 − 2δ)·v is "
                 f"not detected (resolution {plan['resolution']:.3g} {plan['units']} at n = {plan['n']})"}

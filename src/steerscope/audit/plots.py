@@ -278,3 +278,26 @@ def plot_calibration(result: Mapping[str, Any], path: str | os.PathLike, overwri
     bx.set_title(f"effect (target g ≥ {strength['target_g']:g})")
     cx.set_title(f"coherence (limit × {strength['max_ppl_ratio']:g})")
     return _save(fig, path, overwrite)
+
+
+def plot_paper(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The paper protocol: Cohen's d against α (v vs v + v⊥ and v vs unsteered, the 0.2 reading
+    marked) and the last-token logit L2 distances from v at α = 1."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    rows = report["orthogonal_test"]
+    alphas = [r["alpha"] for r in rows]
+    left.errorbar(alphas, [_f(r["d_v_vs_perp_mean"]) for r in rows], yerr=[_f(r["d_v_vs_perp_sd"]) for r in rows],
+                  marker="o", capsize=3, label="d(v, v + v⊥)")
+    left.plot(alphas, [_f(r["d_v_vs_none"]) for r in rows], marker="s", label="d(v, unsteered)")
+    left.axhline(0.2, color="grey", linestyle="--", linewidth=1, label="|d| = 0.2 (paper's 'negligible')")
+    left.set_xlabel("α (unit-norm v)")
+    left.set_ylabel("Cohen's d")
+    left.legend(fontsize=7)
+    ld = report["logit_distance"]
+    names = ["unsteered", "v + v⊥", "same-norm random"]
+    right.bar(names, [_f(ld["v_vs_none"]), _f(ld["v_vs_v_plus_perp"]), _f(ld["v_vs_random"])], color="tab:blue", alpha=0.7)
+    right.set_ylabel("L2 logit distance from v (α = 1)")
+    cfg = report["config"]
+    fig.suptitle(f"paper protocol: {cfg['trait']} layer {cfg['layer']}")
+    return _save(fig, path, overwrite)
