@@ -3,6 +3,8 @@
 1. The ``--quick`` audit for one trait, end to end through the command line (model load, vector
    extraction, scorer, generation, distributional readout, statistics, plots): wall time and the
    child process's peak resident memory.
+3. The Monte Carlo draws of the class size: ``--draws`` random ``v + u`` on 8 held-out pairs as
+   rows of one batched pass against one pass per draw, and ``class_fraction`` with the distribution.
 2. The audit's two model-bound stages at ``--quick`` size (8 conditions × 8 prompts × 2 samples,
    16 new tokens), batched as the audit runs them (conditions as rows of one call) against a loop
    with one call per condition, with a check that the results are the same. Generation is greedy
@@ -33,14 +35,17 @@ from rich.console import Console
 from rich.table import Table
 
 import steerscope as ss
+from steerscope.audit.equivalence import Margin
 from steerscope.audit.identifiability import (
-    audit_vectors,
+    audit_vector,
     behavioural_scores,
     build_conditions,
     distributional_readout,
     evaluation_prompts,
     reference_continuations,
 )
+from steerscope.audit.readouts import ClassSample, class_fraction, pair_margins_by_condition
+from steerscope.data.traits import builtin_pairs
 from steerscope.score.base import get_scorer
 
 
@@ -68,8 +73,8 @@ def bench_quick_cli(model: str, trait: str, threads: int) -> dict:
 
 
 def bench_stages(lm, trait: str, layer: int, repeats: int) -> dict:
-    vec, control, _ = audit_vectors(lm, trait, layer)
-    conditions = build_conditions(vec.directions[layer], 2.0, 2, 0, control.directions[layer])
+    vec = audit_vector(lm, trait, layer)
+    conditions = [c for c in build_conditions(vec.directions[layer], 2.0, 2, 0) if c.name != "dose_margin"]
     prompts = evaluation_prompts(trait, "in_distribution", 8)
     scorer = get_scorer(trait)
     config = ss.GenerationConfig(max_new_tokens=16, do_sample=False)
@@ -109,6 +114,22 @@ def bench_stages(lm, trait: str, layer: int, repeats: int) -> dict:
     return out
 
 
+def bench_class_draws(lm, trait: str, layer: int, draws: int, repeats: int) -> dict:
+    """Monte Carlo class-size draws on the pair margin (8 held-out pairs): every draw as rows of one
+    batched pass against one pass per draw, and the full class_fraction (pair margin and distribution)."""
+    v = audit_vector(lm, trait, layer).directions[layer]
+    pairs = builtin_pairs(trait, "test")[:8]
+    us = {f"u{i}": v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * v.norm() for i in range(draws)}
+    t_b, _, res_b = _timed(lambda: pair_margins_by_condition(lm, layer, us, 2.0, pairs), repeats)
+    t_l, _, res_l = _timed(lambda: {k: pair_margins_by_condition(lm, layer, {k: u}, 2.0, pairs)[k] for k, u in us.items()}, repeats)
+    same = sum(int(np.allclose(res_b[k], res_l[k], atol=1e-3)) for k in us)
+    prompts = evaluation_prompts(trait, "in_distribution", 8)
+    conts = reference_continuations(lm, layer, build_conditions(v, 2.0, 1, 0)[1], prompts, 16)
+    t_full, _, _ = _timed(lambda: class_fraction(lm, layer, v, 2.0, pairs, (prompts, conts), Margin(), ClassSample(draws, (1.0,))), repeats)
+    return {"draws": draws, "pairs": len(pairs), "margin_batched_s": t_b, "margin_loop_s": t_l, "speedup": t_l / t_b,
+            "same_draws": same, "margin_draws_per_s": draws / t_b, "class_fraction_s": t_full, "class_draws_per_s": draws / t_full}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -116,6 +137,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layer", type=int, default=12)
+    parser.add_argument("--draws", type=int, default=24, help="Monte Carlo draws of the class-size benchmark.")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "identifiability.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,6 +147,7 @@ def main() -> None:
         "model": lm.info(), "trait": args.trait, "layer": args.layer, "threads": args.threads, "repeats": args.repeats,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "steerscope": ss.__version__,
         "quick_cli": quick, "stages": bench_stages(lm, args.trait, args.layer, args.repeats),
+        "class_draws": bench_class_draws(lm, args.trait, args.layer, args.draws, args.repeats),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -141,6 +164,11 @@ def main() -> None:
                       f"same {r['same_conditions']}/{r['total_conditions']}")
     b = s["both_stages"]
     table.add_row("both stages", f"batched {b['batched_s']:.2f} s; loop {b['loop_s']:.2f} s; speed-up {b['speedup']:.2f}×")
+    c = results["class_draws"]
+    table.add_row(f"class-size draws: {c['draws']} × {c['pairs']} pairs (pair margin)",
+                  f"batched {c['margin_batched_s']:.2f} s ({c['margin_draws_per_s']:.2f} draws/s); loop {c['margin_loop_s']:.2f} s; "
+                  f"speed-up {c['speedup']:.2f}×; same {c['same_draws']}/{c['draws']}")
+    table.add_row("class_fraction (pair margin + distribution, 8 prompts)", f"{c['class_fraction_s']:.2f} s ({c['class_draws_per_s']:.2f} draws/s)")
     Console().print(table)
     print(f"wrote {args.out}")
 

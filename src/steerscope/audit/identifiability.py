@@ -485,7 +485,8 @@ def run_identifiability(
     if s.class_draws:
         keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
         mc = class_fraction(lm, layer, v, alpha, pairs, ([prompts[i] for i in keep], [continuations[i] for i in keep]), margin,
-                            ClassSample(s.class_draws, tuple(s.class_ratios), s.seed + 50_000), gradient)
+                            ClassSample(s.class_draws, tuple(s.class_ratios), s.seed + 50_000), gradient,
+                            base={"none": margins["none"], "v": margins["v"]})
         classes |= {"pair_margin": mc["pair_margin"], "distribution": mc["distribution"]}
     report = {
         "config": {

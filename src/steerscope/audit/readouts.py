@@ -122,15 +122,18 @@ def class_fraction(
     sample: ClassSample,
     gradient: np.ndarray | None = None,
     batch_size: int = 32,
+    base: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Share of ``v + u`` (``u ⊥ v``, ``‖u‖ = r‖v‖``) equivalent to ``v`` at δ, per readout and ratio ``r``.
 
     ``distribution``: ``(prompts, continuations)`` for the next-token readout (None: skip it).
     Returns ``{"pair_margin": {r: {...}}, "distribution": {r: {...}}}`` (deterministic); each
     pair-margin entry carries the first-order ``predicted`` share when ``gradient`` is given.
+    ``base``: the pair margins ``{"none", "v": [P]}`` when the caller already has them.
     """
     v32 = v.detach().float().cpu()
-    base = pair_margins_by_condition(lm, layer, {"none": None, "v": v32}, alpha, pairs, batch_size)
+    if base is None:
+        base = pair_margins_by_condition(lm, layer, {"none": None, "v": v32}, alpha, pairs, batch_size)
     effect = float(np.mean(base["v"] - base["none"]))
     if effect == 0:
         raise SteerscopeError("v does not move the mean pair margin: its equivalence class is undefined")

@@ -167,7 +167,7 @@ def _nullspace(a: Auditor, run: TraitRun) -> None:
     a.cell(f"{run.trait}/nullspace", "nullspace", compute, run.trait)
 
 
-register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 2}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
+register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 1}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
                      _nullspace, _one_cell,
                      _single("nullspace", "nullspace"), plots=_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
                      section=report.nullspace_section))
