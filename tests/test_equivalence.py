@@ -107,6 +107,9 @@ def test_degenerate_one_sided_p_and_sizes():
     n = prompts_needed(1.0, 0.5, 0.05)
     assert resolution(1.0, n, 0.05) <= 0.5 < resolution(1.0, n - 1, 0.05)
     assert prompts_needed(1.0, 0.0, 0.05) is None and prompts_needed(0.0, 0.1, 0.05) == 2
+    # one one-sided test (the distribution) needs less than two (TOST) for the same margin
+    one = prompts_needed(1.0, 0.5, 0.05, tost=False)
+    assert resolution(1.0, one, 0.05, tost=False) <= 0.5 < resolution(1.0, one - 1, 0.05, tost=False) and one < n
 
 
 def test_clopper_pearson_matches_scipy_and_bounds():

@@ -81,28 +81,31 @@ def _t(q: float, n: int) -> float:
     return float(_st.t.ppf(q, max(n - 1, 1)))
 
 
-def resolution(sd: float, n: int, level: float) -> float:
-    """Smallest margin (in the readout's units) that TOST resolves with 80 % power when the true
-    difference is 0, at ``n`` prompts of per-prompt difference SD ``sd``."""
-    return (_t(1 - level, n) + _t(1 - (1 - POWER) / 2, n)) * sd / math.sqrt(n)
+def resolution(sd: float, n: int, level: float, tost: bool = True) -> float:
+    """Smallest margin (in the readout's units) that the equivalence test resolves with 80 % power
+    when the true difference is 0, at ``n`` prompts of per-prompt difference SD ``sd``: two one-sided
+    tests (``tost``, the scalar readouts) or one (the distribution, whose divergence cannot go below 0)."""
+    beta = (1 - POWER) / 2 if tost else 1 - POWER
+    return (_t(1 - level, n) + _t(1 - beta, n)) * sd / math.sqrt(n)
 
 
-def detectable(sd: float, n: int, level: float) -> float:
-    """Smallest difference (readout units) a two-sided paired t-test detects with 80 % power."""
-    return (_t(1 - level / 2, n) + _t(POWER, n)) * sd / math.sqrt(n)
+def detectable(sd: float, n: int, level: float, two_sided: bool = True) -> float:
+    """Smallest difference (readout units) the paired t-test of difference detects with 80 % power."""
+    return (_t(1 - (level / 2 if two_sided else level), n) + _t(POWER, n)) * sd / math.sqrt(n)
 
 
-def prompts_needed(sd: float, margin: float, level: float, limit: int = 10**7) -> int | None:
-    """Prompts for 80 % TOST power at ``margin`` (readout units); None when ``margin`` is not positive
-    or more than ``limit`` would be needed. Zero spread needs the minimum of 2."""
+def prompts_needed(sd: float, margin: float, level: float, tost: bool = True, limit: int = 10**7) -> int | None:
+    """Prompts for 80 % power of the equivalence test at ``margin`` (readout units, see
+    :func:`resolution`); None when ``margin`` is not positive or more than ``limit`` would be
+    needed. Zero spread needs the minimum of 2."""
     if not margin > 0 or not math.isfinite(margin):
         return None
     if sd == 0:
         return 2
-    z = _st.norm.ppf(1 - level) + _st.norm.ppf(1 - (1 - POWER) / 2)
+    z = _st.norm.ppf(1 - level) + _st.norm.ppf(1 - ((1 - POWER) / 2 if tost else 1 - POWER))
     n = max(2, math.ceil((z * sd / margin) ** 2))
-    while n <= limit and resolution(sd, n, level) > margin:
-        n = max(n + 1, math.ceil(n * (resolution(sd, n, level) / margin) ** 2))
+    while n <= limit and resolution(sd, n, level, tost) > margin:
+        n = max(n + 1, math.ceil(n * (resolution(sd, n, level, tost) / margin) ** 2))
     return n if n <= limit else None
 
 
@@ -180,20 +183,18 @@ def _spread(data: ReadoutData) -> float:
 def _planning(data: ReadoutData, effect: Mapping[str, Any], margin: Margin) -> dict[str, Any]:
     """Resolution at this size and prompts needed for 80 % power at δ, in δ units where possible."""
     n = len(np.asarray(data.values["v"]))
-    sd = _spread(data)
-    if data.kind == "scalar":
+    sd, scalar = _spread(data), data.kind == "scalar"
+    if scalar:
         scale = abs(effect["effect"])
         margin_units = margin.delta * scale
         res = resolution(sd, n, margin.level) / scale if scale > 0 else math.inf
         mdd = detectable(sd, n, margin.level) / scale if scale > 0 else math.inf
-        units = "fraction of v's effect"
     else:
         margin_units = effect["js_margin"]
-        res = resolution(sd, n, margin.level)
-        mdd = detectable(sd, n, margin.level)
-        units = "nats"
-    return {"n": n, "sd": sd, "units": units, "resolution": res, "detectable": mdd,
-            "margin": margin_units, "prompts_needed": prompts_needed(sd, margin_units, margin.level)}
+        res = resolution(sd, n, margin.level, tost=False)
+        mdd = detectable(sd, n, margin.level, two_sided=False)
+    return {"n": n, "sd": sd, "units": "fraction of v's effect" if scalar else "nats", "resolution": res, "detectable": mdd,
+            "margin": margin_units, "prompts_needed": prompts_needed(sd, margin_units, margin.level, tost=scalar)}
 
 
 def readout_verdict(data: ReadoutData, margin: Margin, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -20,6 +20,7 @@ A failed search for a difference is not proof of equivalence.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
-from steerscope.audit.equivalence import Margin, ReadoutData, fraction, readout_verdict, redecide
+from steerscope.audit.equivalence import Margin, ReadoutData, fraction, readout_verdict, redecide, two_sided_p
 from steerscope.divergence import condition_divergences
 from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate
@@ -242,8 +243,6 @@ def _interval(statistic: Callable[..., float], arrays: Sequence[np.ndarray], n_b
 
 def v_vs_none(scores: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
     """Hedges' g of v against the unsteered baseline on the trait score, 95 % cluster-bootstrap CI and paired p."""
-    from steerscope.audit.equivalence import two_sided_p
-
     v, none = prompt_means(scores["v"]), prompt_means(scores["none"])
     g = _interval(hedges_g, [v, none], n_boot, seed, 0.95)
     return {"g": g["estimate"], "g_low": g["low"], "g_high": g["high"], "p_diff": two_sided_p(v - none),
@@ -291,8 +290,6 @@ def holm_across_traits(reports: Mapping[str, dict], level: float = 0.05) -> dict
     is replaced by the family-wide value (``holm_family`` records the family) and its verdict
     recomputed; equivalence (intersection–union) needs no correction. Inputs are not modified.
     """
-    import copy
-
     out = {t: copy.deepcopy(r) for t, r in reports.items()}
     for readout in READOUTS:
         results = [r["readouts"][readout] for r in out.values() if readout in r["readouts"]]
