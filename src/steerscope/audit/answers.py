@@ -89,8 +89,8 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     everywhere = result["nullspace"]["layers"][layer].get("all_positions")
     if everywhere and everywhere["logits"].get("vector_gain"):
         below = everywhere["logits"]["vector_gain"]["complement_below_v"][NULL_TOL]
-        facts.append(f"Jacobian of the audited intervention (δ at every position, {result['nullspace']['config']['all_positions_prompts']} "
-                     f"prompts): {below:.1%} of the directions ⟂ v have gain ≤ 10⁻³ × v's own"
+        n = result["nullspace"]["config"]["all_positions_prompts"]
+        facts.append(f"Jacobian of the audited intervention (δ at every position, {n} prompt{'' if n == 1 else 's'}): {below:.1%} of the directions ⟂ v have gain ≤ 10⁻³ × v's own"
                      + (", so at first order no direction can be added to v unseen" if below == 0 else ""))
     gain = result["nullspace"]["layers"][layer]["logits"].get("vector_gain")
     if gain:
