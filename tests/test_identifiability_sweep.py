@@ -169,7 +169,7 @@ def test_cli_sweep_envs_and_plots(tmp_path, monkeypatch, llama):
     monkeypatch.setattr(score_base, "get_scorer", lambda trait, *a, **k: FakeScorer())
     out = tmp_path / "audit"
     args = ["audit", "identifiability", "--trait", "formality", "--layer", "1", "--out", str(out), "--seeds", "1",
-            "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--alphas", "0,8", "--all-envs"]
+            "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--alphas", "0,8", "--all-envs"]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads((out / "results.json").read_text())
@@ -208,7 +208,7 @@ def test_cli_several_traits_share_one_holm_family(tmp_path, monkeypatch, llama):
     cli = _cli_with_tiny(monkeypatch, llama)
     out = tmp_path / "audit"
     args = ["audit", "identifiability", "--trait", "formality,politeness", "--layer", "1", "--out", str(out),
-            "--seeds", "1", "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--all-envs"]
+            "--seeds", "1", "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--all-envs"]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads((out / "results.json").read_text())
