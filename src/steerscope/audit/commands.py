@@ -56,8 +56,32 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
 
 # --- identifiability -----------------------------------------------------------------------------
 
+class _TraitCommand:
+    """What the identifiability commands share: traits checked, their prompts counted and the
+    outputs checked before the model loads; the layer (default: 40 % of the depth)."""
+
+    traits: tuple[str, ...]
+    settings: Any
+    layer: int | None
+    overwrite: bool
+
+    def paths(self) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        from steerscope.audit.identifiability import evaluation_prompts
+
+        for trait in check_traits(self.traits):
+            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
+        _check_outputs(self.paths(), self.overwrite)
+
+    def chosen_layer(self, lm: LoadedModel) -> int:
+        return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
+
+
+
 @dataclass(frozen=True)
-class IdentifiabilityCommand:
+class IdentifiabilityCommand(_TraitCommand):
     """``v`` against ``v + u`` (u ⊥ v) for one or more built-in traits at one layer.
 
     ``alpha`` None: :data:`~steerscope.audit.profiles.DEFAULT_ALPHA`; ``layer`` None:
@@ -86,16 +110,6 @@ class IdentifiabilityCommand:
 
     def _suffix(self, trait: str) -> str:
         return f"_{trait}" if len(self.traits) > 1 else ""
-
-    def prepare(self) -> None:
-        from steerscope.audit.identifiability import evaluation_prompts
-
-        for trait in check_traits(self.traits):
-            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
-        _check_outputs(self.paths(), self.overwrite)
-
-    def chosen_layer(self, lm: LoadedModel) -> int:
-        return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
 
     def reports(self, lm: LoadedModel) -> dict[str, dict[str, Any]]:
         """Every trait's report (with the α sweep / environments when asked), Holm across traits."""
@@ -134,7 +148,7 @@ class IdentifiabilityCommand:
 
 
 @dataclass(frozen=True)
-class PaperCommand:
+class PaperCommand(_TraitCommand):
     """The seed paper's protocol (:mod:`steerscope.audit.paper`) for one or more built-in traits at one layer."""
 
     traits: tuple[str, ...]
@@ -147,16 +161,6 @@ class PaperCommand:
         """results.json, summary.md and one paper_<trait>.png per trait."""
         return {"results": self.out_dir / "results.json", "summary": self.out_dir / "summary.md",
                 **{f"paper_{t}": self.out_dir / f"paper_{t}.png" for t in self.traits}}
-
-    def prepare(self) -> None:
-        from steerscope.audit.identifiability import evaluation_prompts
-
-        for trait in check_traits(self.traits):
-            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
-        _check_outputs(self.paths(), self.overwrite)
-
-    def chosen_layer(self, lm: LoadedModel) -> int:
-        return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
 
     def run(self, lm: LoadedModel) -> Written:
         from steerscope.audit.paper import paper_markdown, run_paper_protocol
