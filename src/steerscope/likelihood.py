@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from steerscope.capture import forward
@@ -20,13 +21,17 @@ def completion_logprobs(lm: LoadedModel, items: Sequence[Item], steering: Steeri
 
     ``steering`` may be shared or per-row (one row per item).
     """
-    if steering is not None and steering.batch_size not in (None, len(items)):
-        raise SteerscopeError(f"per-row steering has {steering.batch_size} rows but there are {len(items)} items")
-    encoded = [encode_item(lm.tokenizer, item) for item in items]
+    return encoded_logprobs(lm, [encode_item(lm.tokenizer, item) for item in items], steering, batch_size)
+
+
+def encoded_logprobs(lm: LoadedModel, encoded: Sequence[Encoded], steering: Steering | None = None, batch_size: int = 8) -> torch.Tensor:
+    """:func:`completion_logprobs` of already tokenized items (``[N]`` float64, left-padded batches)."""
+    if steering is not None and steering.batch_size not in (None, len(encoded)):
+        raise SteerscopeError(f"per-row steering has {steering.batch_size} rows but there are {len(encoded)} items")
     if any(e.span[0] < 1 for e in encoded):
         raise SteerscopeError("a completion span starts at the first token; there is nothing to condition on")
-    scores = torch.empty(len(items), dtype=torch.float64)
-    for start in range(0, len(items), batch_size):
+    scores = torch.empty(len(encoded), dtype=torch.float64)
+    for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         batch = pad_batch([e.ids for e in chunk], lm.tokenizer.pad_token_id, "left")
         rows = steering.rows(slice(start, start + batch_size)) if steering is not None and steering.batch_size else steering
@@ -81,11 +86,15 @@ def continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence
     return logits[len(prompt) - 1: len(prompt) + len(cont) - 1].log_softmax(-1).cpu()
 
 
-def perplexity(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int]) -> float:
-    """Perplexity ``exp(−mean log p)`` of token ids ``cont`` after ``prompt`` under the unsteered model
-    (NaN for an empty continuation)."""
-    if not cont:
-        return float("nan")
-    logp = continuation_logprobs(lm, prompt, cont)
-    picked = logp.gather(1, torch.tensor(list(cont))[:, None]).squeeze(1)
-    return float(torch.exp(-picked.double().mean()))
+def perplexities(lm: LoadedModel, prompts: Sequence[Sequence[int]], conts: Sequence[Sequence[int]], batch_size: int = 8) -> np.ndarray:
+    """Perplexity ``exp(−mean log p)`` of each token-id continuation ``conts[i]`` after ``prompts[i]``
+    under the unsteered model; shape ``[N]`` (NaN for an empty continuation). Batched, left-padded."""
+    if len(prompts) != len(conts):
+        raise SteerscopeError(f"got {len(prompts)} prompts but {len(conts)} continuations")
+    keep = [i for i, c in enumerate(conts) if len(c)]
+    out = np.full(len(conts), np.nan)
+    if keep:
+        encoded = [Encoded(list(prompts[i]) + list(conts[i]), (len(prompts[i]), len(prompts[i]) + len(conts[i]))) for i in keep]
+        sums = encoded_logprobs(lm, encoded, None, batch_size).numpy()
+        out[keep] = np.exp(-sums / np.array([len(conts[i]) for i in keep], dtype=float))
+    return out

@@ -28,7 +28,7 @@ from steerscope.encoding import encode_prompt
 from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate
 from steerscope.intervene import steer
-from steerscope.likelihood import perplexity
+from steerscope.likelihood import perplexities
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
 from steerscope.stats import cluster_bootstrap, hedges_g, prompt_means
@@ -79,11 +79,9 @@ def strength_point(lm: LoadedModel, layer: int, vector: torch.Tensor, alpha: flo
     steering = steer(lm, {layer: vector.float()}, alpha) if alpha else None
     texts = generate(lm, rows, config, steering=steering)
     scores = np.asarray(scorer(texts), dtype=float).reshape(len(prompts), samples)
-    ppl = []
-    for prompt, text in zip(rows, texts):
-        ids = encode_prompt(lm.tokenizer, prompt)
-        ppl.append(perplexity(lm, ids, lm.tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return {"alpha": float(alpha), "scores": scores.tolist(), "perplexity": np.asarray(ppl).reshape(len(prompts), samples).tolist(),
+    ppl = perplexities(lm, [encode_prompt(lm.tokenizer, p) for p in rows],
+                       [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
+    return {"alpha": float(alpha), "scores": scores.tolist(), "perplexity": ppl.reshape(len(prompts), samples).tolist(),
             "texts": texts[:: samples][:3]}
 
 
