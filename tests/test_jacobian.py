@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.linalg import subspace_angles
 
 from steerscope.jacobian import (
     HeadGram,
@@ -11,6 +12,7 @@ from steerscope.jacobian import (
     layer_map,
     logit_jacobian,
     null_space,
+    largest_angle_cos,
     null_space_angles,
     prompt_gram,
     singular_values,
@@ -153,11 +155,21 @@ def test_spectrum_statistics_on_a_known_spectrum():
 def test_null_space_angles_identical_and_orthogonal_kernels():
     same = np.diag([1.0, 1.0, 0.0, 0.0])
     other = np.diag([0.0, 0.0, 1.0, 1.0])
-    res = null_space_angles([same, same], 1e-3)
+    (res,) = null_space_angles([same, same], [1e-3])
     assert res["null_dims"] == [2, 2] and res["min_cos_largest_angle"] == pytest.approx(1.0)
-    res = null_space_angles([same, other], 1e-3)
+    (res,) = null_space_angles([same, other], [1e-3])
     assert res["min_cos_largest_angle"] == pytest.approx(0.0, abs=1e-12)
-    assert null_space_angles([np.eye(3), np.eye(3)], 1e-3)["pairs"] == 0
+    assert null_space_angles([np.eye(3), np.eye(3)], [1e-3])[0]["pairs"] == 0
+    graded = np.diag([1.0, 0.25, 0.0025, 0.0])  # gains 1, 0.5, 0.05, 0
+    assert [r["null_dims"] for r in null_space_angles([graded, graded], [0.6, 0.1, 1e-3])] == [[3, 3], [2, 2], [1, 1]]
+
+
+def test_largest_angle_cos_matches_scipy_on_subspaces_of_different_dimension():
+    rng = np.random.default_rng(0)
+    a = np.linalg.qr(rng.standard_normal((40, 7)))[0]
+    b = np.linalg.qr(rng.standard_normal((40, 12)))[0]
+    assert largest_angle_cos(a, b) == pytest.approx(float(np.cos(subspace_angles(a, b).max())), abs=1e-10)
+    assert largest_angle_cos(a[:, :3], a) == pytest.approx(1.0)
 
 
 def test_covariance_spectrum_rank_is_at_most_n_minus_one():

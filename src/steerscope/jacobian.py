@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.linalg import subspace_angles
 
 from steerscope import hooks
 from steerscope.errors import SteerscopeError
@@ -250,9 +249,20 @@ def inert_fraction(sigma: np.ndarray, tol: float) -> float:
 
 def null_space(gram: torch.Tensor | np.ndarray, tol: float) -> np.ndarray:
     """Orthonormal basis ``[d, k]`` of directions with gain ≤ ``tol`` × the largest gain."""
+    return _null_bases(gram, [tol])[0]
+
+
+def _null_bases(gram: torch.Tensor | np.ndarray, tolerances: Sequence[float]) -> list[np.ndarray]:
+    """:func:`null_space` at each of ``tolerances`` from one eigendecomposition."""
     lam, vecs = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
     sigma = np.sqrt(np.clip(lam, 0.0, None))
-    return vecs[:, sigma <= tol * sigma.max()] if sigma.max() > 0 else vecs
+    return [vecs[:, sigma <= tol * sigma.max()] if sigma.max() > 0 else vecs for tol in tolerances]
+
+
+def largest_angle_cos(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the largest principal angle between the spans of orthonormal ``a`` ``[d, k]`` and
+    ``b`` ``[d, m]``: the smallest singular value of ``aᵀ b`` (1 = the smaller space lies in the other)."""
+    return float(np.clip(np.linalg.svd(a.T @ b, compute_uv=False).min(), 0.0, 1.0))
 
 
 def spectrum_summary(sigma: np.ndarray, tolerances: Sequence[float] = TOLERANCES) -> dict:
@@ -269,18 +279,22 @@ def spectrum_summary(sigma: np.ndarray, tolerances: Sequence[float] = TOLERANCES
     }
 
 
-def null_space_angles(grams: Sequence[torch.Tensor | np.ndarray], tol: float) -> dict:
-    """Principal angles between per-prompt null spaces at ``tol``, over consecutive prompt pairs.
+def null_space_angles(grams: Sequence[torch.Tensor | np.ndarray], tolerances: Sequence[float]) -> list[dict]:
+    """Principal angles between per-prompt null spaces at each of ``tolerances``, over consecutive
+    prompt pairs (one eigendecomposition per prompt).
 
-    Returns per-prompt null dimensions and, for pairs where both are non-empty, the cosine of the
-    largest principal angle (1 = one null space contains the other's directions).
+    Returns, per tolerance, per-prompt null dimensions and, for pairs where both are non-empty, the
+    cosine of the largest principal angle (1 = one null space contains the other's directions).
     """
-    bases = [null_space(g, tol) for g in grams]
-    dims = [int(b.shape[1]) for b in bases]
-    cosines = [float(np.cos(subspace_angles(a, b).max())) for a, b in zip(bases, bases[1:]) if a.shape[1] and b.shape[1]]
-    return {"tol": tol, "null_dims": dims, "pairs": len(cosines),
-            "min_cos_largest_angle": min(cosines) if cosines else None,
-            "mean_cos_largest_angle": float(np.mean(cosines)) if cosines else None}
+    bases = [_null_bases(g, tolerances) for g in grams]
+    out = []
+    for i, tol in enumerate(tolerances):
+        spaces = [b[i] for b in bases]
+        cosines = [largest_angle_cos(a, b) for a, b in zip(spaces, spaces[1:]) if a.shape[1] and b.shape[1]]
+        out.append({"tol": tol, "null_dims": [int(b.shape[1]) for b in spaces], "pairs": len(cosines),
+                    "min_cos_largest_angle": min(cosines) if cosines else None,
+                    "mean_cos_largest_angle": float(np.mean(cosines)) if cosines else None})
+    return out
 
 
 def covariance_spectrum(acts: torch.Tensor, tolerances: Sequence[float] = TOLERANCES) -> dict:

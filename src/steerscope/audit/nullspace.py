@@ -31,7 +31,7 @@ from steerscope.jacobian import (
     spectrum_summary,
     vector_gain,
 )
-from steerscope.capture import capture
+from steerscope.capture import capture, sink_mask
 from steerscope.encoding import encode_prompt
 from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
@@ -71,7 +71,7 @@ def readout_report(grams: Sequence[torch.Tensor], tolerances: Sequence[float], a
                      "max": int(max(effective_rank(s, t) for s in per_prompt))}
             for t in tolerances
         },
-        "null_space_angles": [null_space_angles(list(grams)[:angle_prompts], t) for t in tolerances],
+        "null_space_angles": null_space_angles(list(grams)[:angle_prompts], tolerances),
     }
     if vector is not None:
         report["vector_gain"] = vector_gain(total, vector, len(grams))
@@ -122,7 +122,7 @@ def nullspace_audit(
             spread = layer_grams(lm, prompts[:all_positions], layer, (0,), chunk, progress, spread=True)
             entry["all_positions"] = {r: readout_report(spread[r], tolerances, angle_prompts, vector) for r in READOUTS}
         entry["seconds"] = time.perf_counter() - start
-        tokens = torch.cat([a[1:] for a in acts[layer]])  # every token but each prompt's first (attention sink)
+        tokens = torch.cat([a[~sink_mask(a.norm(dim=-1))] for a in acts[layer]])  # attention sinks left out
         last = torch.stack([a[-1] for a in acts[layer]])
         entry["covariance"] = {"all_tokens": covariance_spectrum(tokens, tolerances), "last_token": covariance_spectrum(last, tolerances)}
         results["layers"][str(layer)] = entry
