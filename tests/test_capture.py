@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from steerscope.capture import capture, forward, mean_norms
+from steerscope import hooks
+from steerscope.capture import capture, forward, mean_norms, sink_mask
+from steerscope.errors import SteerscopeError
 from steerscope.encoding import encode_item, pad_batch
 from tests.conftest import CHAT_ITEMS
 
@@ -45,8 +47,37 @@ def test_positions_select_the_span(tiny_models):
     full = capture(lm, [item], [1], position="all")[1][0]
     assert torch.equal(capture(lm, [item], [1], position="last")[1][0], full[end - 1])
     assert torch.allclose(capture(lm, [item], [1], position="mean")[1][0], full[start:end].mean(0), atol=1e-6)
-    custom = capture(lm, [item], [1], position="mean", spans=[(0, 2)])[1][0]
-    assert torch.allclose(custom, full[0:2].mean(0), atol=1e-6)
+    custom = capture(lm, [item], [1], position="mean", spans=[(2, 5)])[1][0]
+    assert torch.allclose(custom, full[2:5].mean(0), atol=1e-6)
+
+
+def test_sink_mask_marks_the_first_position_and_norm_outliers():
+    assert sink_mask(torch.tensor([100.0, 1.0, 1.2, 20.0, 0.9])).tolist() == [True, False, False, True, False]
+    assert sink_mask(torch.tensor([1.0, 1.0, 1.0])).tolist() == [True, False, False]  # no BOS: the first word
+    assert sink_mask(torch.tensor([3.0])).tolist() == [True]
+
+
+def test_mean_and_norms_leave_out_attention_sinks(tiny_models):
+    lm = tiny_models["llama"]
+    item = "the cat sat on the mat today"
+    full = capture(lm, [item], [1], position="all")[1][0]
+    span = [(0, len(full))]
+    assert torch.allclose(capture(lm, [item], [1], position="mean", spans=span)[1][0], full[1:].mean(0), atol=1e-6)
+
+    def plant(h):  # a secondary sink: position 3's state made 100 times larger
+        h = h.clone()
+        h[:, 3] *= 100
+        return h
+
+    with hooks.edit(lm, {1: plant}, first=True):
+        sunk = capture(lm, [item], [1], position="all")[1][0]
+        mean = capture(lm, [item], [1], position="mean", spans=span)[1][0]
+        norms = mean_norms(lm, [item], [1])[1]
+    keep = [i for i in range(1, len(sunk)) if i != 3]
+    assert torch.allclose(mean, sunk[keep].mean(0), atol=1e-6)
+    assert norms == pytest.approx(float(sunk[keep].norm(dim=-1).mean()), rel=1e-6)
+    with pytest.raises(SteerscopeError, match="attention sink"):
+        capture(lm, [item], [1], position="mean", spans=[(0, 1)])
 
 
 def test_order_is_preserved_when_sorting_by_length(tiny_models):
@@ -66,7 +97,7 @@ def test_early_stop_does_not_change_states(tiny_models):
     assert torch.allclose(got, hidden[2][0], atol=1e-6)
 
 
-def test_mean_norms_excludes_first_token(tiny_models):
+def test_mean_norms_leave_out_the_first_token(tiny_models):
     lm = tiny_models["llama"]
     items = ["hello there friend", "the cat is big"]
     states = capture(lm, items, [2], position="all")[2]
@@ -75,7 +106,5 @@ def test_mean_norms_excludes_first_token(tiny_models):
 
 
 def test_capture_rejects_bad_layer(tiny_models):
-    from steerscope.errors import SteerscopeError
-
     with pytest.raises(SteerscopeError, match="valid layers are 0..3"):
         capture(tiny_models["llama"], ["hi"], [4])

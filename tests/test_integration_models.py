@@ -9,6 +9,8 @@ import torch
 
 import steerscope as ss
 from steerscope.capture import capture
+from steerscope.data import builtin_pairs
+from steerscope.data.pairs import ContrastivePair
 from steerscope.models.builtin import BUILTIN_MODELS, is_installed
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,24 @@ def test_a_gguf_file_path_loads_like_the_builtin_name():
     ids = torch.tensor([cached.tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(direct.model(ids).logits, cached.model(ids).logits)
+
+
+def test_plain_string_pairs_give_the_chat_pairs_vector(real):
+    """The completions of the formality pairs written as plain strings (no chat template, and no
+    BOS token on SmolLM2 under transformers 5) give the vector of the chat form: the first token,
+    the model's attention sink, stays out of the mean (before the fix: 3.7× the norm, cosine 0.53
+    and a third of the effect on SmolLM2)."""
+    lm, (_n, _d, _v, layer, *_rest) = real
+    train, test = builtin_pairs("formality", "train"), builtin_pairs("formality", "test")
+    plain = [ContrastivePair(p.positive[-1]["content"], p.negative[-1]["content"]) for p in train]
+    chat_v, plain_v = (ss.extract(lm, pairs, [layer]) for pairs in (train, plain))
+    a, b = chat_v.directions[layer], plain_v.directions[layer]
+    assert 0.8 < float(b.norm() / a.norm()) < 1.25
+    assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.9
+    base = ss.pair_margins(lm, test).mean()
+    shifts = []
+    for vec in (chat_v, plain_v):
+        v = vec.directions[layer]
+        with ss.steer(lm, {layer: v / v.norm() * 0.25 * vec.metadata["h_norms"][layer]}, 1.0):
+            shifts.append(float(ss.pair_margins(lm, test).mean() - base))
+    assert shifts[0] > 0 and 0.75 < shifts[1] / shifts[0] < 1.33

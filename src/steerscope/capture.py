@@ -29,12 +29,35 @@ def forward(lm: LoadedModel, batch: Batch, **kwargs) -> Any:
     return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs)
 
 
+#: A token whose state norm exceeds this multiple of the median over its sequence is an attention sink.
+SINK_RATIO = 10.0
+
+
+def sink_mask(norms: torch.Tensor) -> torch.Tensor:
+    """Attention-sink positions ``[T]`` (bool) of one sequence from its state norms ``[T]``.
+
+    The first position is always a sink, whether it holds a BOS token or the first word (causal
+    models park attention there); any later position whose norm exceeds :data:`SINK_RATIO` × the
+    median norm of the positions after the first is one too (a secondary sink).
+    """
+    mask = torch.zeros(norms.shape[0], dtype=torch.bool)
+    mask[0] = True
+    if norms.shape[0] > 1:
+        mask[1:] = norms[1:] > SINK_RATIO * norms[1:].median()
+    return mask
+
+
 def _reduce(hidden: torch.Tensor, enc: Encoded, offset: int, position: Position, span: tuple[int, int]) -> torch.Tensor:
     start, end = span
     if position == "last":
         return hidden[offset + end - 1]
     if position == "mean":
-        return hidden[offset + start:offset + end].mean(dim=0)
+        states = hidden[offset:offset + len(enc.ids)]
+        keep = ~sink_mask(states.norm(dim=-1))[start:end]
+        if not keep.any():
+            raise SteerscopeError(f"every token of the span {span} of {len(enc.ids)} tokens is an attention sink; "
+                                  "the item needs more text")
+        return states[start:end][keep].mean(dim=0)
     return hidden[offset:offset + len(enc.ids)]
 
 
@@ -69,11 +92,12 @@ def capture(
     """Residual-stream states of ``items`` at ``layers`` (float32, on CPU).
 
     ``position``: ``"last"`` — last token of each item's span, ``[N, d]``; ``"mean"`` — mean over
-    the span, ``[N, d]``; ``"all"`` — every real token, a list of ``[T_i, d]``. Spans default to
+    the span without its attention sinks (:func:`sink_mask`), ``[N, d]``; ``"all"`` — every real
+    token, a list of ``[T_i, d]``. Spans default to
     each item's completion span (:func:`steerscope.encoding.encode_item`); pass ``spans`` to choose
     token ranges yourself. Items are batched by length; results come back in input order.
     If ``norms_out`` is a dict, it receives the mean L2 norm of the states per layer over all real
-    tokens except each item's first (an attention sink whose norm is often far larger).
+    tokens except the attention sinks, whose norms are often a hundred times larger.
     ``steering`` (a :class:`steerscope.intervene.Steering`, shared or per-row with one row per item)
     is applied during the pass; pass per-row steering here rather than entering it around the
     call, since items are reordered by length.
@@ -92,23 +116,23 @@ def capture(
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     results: dict[int, list] = {layer: [None] * len(items) for layer in layer_ids}
     norm_sum = dict.fromkeys(layer_ids, 0.0)
-    norm_count = 0
+    norm_count = dict.fromkeys(layer_ids, 0)
     with torch.inference_mode(), record(lm, layer_ids, stop_early=True) as store:
         for chunk in track(chunks, "capture", enabled=progress):
             batch = pad_batch([encoded[i].ids for i in chunk], lm.tokenizer.pad_token_id, padding_side)
             rows = steering.rows(chunk) if steering is not None and steering.batch_size else steering
             with rows if rows is not None else nullcontext(), suppress(StopForward):
                 forward(lm, batch)
-            real = batch.attention_mask.bool().clone()
-            real[torch.arange(len(chunk)), torch.tensor(batch.offsets)] = False
-            norm_count += int(real.sum())
             for layer in layer_ids:
                 hidden = store[layer].float().cpu()
-                norm_sum[layer] += float(hidden.norm(dim=-1)[real].sum())
                 for row, idx in enumerate(chunk):
+                    norms = hidden[row, batch.offsets[row]:batch.offsets[row] + len(encoded[idx].ids)].norm(dim=-1)
+                    kept = norms[~sink_mask(norms)]
+                    norm_sum[layer] += float(kept.sum())
+                    norm_count[layer] += kept.numel()
                     results[layer][idx] = _reduce(hidden[row], encoded[idx], batch.offsets[row], position, encoded[idx].span)
     if norms_out is not None:
-        norms_out.update({layer: norm_sum[layer] / norm_count if norm_count else float("nan") for layer in layer_ids})
+        norms_out.update({layer: norm_sum[layer] / norm_count[layer] if norm_count[layer] else float("nan") for layer in layer_ids})
     if position == "all":
         return {layer: list(vals) for layer, vals in results.items()}
     return {layer: torch.stack(vals) for layer, vals in results.items()}

@@ -101,13 +101,14 @@ def encode_item(tokenizer: PreTrainedTokenizerBase, item: Item) -> Encoded:
     """Tokenize an item (no generation prompt) and locate its completion span.
 
     For a conversation the span covers the tokens of the final message's content (not the chat
-    template's end-of-turn markers); for a string, every token but a leading BOS.
+    template's end-of-turn markers); for a string, every token but the first, whether that is a
+    BOS token or (tokenizers that add none) the first word: it has no context to be predicted from
+    and is the model's attention sink.
     """
     text, special = render(tokenizer, item)
     ids = _tokenize(tokenizer, text, special)
     if isinstance(item, str) or len(item) < 2:
-        start = 1 if special and len(ids) > 1 and ids[0] == getattr(tokenizer, "bos_token_id", None) else 0
-        return Encoded(ids, (start, len(ids)))
+        return Encoded(ids, (1 if len(ids) > 1 else 0, len(ids)))
     span = _content_span(tokenizer, text, ids, special, item[-1]["content"])
     if span is not None:
         return Encoded(ids, span)
