@@ -22,6 +22,34 @@ from steerscope.recover.result import Recovery, cosine, null_dim, unit
 from steerscope.recover.stability import bootstrap_stability
 
 
+class _NormalEquations:
+    """The left side of the normal equations, factorised once: it depends on ``G`` and the maps only,
+    so bootstrap refits (new ``v`` and targets) cost two matrix-vector products."""
+
+    def __init__(self, gram: np.ndarray, maps: Sequence[np.ndarray], tol: float):
+        self.g = np.asarray(gram, dtype=np.float64)
+        d = self.g.shape[0]
+        self.g_scale = np.linalg.eigvalsh(self.g).max()
+        lhs = self.g / self.g_scale
+        self.stacks, self.scales = [], []
+        for phi in maps:
+            flat = np.asarray(phi, dtype=np.float64).reshape(-1, d, d).reshape(-1, d)  # [P·d, d]
+            normal = flat.T @ flat  # Σ_p Φ_pᵀ Φ_p
+            scale = np.linalg.eigvalsh(normal).max()
+            lhs = lhs + normal / scale
+            self.stacks.append(flat)
+            self.scales.append(scale)
+        self.k, self.lam, self.vecs = null_dim(lhs, tol)
+
+    def solve(self, v: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
+        """The unit least-squares direction for base vector ``v`` ``[d]`` and one target ``[d]`` per map."""
+        rhs = self.g @ v / self.g_scale
+        for flat, scale, target in zip(self.stacks, self.scales, targets):
+            rhs = rhs + flat.T @ np.tile(np.asarray(target, dtype=np.float64), flat.shape[0] // len(v)) / scale
+        keep = self.vecs[:, self.k:]
+        return unit(keep @ ((keep.T @ rhs) / self.lam[self.k:]))
+
+
 def recover_crosslayer(
     gram: np.ndarray, vector: np.ndarray, maps: Sequence[np.ndarray], targets: Sequence[np.ndarray], tol: float = 1e-3,
 ) -> Recovery:
@@ -32,20 +60,13 @@ def recover_crosslayer(
     """
     if len(maps) != len(targets):
         raise SteerscopeError(f"got {len(maps)} layer maps but {len(targets)} target vectors")
-    g = np.asarray(gram, dtype=np.float64)
-    v = np.asarray(vector, dtype=np.float64)
-    lhs = g / np.linalg.eigvalsh(g).max()
-    rhs = lhs @ v
-    for phi, target in zip(maps, targets):
-        stack = np.asarray(phi, dtype=np.float64).reshape(-1, len(v), len(v))
-        normal = np.einsum("pij,pik->jk", stack, stack)
-        scale = np.linalg.eigvalsh(normal).max()
-        lhs = lhs + normal / scale
-        rhs = rhs + np.einsum("pij,i->j", stack, np.asarray(target, dtype=np.float64)) / scale
-    k, lam, vecs = null_dim(lhs, tol)
-    keep = vecs[:, k:]
-    direction = unit(keep @ ((keep.T @ rhs) / lam[k:]))
-    base_k = null_dim(g, tol)[0]
+    return _recovery(_NormalEquations(gram, maps, tol), np.asarray(vector, dtype=np.float64), maps, targets, tol)
+
+
+def _recovery(system: _NormalEquations, v: np.ndarray, maps: Sequence[np.ndarray], targets: Sequence[np.ndarray], tol: float) -> Recovery:
+    direction = system.solve(v, targets)
+    k = system.k
+    base_k = null_dim(system.g, tol)[0]
     identifiable = k == 0
     reason = (f"kernel of the output Jacobian ({base_k} dims at tolerance {tol:g}) meets the kernels of the "
               f"{len(maps)} layer map(s) only in 0: unique" if identifiable else
@@ -67,12 +88,12 @@ def crosslayer_from_pairs(inputs: TraitInputs) -> Recovery:
     contrasts = inputs.contrasts
     targets = {t: acts[t][0].mean(axis=0) - acts[t][1].mean(axis=0) for t in maps}
 
-    def solve(idx: np.ndarray) -> np.ndarray:
-        vi = contrasts[idx].mean(axis=0)
-        ti = [(acts[t][0][idx] - acts[t][1][idx]).mean(axis=0) for t in maps]
-        return recover_crosslayer(gram, vi, [np.asarray(maps[t]) for t in maps], ti, tol).direction
+    system = _NormalEquations(gram, [np.asarray(maps[t]) for t in maps], tol)
 
-    result = recover_crosslayer(gram, inputs.mean_diff, [np.asarray(maps[t]) for t in maps], list(targets.values()), tol)
+    def solve(idx: np.ndarray) -> np.ndarray:
+        return system.solve(contrasts[idx].mean(axis=0), [(acts[t][0][idx] - acts[t][1][idx]).mean(axis=0) for t in maps])
+
+    result = _recovery(system, np.asarray(inputs.mean_diff, dtype=np.float64), [np.asarray(maps[t]) for t in maps], list(targets.values()), tol)
     result.details["layers"] = [inputs.layer] + sorted(maps)
     if inputs.n_boot:
         result.stability = bootstrap_stability(solve, len(contrasts), result.direction, inputs.n_boot, inputs.seed)
