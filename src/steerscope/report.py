@@ -141,7 +141,8 @@ def _all_positions_note(ns: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
     if not part:
         return ""
     s, gain = part["logits"]["stacked"], part["logits"].get("vector_gain") or {}
-    return (f"With δ at every position (the intervention the audits apply; {ns['config'].get('all_positions_prompts')} prompts): "
+    n = ns["config"].get("all_positions_prompts")
+    return (f"With δ at every position (the intervention the audits apply; {n} prompt{'' if n == 1 else 's'}): "
             f"gain of v {num(gain.get('gain_v'))}, inert fraction {' / '.join(f'{100 * v:.1f} %' for v in s['inert_fraction'].values())} "
             f"relative to σ_max, and {' / '.join(f'{100 * v:.1f} %' for v in gain.get('complement_below_v', {}).values())} of the "
             f"directions ⟂ v with gain below 10⁻² / 10⁻³ / 10⁻⁴ × v's own. ")

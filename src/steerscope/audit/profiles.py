@@ -1,6 +1,6 @@
 """Sizes and defaults of every audit: the one table that the pipeline and each audit command read.
 
-``quick`` is the CPU demo (about 6 minutes per trait with smollm2-135m on 2 cores); ``full`` the
+``quick`` is the CPU demo (about 4 minutes per trait with smollm2-135m on 2 cores); ``full`` the
 paper-scale run and the default of the single-audit commands (``steerscope audit identifiability``,
 ``audit reachability``, ``audit nullspace``, ``recover``), whose ``--quick`` takes the quick sizes.
 """
