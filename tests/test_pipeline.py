@@ -163,8 +163,19 @@ def test_cli_audit_refuses_a_corrupted_store_and_leaves_it_untouched(tmp_path):
 
 def test_cli_audit_bad_input(tmp_path):
     base = [sys.executable, "-m", "steerscope", "audit", "--out", str(tmp_path / "r")]
+    pairs = tmp_path / "mine.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "yes"}],
+                                         "negative": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "no"}]}) + "\n"
+                             for i in range(8)))
+    bad_pairs = tmp_path / "bad.jsonl"
+    bad_pairs.write_text('{"positive": "a"}\n')
     for extra, message in ((["--trait", "wit"], "unknown trait"), (["--trait", "formality", "--quick", "--full"], "choose one"),
-                           (["--trait", "formality", "--max-ppl-ratio", "0.5"], "max-ppl-ratio"), ([], "needs --trait and --out")):
+                           (["--trait", "formality", "--max-ppl-ratio", "0.5"], "max-ppl-ratio"), ([], "needs --trait or --dataset, and --out"),
+                           (["--dataset", str(pairs)], "'mine' has no scorer"),
+                           (["--dataset", str(pairs), "--scorer", "vader"], "'mine' has 8 in_distribution prompts; this profile needs 20"),
+                           (["--dataset", str(bad_pairs), "--scorer", "vader"], "bad.jsonl:1"),
+                           (["--trait", "formality", "--prompts", str(pairs)], "give its pairs with --dataset"),
+                           (["--trait", "formality", "--scorer", "probe"], "unknown or malformed scorer 'probe'")):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
     assert not (tmp_path / "r").exists()

@@ -1,6 +1,6 @@
 import pytest
 
-from steerscope.data.prompts import builtin_prompt_mix, prompts_from_spec, read_environment_prompts, read_prompts
+from steerscope.data.prompts import builtin_prompt_mix, prompts_from_spec, read_environment_prompts, read_prompt_environments, read_prompts
 from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
 from steerscope.errors import DataError, SteerscopeError
 
@@ -58,3 +58,15 @@ def test_spec_is_a_count_or_a_file(tmp_path):
     assert prompts_from_spec(str(path)) == ["hello"]
     with pytest.raises(SteerscopeError, match="number of built-in prompts or a file"):
         prompts_from_spec("nope")
+
+
+def test_prompt_environments_default_to_in_distribution(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("a\n\nb\n", encoding="utf-8")
+    assert read_prompt_environments(text) == {"in_distribution": ["a", "b"]}
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a"}\n{"prompt": "b", "env": "topic_shift"}\n{"prompt": "c"}\n', encoding="utf-8")
+    assert read_prompt_environments(jsonl) == {"in_distribution": ["a", "c"], "topic_shift": ["b"]}
+    jsonl.write_text('{"prompt": "a"}\n{"prompt": "b", "env": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="p.jsonl:2: env"):
+        read_prompt_environments(jsonl)

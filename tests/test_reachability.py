@@ -9,6 +9,7 @@ import torch
 from steerscope.audit.assumptions import check_assumptions
 from steerscope.audit.markdown import reachability_markdown
 from steerscope.audit.plots import plot_reachability_positions, plot_reachability_sweep
+from steerscope.data.traits import BUILTIN_INSTRUCTIONS
 from steerscope.audit.reachability import (
     AuditSettings,
     adversarial_collision,
@@ -46,7 +47,7 @@ def llama(tiny_models):
 @pytest.fixture(scope="module")
 def report(llama):
     v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
-    return run_reachability(llama, v, 1, 2.0, PROMPTS, CALIBRATION, trait="formality", scorer=CountScorer(), settings=SETTINGS)
+    return run_reachability(llama, v, 1, 2.0, PROMPTS, CALIBRATION, trait="formality", instructions=BUILTIN_INSTRUCTIONS["formality"], scorer=CountScorer(), settings=SETTINGS)
 
 
 def test_states_steered_at_the_capture_layer_are_natural_plus_alpha_v(llama):

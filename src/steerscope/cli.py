@@ -247,11 +247,27 @@ def _traits(values: list[str]) -> list[str]:
     return check_traits([t.strip() for value in values for t in value.split(",") if t.strip()])
 
 
+DatasetOpt = typer.Option(None, "--dataset", help="Your own trait: a JSONL pair file (pairs without a 'split' are split "
+                          "75/25 by content hash). Needs --scorer.")
+PromptsOpt = typer.Option(None, "--prompts", help="Evaluation prompts of the --dataset trait (text, or JSONL with 'prompt' and "
+                          "optional 'env'); default: the pairs' questions.")
+NameOpt = typer.Option(None, "--name", help="Name of the --dataset trait in the report (default: the file's stem).")
+ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, judge:DESCRIPTION or hf:PATH[:LABEL] "
+                         "(default: each built-in trait's own scorer).")
+
+
+def _audit_specs(traits: Optional[list[str]], user: dict[str, Any]) -> list:
+    from steerscope.traitspec import audit_specs
+
+    return audit_specs(_traits(traits) if traits else [], **user)
+
+
 @audit_app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
     trait: Optional[list[str]] = typer.Option(None, "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. "
                                               "Several traits share one model load."),
+    dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
                                            "vector files, plots/). Run the same command again to resume."),
     quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
@@ -275,20 +291,21 @@ def audit(
     from steerscope.audit.pipeline import audit_config, prepare_audit
     from steerscope.runstore import open_run
 
-    if not trait or out_dir is None:
-        raise SteerscopeError("steerscope audit needs --trait and --out (or a subcommand: identifiability, nullspace, reachability)")
+    if not (trait or dataset) or out_dir is None:
+        raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
-    config = prepare_audit(audit_config(model, _traits(trait), "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype))
+    specs = _audit_specs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer})
+    config = prepare_audit(audit_config(model, specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype))
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
         if resumed:
             err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
-        _run_audit(store, config, lambda: _load(model, device, dtype, cache_dir, layers_path))
+        _run_audit(store, config, specs, lambda: _load(model, device, dtype, cache_dir, layers_path))
         _finish(store, resumed, as_json)
 
 
-def _run_audit(store, config: dict, load: Callable) -> None:
+def _run_audit(store, config: dict, specs: list, load: Callable) -> None:
     """Compute every cell with a progress bar (the store logs an interruption and the finish)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -303,7 +320,7 @@ def _run_audit(store, config: dict, load: Callable) -> None:
             def on_cell(key: str, cached: bool) -> None:
                 bar.update(task, advance=int(counts_towards_progress(key)), description=f"{key}{' (stored)' if cached else ''}")
 
-            Auditor(lm, store, config, on_cell=on_cell).run()
+            Auditor(lm, store, config, specs, on_cell=on_cell).run()
     store.log("finished", f"{store.count()} cells")
 
 

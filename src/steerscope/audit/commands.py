@@ -22,7 +22,7 @@ from steerscope.audit.identifiability import IdentifiabilitySettings
 from steerscope.audit.paper import PaperSettings
 from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
 from steerscope.audit.reachability import AuditSettings
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
+from steerscope.data.traits import BUILTIN_INSTRUCTIONS, ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write, check_output_path
 from steerscope.models.loading import LoadedModel
@@ -391,7 +391,8 @@ class ReachabilityCommand:
         prompts = list(self.prompts or builtin_prompts(builtin or TRAITS[0], "in_distribution"))[: self.n_prompts]
         scorer = _scorer(builtin) if builtin else None
         report = run_reachability(lm, direction, layer, self.alpha, prompts, threshold_prompts(), capture_layer=self.capture_layer,
-                                  trait=trait, scorer=scorer, settings=self.settings, vector_info=info)
+                                  trait=trait, scorer=scorer, settings=self.settings, vector_info=info,
+                                  instructions=BUILTIN_INSTRUCTIONS.get(trait or ""))
         paths, markdown = self.paths(), reachability_markdown(report)
         _write_json(paths["results.json"], report, self.overwrite)
         _write_text(paths["summary.md"], markdown, self.overwrite)

@@ -36,8 +36,9 @@ from steerscope.generate import GenerationConfig, generate
 from steerscope.intervene import steer_rows
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
-from steerscope.score.base import Scorer
+from steerscope.score.base import Scorer, spec_scorer
 from steerscope.stats import cluster_bootstrap, hedges_g, holm, prompt_means
+from steerscope.traitspec import TraitSpec, as_spec
 
 KINDS = ("none", "v", "v+perp", "dose", "gradient")
 READOUTS = ("trait_score", "pair_margin", "distribution")
@@ -307,30 +308,23 @@ def holm_across_traits(reports: Mapping[str, dict], level: float = 0.05) -> dict
 
 # --- end to end -------------------------------------------------------------------------------
 
-def audit_vector(lm: LoadedModel, trait: str, layer: int):
+def audit_vector(lm: LoadedModel, trait: str | TraitSpec, layer: int):
     """The mean-difference vector of ``trait``'s train pairs at ``layer`` (a SteeringVector)."""
-    from steerscope.data.traits import builtin_pairs
     from steerscope.extract import extract
 
-    return extract(lm, builtin_pairs(trait, "train"), [layer], method="mean_diff", trait=trait)
+    spec = as_spec(trait)
+    return extract(lm, list(spec.train), [layer], method="mean_diff", trait=spec.name)
 
 
-def _default_scorer(trait: str) -> Scorer:
-    from steerscope.score.base import get_scorer
-
-    return get_scorer(trait)
-
-
-def evaluation_prompts(trait: str, env: str, n_prompts: int) -> list[str]:
-    """The first ``n_prompts`` built-in evaluation prompts of ``trait`` in ``env``; SteerscopeError
-    when fewer exist or fewer than 2 are asked for (the prompt is the statistical unit)."""
-    from steerscope.data.traits import builtin_prompts
-
-    prompts = builtin_prompts(trait, env)
+def evaluation_prompts(trait: str | TraitSpec, env: str, n_prompts: int) -> list[str]:
+    """The first ``n_prompts`` evaluation prompts of ``trait`` in ``env``; SteerscopeError when fewer
+    exist or fewer than 2 are asked for (the prompt is the statistical unit)."""
+    spec = as_spec(trait)
+    prompts = spec.env_prompts(env)
     if n_prompts < 2:
         raise SteerscopeError(f"need at least 2 prompts, got {n_prompts}")
     if n_prompts > len(prompts):
-        raise SteerscopeError(f"asked for {n_prompts} prompts but the {trait!r} {env} set has only {len(prompts)}")
+        raise SteerscopeError(f"asked for {n_prompts} prompts but the {spec.name!r} {env} set has only {len(prompts)}")
     return prompts[:n_prompts]
 
 
@@ -362,10 +356,8 @@ class IdentifiabilitySettings:
     temperature: float = 0.8
 
     def __post_init__(self) -> None:
-        from steerscope.data.traits import ENVIRONMENTS
-
-        if self.env not in ENVIRONMENTS:
-            raise SteerscopeError(f"unknown environment {self.env!r}; use one of {', '.join(ENVIRONMENTS)}")
+        if not self.env:
+            raise SteerscopeError("the environment name must not be empty")
         if self.n_draws < 1:
             raise SteerscopeError(f"n_draws (--seeds) must be at least 1, got {self.n_draws}")
         if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
@@ -385,11 +377,9 @@ class IdentifiabilitySettings:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature, seed=self.seed)
 
 
-def _pairs(trait: str, n: int | None):
-    from steerscope.data.traits import builtin_pairs
-
-    pairs = builtin_pairs(trait, "test")
-    return pairs if n is None else pairs[:n]
+def _pairs(spec: TraitSpec, n: int | None) -> list:
+    """The first ``n`` held-out (test) pairs of ``spec`` (all when None)."""
+    return list(spec.test if n is None else spec.test[:n])
 
 
 @dataclass(frozen=True)
@@ -449,7 +439,7 @@ def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], p
 
 def run_identifiability(
     lm: LoadedModel,
-    trait: str,
+    trait: str | TraitSpec,
     layer: int,
     alpha: float,
     settings: IdentifiabilitySettings | None = None,
@@ -458,22 +448,24 @@ def run_identifiability(
 ) -> dict[str, Any]:
     """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
 
-    ``vector``: the SteeringVector when the caller already has it (default :func:`audit_vector`);
-    ``scorer`` defaults to the trait's built-in scorer.
+    ``trait``: a built-in trait's name or a :class:`~steerscope.traitspec.TraitSpec`. ``vector``: the
+    SteeringVector when the caller already has it (default :func:`audit_vector`); ``scorer``
+    defaults to the spec's scorer.
     """
     from steerscope.audit.readouts import ClassSample, class_fraction, margin_gradient, pair_margins_by_condition
 
     s = settings or IdentifiabilitySettings()
     margin = s.margin()
     layer = lm.check_layer(layer)
-    scorer = scorer if scorer is not None else _default_scorer(trait)
-    vec = vector if vector is not None else audit_vector(lm, trait, layer)
+    spec = as_spec(trait)
+    scorer = scorer if scorer is not None else spec_scorer(spec, lm)
+    vec = vector if vector is not None else audit_vector(lm, spec, layer)
     v = vec.directions[layer].detach().float().cpu()
-    pairs = _pairs(trait, s.n_pairs)
+    pairs = _pairs(spec, s.n_pairs)
     gradient = margin_gradient(lm, layer, v, alpha, pairs)
     conditions = build_conditions(v, alpha, s.n_draws, s.seed, margin, torch.from_numpy(gradient))
     margins = pair_margins_by_condition(lm, layer, {c.name: c.vector for c in conditions}, alpha, pairs)
-    seen, readouts, looks = prompt_looks(lm, layer, conditions, evaluation_prompts(trait, s.env, s.max_prompts or s.n_prompts),
+    seen, readouts, looks = prompt_looks(lm, layer, conditions, evaluation_prompts(spec, s.env, s.max_prompts or s.n_prompts),
                                          scorer, s)
     readouts["pair_margin"] = readout_verdict(margin_readout(margins, conditions), margin, s.n_boot, s.seed)
     readouts = {k: readouts[k] for k in READOUTS}
@@ -487,7 +479,7 @@ def run_identifiability(
         classes |= {"pair_margin": mc["pair_margin"], "distribution": mc["distribution"]}
     report = {
         "config": {
-            "trait": trait, "layer": layer, "alpha": alpha, "n_draws": s.n_draws, "env": s.env, "n_prompts": len(prompts),
+            "trait": spec.name, "trait_spec": spec.summary(), "layer": layer, "alpha": alpha, "n_draws": s.n_draws, "env": s.env, "n_prompts": len(prompts),
             "n_pairs": len(pairs), "samples_per_prompt": s.samples_per_prompt, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
             "delta": s.delta, "level": s.level, "n_boot": s.n_boot, "temperature": s.temperature,
             "class_draws": s.class_draws, "class_ratios": list(s.class_ratios), "steered_positions": "all",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,24 +23,58 @@ import torch
 from steerscope.audit.profiles import profile as get_profile
 from steerscope.audit.profiles import Profile
 from steerscope.audit.registry import TraitRun, stages
-from steerscope.data.traits import check_traits
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.runstore import Cell, RunStore, RunStoreError
-from steerscope.score.base import Scorer
+from steerscope.score.base import Scorer, spec_scorer
+from steerscope.traitspec import TraitSpec, as_spec
 
 
-def audit_config(model: str, traits: Sequence[str], profile: str, seed: int = 0, target_g: float = 0.8,
+def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, seed: int = 0, target_g: float = 0.8,
                  max_ppl_ratio: float = 2.0, dtype: str = "float32") -> dict[str, Any]:
-    """The canonical configuration of a run (what must match for a resume)."""
+    """The canonical configuration of a run (what must match for a resume).
+
+    ``traits``: built-in trait names or :class:`~steerscope.traitspec.TraitSpec` values; each is
+    recorded by name and content digest (:meth:`TraitSpec.summary`), so changed data cannot resume a run.
+    """
     sizes = get_profile(profile)
-    traits = check_traits(traits)
+    specs = check_specs(traits)
     if not target_g > 0 or not max_ppl_ratio >= 1:
         raise SteerscopeError(f"need --target-effect > 0 and --max-ppl-ratio >= 1, got {target_g} and {max_ppl_ratio}")
-    config = {"model": model, "traits": list(traits), "profile": profile, "seed": seed, "target_g": target_g,
-              "max_ppl_ratio": max_ppl_ratio, "dtype": dtype, "settings": sizes.settings()}
+    settings = sizes.settings()
+    for spec in specs:
+        check_prompt_supply(spec, settings)
+    config = {"model": model, "traits": [s.name for s in specs], "trait_specs": {s.name: s.summary() for s in specs},
+              "profile": profile, "seed": seed, "target_g": target_g, "max_ppl_ratio": max_ppl_ratio, "dtype": dtype,
+              "settings": settings}
     return json.loads(json.dumps(config))  # the form it takes in the store (tuples become lists), so resumes compare equal
+
+
+def check_specs(traits: Sequence[str | TraitSpec]) -> list[TraitSpec]:
+    """The specs of ``traits`` (names of built-in traits become their specs); SteerscopeError for none or a repeated name."""
+    specs = [as_spec(t) for t in traits]
+    if not specs:
+        raise SteerscopeError("at least one trait is needed (--trait or --dataset)")
+    for spec in specs:
+        if spec.scorer is None:
+            raise SteerscopeError(f"trait {spec.name!r} has no scorer; the audit calibrates strength on the trait score, so give "
+                                  "one with --scorer (vader, builtin:TRAIT, judge:DESCRIPTION or hf:PATH[:LABEL])")
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SteerscopeError(f"trait name(s) {', '.join(repeated)} given more than once; name user traits apart with --name")
+    return specs
+
+
+def check_prompt_supply(spec: TraitSpec, settings: Mapping[str, Any]) -> None:
+    """SteerscopeError unless ``spec`` has enough in-distribution prompts for the profile: the audit's
+    first ones for identifiability and reachability, and as many others, the last ones, for calibration."""
+    have = len(spec.env_prompts("in_distribution"))
+    need = settings["id_prompts"] + settings["calib_prompts"]
+    if have < need:
+        raise SteerscopeError(f"trait {spec.name!r} has {have} in_distribution prompts; this profile needs {need} "
+                              f"({settings['id_prompts']} for identifiability and {settings['calib_prompts']} others for calibration)")
 
 
 def prepare_audit(config: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +107,7 @@ def stored_direction(cell: Cell) -> torch.Tensor:
 
 def counts_towards_progress(key: str) -> bool:
     """Whether cell ``key`` is one of the trait cells counted by :func:`plan_cells` (shared cells are not)."""
-    return "/" in key and not key.startswith(("grams/", "maps/"))
+    return "/" in key and not key.startswith(("grams/", "maps/")) and not key.endswith("/spec")
 
 
 def plan_cells(config: Mapping[str, Any]) -> int:
@@ -83,19 +118,18 @@ def plan_cells(config: Mapping[str, Any]) -> int:
 class Auditor:
     """Runs the registered stages for one model against one run store."""
 
-    def __init__(self, lm: LoadedModel, store: RunStore, config: Mapping[str, Any],
+    def __init__(self, lm: LoadedModel, store: RunStore, config: Mapping[str, Any], specs: Sequence[TraitSpec] = (),
                  scorers: Mapping[str, Scorer] | None = None, on_cell: Callable[[str, bool], None] | None = None):
         self.lm, self.store, self.config = lm, store, config
         self.p = Profile.from_settings(config["settings"])
         self.seed = int(config["seed"])
+        self.specs = run_specs(config, specs)
         self._scorers = dict(scorers or {})
         self._on_cell = on_cell or (lambda key, cached: None)
 
     def scorer(self, trait: str) -> Scorer:
         if trait not in self._scorers:
-            from steerscope.score.base import get_scorer
-
-            self._scorers[trait] = get_scorer(trait)
+            self._scorers[trait] = spec_scorer(self.specs[trait], self.lm)
         return self._scorers[trait]
 
     def cell(self, key: str, stage: str, compute: Callable[[], tuple[Any, bytes | None]], trait: str | None = None) -> Cell:
@@ -110,9 +144,32 @@ class Auditor:
         self.store.set_fingerprint(self.lm.fingerprint)
         self.cell("model", "model", lambda: (self.lm.info(), None))
         for trait in self.config["traits"]:
+            self.cell(f"{trait}/spec", "spec", partial(_spec_cell, self.specs[trait]), trait)
             state = TraitRun(trait)
             for stage in stages():
                 stage.run(self, state)
+
+
+def _spec_cell(spec: TraitSpec) -> tuple[dict[str, Any], None]:
+    return spec.content(), None
+
+
+def run_specs(config: Mapping[str, Any], given: Sequence[TraitSpec]) -> dict[str, TraitSpec]:
+    """Each trait of ``config`` → its spec: one of ``given``, or the built-in trait of that name; the
+    content digest must be the one ``config`` recorded."""
+    by_name = {s.name: s for s in given}
+    recorded = config.get("trait_specs", {})
+    specs = {}
+    for name in config["traits"]:
+        spec = by_name.get(name) or (as_spec(name) if not recorded.get(name) or recorded[name].get("builtin") else None)
+        if spec is None:
+            raise SteerscopeError(f"trait {name!r} is not built in; give its data again (--dataset) to run or resume it")
+        want = recorded.get(name, {}).get("digest")
+        if want is not None and spec.digest() != want:
+            raise SteerscopeError(f"the data of trait {name!r} differ from the ones this run was started with "
+                                  f"(digest {spec.digest()[:12]} ≠ {want[:12]}); use a new --out folder")
+        specs[name] = spec
+    return specs
 
 
 def _jsonable_pair(pair: tuple[Any, bytes | None]) -> tuple[Any, bytes | None]:
@@ -125,6 +182,10 @@ class StoredRun:
     def __init__(self, store: RunStore):
         self.store = store
         self.config: dict[str, Any] = store.run["config"]
+
+    def spec(self, trait: str) -> TraitSpec:
+        """The trait's specification as the run stored it."""
+        return TraitSpec.from_content(self.payload(f"{trait}/spec"))
 
     def payload(self, key: str) -> Any:
         cell = self.store.get(key)

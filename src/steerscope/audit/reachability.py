@@ -42,14 +42,6 @@ from steerscope.score.base import Scorer
 
 STATEMENT = ("a failed search is an upper bound on the distance to the set of prompt-reachable states, not a proof "
              "that no prompt reaches the steered state")
-#: Black-box baseline: an instruction to adopt the trait's positive (α > 0) or negative (α < 0) pole.
-INSTRUCTIONS = {
-    "formality": ("Answer in a very formal, professional register.", "Answer in a very casual, slangy way."),
-    "sentiment": ("Answer in a very upbeat, enthusiastic tone.", "Answer in a gloomy, disappointed tone."),
-    "politeness": ("Answer very courteously and respectfully.", "Answer curtly and dismissively."),
-    "truthfulness": ("Answer with correct, well-known facts.", "Answer with plausible but false claims."),
-    "agreeableness": ("Answer in a warm, cooperative, validating way.", "Answer in a cold, contrarian, dismissive way."),
-}
 RANDOM_SEED_OFFSET = 20_000
 
 
@@ -160,22 +152,22 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
 # --- behaviour -----------------------------------------------------------------------------------
 
 def behaviour_comparison(lm: LoadedModel, prompts: Sequence[str], seqs: Sequence[Sequence[int]], nearest: Sequence[Sequence[int]],
-                         vector: torch.Tensor, alpha: float, layer: int, trait: str | None,
+                         vector: torch.Tensor, alpha: float, layer: int, instructions: tuple[str, str] | None,
                          scorer: Scorer | None, max_new_tokens: int) -> dict:
     """Greedy generations and readouts for four columns: ``unsteered``, ``steered`` (white-box),
     ``nearest_prompt`` (the search's tokens for the steered states) and ``instruction`` (black-box
-    prompt baseline; only with a built-in trait). KL: mean per-token ``KL(p_steered ‖ p_column)``
+    prompt baseline: ``instructions`` = (positive pole, negative pole), the one of α's sign). KL: mean per-token ``KL(p_steered ‖ p_column)``
     teacher-forced on the steered completion."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=1)
     columns: dict[str, list[Sequence[int]]] = {"unsteered": list(seqs), "nearest_prompt": list(nearest)}
-    if trait in INSTRUCTIONS:
-        instruction = INSTRUCTIONS[trait][0 if alpha >= 0 else 1]
+    if instructions is not None:
+        instruction = instructions[0 if alpha >= 0 else 1]
         columns["instruction"] = [encode_prompt(lm.tokenizer, f"{instruction}\n\n{p}") for p in prompts]
     steering = steer(lm, {layer: vector.float()}, alpha)
     texts = {"steered": generate_from_ids(lm, seqs, config, steering)}
     texts |= {name: generate_from_ids(lm, rows, config) for name, rows in columns.items()}
     out: dict[str, Any] = {"white_box": {}, "black_box": {}, "texts": texts, "max_new_tokens": max_new_tokens}
-    if trait in INSTRUCTIONS:
+    if instructions is not None:
         out["instruction"] = instruction
     kls: dict[str, list[float]] = {name: [] for name in columns}
     for b, ids in enumerate(seqs):
@@ -225,11 +217,13 @@ def run_reachability(
     scorer: Scorer | None = None,
     settings: AuditSettings | None = None,
     vector_info: dict | None = None,
+    instructions: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Full reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``; returns a JSON-serialisable report.
 
     States are compared at ``capture_layer`` (default: ``layer``, i.e. right after the addition).
-    ``trait`` selects the black-box instruction baseline; ``scorer`` (texts → scores) the trait scores.
+    ``trait`` names the trait in the report; ``instructions`` (positive pole, negative pole) give the
+    black-box instruction baseline; ``scorer`` (texts → scores) the trait scores.
     """
     settings = settings or AuditSettings()
     layer = lm.check_layer(layer)
@@ -270,7 +264,7 @@ def run_reachability(
     vocab = lm.model.get_input_embeddings().weight.shape[0]  # type: ignore[index]
     replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % vocab
     adversarial = adversarial_collision(lm, seqs[0], layer, i, replacement, threshold, settings)
-    behaviour = behaviour_comparison(lm, prompts[:k], seqs[:k], nearest[:k], vector, alpha, layer, trait, scorer,
+    behaviour = behaviour_comparison(lm, prompts[:k], seqs[:k], nearest[:k], vector, alpha, layer, instructions, scorer,
                                      settings.max_new_tokens)
     found = [p for p in per_prompt if p["steered_trajectory_found"]]
     summary = _window_summary(rows_all, threshold.noise)

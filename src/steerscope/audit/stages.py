@@ -27,7 +27,9 @@ from steerscope.audit.calibrate import candidate_layers, choose_strength, layer_
 from steerscope.audit.pipeline import Auditor, StoredRun, bytes_to_arrays, stored_direction, tensors_to_bytes
 from steerscope.audit.profiles import crosslayer_targets, threshold_prompts
 from steerscope.audit.registry import Answer, Stage, TraitRun, register_stage
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_pairs, builtin_prompts
+from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+from steerscope.traitspec import TraitSpec
+from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 
 RECOVERY_METHODS = ("ica", "sparse", "multienv", "crosslayer")
@@ -55,8 +57,8 @@ def _plot(name: str, draw, select=lambda res: res):
 
 def _select_layer(a: Auditor, run: TraitRun) -> None:
     layers = candidate_layers(a.lm.n_layers, a.p.candidate_layers)
-    cell = a.cell(f"{run.trait}/layers", "layers", lambda: (layer_separation(
-        a.lm, builtin_pairs(run.trait, "train"), builtin_pairs(run.trait, "test"), layers), None), run.trait)
+    spec = a.specs[run.trait]
+    cell = a.cell(f"{run.trait}/layers", "layers", lambda: (layer_separation(a.lm, spec.train, spec.test, layers), None), run.trait)
     run.layer = int(cell.payload["chosen"])
 
 
@@ -70,7 +72,7 @@ def _vector(a: Auditor, run: TraitRun) -> None:
     from steerscope.extract import extract
 
     def compute():
-        vec = extract(a.lm, builtin_pairs(run.trait, "train"), [run.layer], method="mean_diff", trait=run.trait)
+        vec = extract(a.lm, list(a.specs[run.trait].train), [run.layer], method="mean_diff", trait=run.trait)
         return {"layer": run.layer, "norm": vec.norm(run.layer), "metadata": vec.metadata}, tensors_to_bytes({"direction": vec.directions[run.layer]})
 
     run.vector = stored_direction(a.cell(f"{run.trait}/vector", "vector", compute, run.trait))
@@ -81,9 +83,9 @@ register_stage(Stage("vector", {"quick": {}, "full": {}}, _vector, _one_cell, _s
 
 # --- 3. strength calibration ---------------------------------------------------------------------
 
-def calibration_prompts(trait: str, n: int) -> list[str]:
-    """The last ``n`` in-distribution prompts of ``trait``: disjoint from the audit's (the first ones)."""
-    pool = builtin_prompts(trait, "in_distribution")
+def calibration_prompts(spec: TraitSpec, n: int) -> list[str]:
+    """The last ``n`` in-distribution prompts of ``spec``: disjoint from the audit's (the first ones)."""
+    pool = spec.env_prompts("in_distribution")
     return pool[len(pool) - n:]
 
 
@@ -102,7 +104,7 @@ def _strength_cell(a: Auditor, run: TraitRun, prompts: Sequence[str], alpha: flo
 
 
 def _calibrate(a: Auditor, run: TraitRun) -> None:
-    prompts = calibration_prompts(run.trait, a.p.calib_prompts)
+    prompts = calibration_prompts(a.specs[run.trait], a.p.calib_prompts)
     points = []
     for alpha in (0.0, *a.p.alphas):
         key = f"{run.trait}/calibrate/alpha={alpha:g}"
@@ -114,7 +116,7 @@ def _calibrate(a: Auditor, run: TraitRun) -> None:
 def _assemble_strength(stored: StoredRun, trait: str) -> dict[str, Any]:
     settings = stored.config["settings"]
     points = [stored.payload(f"{trait}/calibrate/alpha={x:g}") for x in (0.0, *settings["alphas"])]
-    return {"strength": strength_summary(points, stored.config, calibration_prompts(trait, settings["calib_prompts"]))}
+    return {"strength": strength_summary(points, stored.config, calibration_prompts(stored.spec(trait), settings["calib_prompts"]))}
 
 
 register_stage(Stage(
@@ -133,7 +135,7 @@ def _identifiability(a: Auditor, run: TraitRun) -> None:
 
     def compute():
         scorer = a.scorer(run.trait)
-        report_ = run_identifiability(a.lm, run.trait, run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer)
+        report_ = run_identifiability(a.lm, a.specs[run.trait], run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer)
         return report_ | {"scorer_accuracy": scorer_accuracy(scorer)}, None
 
     a.cell(f"{run.trait}/identifiability", "identifiability", compute, run.trait)
@@ -228,8 +230,11 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
         return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {},
                 "reason": "no later layer to constrain the direction (the chosen layer is the last one)"}, None
     kwargs: dict[str, Any] = {"observe": "jacobian", "k": 8} if method == "sparse" else {}
-    r = recover_trait(a.lm, method, builtin_pairs(run.trait, "train"), run.layer, grams=grams, maps=maps,
-                      n_boot=a.p.rec_boot, seed=a.seed, **kwargs)
+    try:
+        r = recover_trait(a.lm, method, list(a.specs[run.trait].train), run.layer, grams=grams, maps=maps,
+                          n_boot=a.p.rec_boot, seed=a.seed, **kwargs)
+    except SteerscopeError as exc:  # the method cannot be fitted on this trait's data: a row that says why
+        return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {}, "reason": str(exc)}, None
     row = r.to_dict()
     row.pop("direction")
     return row, None
@@ -260,10 +265,12 @@ def _reachability(a: Auditor, run: TraitRun) -> None:
 
     def compute():
         assert run.vector is not None  # set by the vector stage
-        prompts = builtin_prompts(run.trait, "in_distribution")[: a.p.reach_prompts]
+        spec = a.specs[run.trait]
+        prompts = spec.env_prompts("in_distribution")[: a.p.reach_prompts]
+        source = f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
         return run_reachability(a.lm, run.vector, run.layer, run.alpha, prompts, threshold_prompts(), trait=run.trait,
-                                scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed),
-                                vector_info={"source": f"built-in {run.trait} pairs (train split)", "method": "mean_diff"}), None
+                                scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed), instructions=spec.instructions,
+                                vector_info={"source": source, "method": "mean_diff"}), None
 
     a.cell(f"{run.trait}/reachability", "reachability", compute, run.trait)
 

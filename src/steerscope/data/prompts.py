@@ -52,6 +52,29 @@ def read_environment_prompts(path: str | Path) -> dict[str, list[str]]:
     return by_env
 
 
+def read_prompt_environments(path: str | Path, default_env: str = "in_distribution") -> dict[str, list[str]]:
+    """``{env: [prompt, …]}`` from a prompt file whose ``env`` is optional: text lines and JSONL lines
+    without ``env`` go to ``default_env`` (file order within each environment)."""
+    file = Path(path)
+    if file.suffix != ".jsonl":
+        return {default_env: read_prompts(file)}
+    records = _records(file, ("prompt",))
+    lines = file.read_text(encoding="utf-8").splitlines()
+    problems: list[str] = []
+    envs = []
+    for number, record in json_objects(lines, str(file), problems):
+        env = record.get("env", default_env)
+        if not isinstance(env, str) or not env.strip():
+            problems.append(f"{file}:{number}: env: must be a non-empty string when given")
+        envs.append(env)
+    if problems:
+        raise DataError(str(file), problems)
+    by_env: dict[str, list[str]] = {}
+    for record, env in zip(records, envs):
+        by_env.setdefault(env, []).append(record["prompt"])
+    return by_env
+
+
 def builtin_prompt_mix(n: int) -> list[str]:
     """``n`` built-in evaluation prompts, taken round-robin over every trait × environment."""
     from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts

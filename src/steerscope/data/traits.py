@@ -12,6 +12,15 @@ from steerscope.errors import DataError, SteerscopeError
 
 TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness")
 ENVIRONMENTS = ("in_distribution", "topic_shift", "genre_shift")
+#: Black-box baseline of the reachability audit: an instruction to adopt each built-in trait's
+#: positive (α > 0) or negative (α < 0) pole.
+BUILTIN_INSTRUCTIONS = {
+    "formality": ("Answer in a very formal, professional register.", "Answer in a very casual, slangy way."),
+    "sentiment": ("Answer in a very upbeat, enthusiastic tone.", "Answer in a gloomy, disappointed tone."),
+    "politeness": ("Answer very courteously and respectfully.", "Answer curtly and dismissively."),
+    "truthfulness": ("Answer with correct, well-known facts.", "Answer with plausible but false claims."),
+    "agreeableness": ("Answer in a warm, cooperative, validating way.", "Answer in a cold, contrarian, dismissive way."),
+}
 
 
 def _resource(kind: str, trait: str) -> str:

@@ -35,7 +35,10 @@ def _fit(x: np.ndarray, labels: np.ndarray, n_components: int, seed: int) -> tup
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings: stability over resamples reports the consequence
         ica = FastICA(n_components=n_components, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-5)
-        sources = ica.fit_transform(x)
+        try:
+            sources = ica.fit_transform(x)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. whitening of nearly collinear activations gives NaN
+            raise SteerscopeError(f"FastICA failed on these activations ({exc}); the pairs may be too similar to one another") from None
     pos, neg = sources[labels == 1], sources[labels == 0]
     pooled = np.sqrt((pos.var(axis=0, ddof=1) + neg.var(axis=0, ddof=1)) / 2) + 1e-12
     effects = (pos.mean(axis=0) - neg.mean(axis=0)) / pooled

@@ -13,13 +13,17 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.registry import Registry
+
+if TYPE_CHECKING:
+    from steerscope.traitspec import TraitSpec
 
 #: Traits with a labelled scorer corpus in ``data/builtin/scorer/``.
 CORPUS_TRAITS = ("formality", "politeness", "agreeableness", "truthfulness")
@@ -153,3 +157,54 @@ def default_scorer(trait: str, **kwargs) -> Scorer:
     """VADER for sentiment, the embedding probe for the other built-in traits."""
     check_trait(trait)
     return get_scorer(trait, "lexicon" if trait == "sentiment" else "embedding", **kwargs)
+
+
+#: The forms of a scorer spec (``--scorer``), for messages.
+SCORER_SPECS = ("default", "vader", "builtin:TRAIT", "judge:DESCRIPTION", "hf:PATH[:LABEL]")
+
+
+def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
+    """The scorer a spec string names, scoring ``trait``.
+
+    ``default``: the built-in trait's own scorer; ``vader``: VADER sentiment; ``builtin:T``: built-in
+    trait T's scorer; ``judge:DESCRIPTION``: ``lm`` asked whether a text is DESCRIPTION; ``hf:PATH``
+    or ``hf:PATH:LABEL``: a local sequence-classification model, positive label LABEL (default 1).
+    """
+    kind, arg = check_scorer_spec(spec)
+    if kind == "default":
+        if trait not in SCORER_TRAITS:
+            raise SteerscopeError(f"trait {trait!r} is not built in, so it has no default scorer; use --scorer with one of {', '.join(SCORER_SPECS[1:])}")
+        return get_scorer(trait)
+    if kind == "vader":
+        from steerscope.score.lexicon import VaderScorer
+
+        return VaderScorer()
+    if kind == "builtin":
+        return get_scorer(arg)
+    if kind == "judge":
+        if lm is None:
+            raise SteerscopeError("the judge scorer needs a model")
+        from steerscope.score.judge import DEFAULT_QUESTION, LMJudgeScorer
+
+        return LMJudgeScorer(lm, trait, question=DEFAULT_QUESTION.replace("{description}", arg.strip()))
+    from steerscope.score.classifier import from_pretrained
+
+    path, label = (arg, "1") if Path(arg).exists() or ":" not in arg else arg.rsplit(":", 1)
+    return from_pretrained(path, int(label) if label.isdigit() else label, trait=trait)
+
+
+def check_scorer_spec(spec: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a scorer spec (see :func:`scorer_from_spec`); SteerscopeError when malformed."""
+    kind, sep, arg = spec.partition(":")
+    ok = {"default": not sep, "vader": not sep, "builtin": arg in SCORER_TRAITS, "judge": bool(arg.strip()), "hf": bool(arg)}
+    if not ok.get(kind, False):
+        hint = f" (built-in traits: {', '.join(SCORER_TRAITS)})" if kind == "builtin" else ""
+        raise SteerscopeError(f"unknown or malformed scorer {spec!r}; use one of {', '.join(SCORER_SPECS)}{hint}")
+    return kind, arg
+
+
+def spec_scorer(spec: "TraitSpec", lm: Any = None) -> Scorer:
+    """The scorer of a trait specification (SteerscopeError when it has none)."""
+    if spec.scorer is None:
+        raise SteerscopeError(f"trait {spec.name!r} has no scorer; give one with --scorer ({', '.join(SCORER_SPECS[1:])})")
+    return scorer_from_spec(spec.scorer, spec.name, lm)

@@ -1,0 +1,152 @@
+"""Trait specifications: built-in and user traits as one value, through the whole audit."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from steerscope.audit.pipeline import Auditor, StoredRun, audit_config, run_specs
+from steerscope.data.pairs import ContrastivePair
+from steerscope.errors import SteerscopeError
+from steerscope.runstore import RunStore, open_run
+from steerscope.score.base import check_scorer_spec
+from steerscope.traitspec import TraitSpec, audit_specs, builtin_spec, pair_questions, spec_from_files, split_pairs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _resume_worker import SMALL, WordScorer  # noqa: E402
+
+
+def _chat(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def write_pirate_pairs(path: Path, n: int = 24, **extra) -> Path:
+    """A trait the project does not ship: answers in pirate speech against plain ones."""
+    lines = []
+    for i in range(n):
+        q = f"Question number {i}: how should I spend a free afternoon?"
+        lines.append(json.dumps({"positive": _chat(q, f"Arr, matey, hoist the sails and plunder idea {i}, yo ho!"),
+                                 "negative": _chat(q, f"You could spend it reading, walking or trying idea {i}.")} | extra))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_builtin_spec_holds_the_builtin_data():
+    spec = builtin_spec("formality")
+    assert spec.builtin and spec.scorer == "default" and spec.instructions is not None
+    assert (len(spec.train), len(spec.test)) == (48, 16)
+    assert set(spec.prompts) == {"in_distribution", "topic_shift", "genre_shift"}
+    assert spec.digest() == builtin_spec("formality").digest() != builtin_spec("sentiment").digest()
+    assert TraitSpec.from_content(json.loads(json.dumps(spec.content()))).digest() == spec.digest()
+    with pytest.raises(SteerscopeError, match="unknown built-in trait 'pirate'"):
+        builtin_spec("pirate")
+
+
+def test_split_is_deterministic_keeps_given_splits_and_refuses_too_few():
+    pairs = [ContrastivePair(f"yes {i} indeed", f"no {i} never") for i in range(12)]
+    train, test = split_pairs(pairs)
+    assert (len(train), len(test)) == (9, 3)
+    assert split_pairs(list(reversed(pairs))) == (train, test)  # order of the file does not matter
+    given = [ContrastivePair("a b", "c d", split="test"), ContrastivePair("e f", "g h", split="test")] + pairs[:4]
+    train, test = split_pairs(given)
+    assert given[0] in test and given[1] in test and (len(train), len(test)) == (2, 4)
+    with pytest.raises(SteerscopeError, match="3 pair\\(s\\) give 1 train and 2 test"):
+        split_pairs(pairs[:3])
+
+
+def test_user_spec_from_files(tmp_path):
+    spec = spec_from_files(write_pirate_pairs(tmp_path / "pirate speech.jsonl"), scorer="vader")
+    assert spec.name == "pirate_speech" and not spec.builtin and spec.instructions is None
+    assert (len(spec.train), len(spec.test)) == (18, 6)
+    assert spec.env_prompts("in_distribution")[0] == "Question number 0: how should I spend a free afternoon?"
+    assert spec.provenance["prompts_from"] == "the pairs' questions"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Tell me about ships."}\n{"prompt": "A poem?", "env": "genre_shift"}\n', encoding="utf-8")
+    spec = spec_from_files(tmp_path / "pirate speech.jsonl", prompts, name="pirate", scorer="vader")
+    assert spec.name == "pirate" and dict(spec.prompts) == {"in_distribution": ("Tell me about ships.",), "genre_shift": ("A poem?",)}
+    with pytest.raises(SteerscopeError, match="no prompts in environment 'topic_shift'; it has in_distribution, genre_shift"):
+        spec.env_prompts("topic_shift")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("\n".join(json.dumps({"positive": f"arr {i} matey", "negative": f"hello {i} friend"}) for i in range(8)), encoding="utf-8")
+    with pytest.raises(SteerscopeError, match="plain strings.*give --prompts FILE"):
+        spec_from_files(plain)
+    with pytest.raises(SteerscopeError, match="trait name 'a b'"):
+        spec_from_files(plain, prompts, name="a b")
+
+
+def test_pair_questions_are_the_last_user_turns_without_repeats():
+    pairs = [ContrastivePair(_chat("q1", "a"), _chat("q1", "b")), ContrastivePair(_chat("q2", "a"), _chat("q2", "b")),
+             ContrastivePair(_chat("q1", "c"), _chat("q1", "d")), ContrastivePair("plain", "string")]
+    assert pair_questions(pairs) == ["q1", "q2"]
+
+
+def test_command_line_traits_and_scorer_specs(tmp_path):
+    assert [s.name for s in audit_specs(["formality"], write_pirate_pairs(tmp_path / "p.jsonl"), scorer="vader")] == ["formality", "p"]
+    assert audit_specs(["formality"], scorer="builtin:politeness")[0].scorer == "builtin:politeness"
+    with pytest.raises(SteerscopeError, match="give its pairs with --dataset"):
+        audit_specs(["formality"], prompts=tmp_path / "p.jsonl")
+    assert check_scorer_spec("judge:written like a pirate") == ("judge", "written like a pirate")
+    assert check_scorer_spec("hf:/models/clf:POSITIVE") == ("hf", "/models/clf:POSITIVE")
+    for bad in ("vader:x", "builtin:pirate", "judge:", "hf", "probe"):
+        with pytest.raises(SteerscopeError, match="unknown or malformed scorer"):
+            check_scorer_spec(bad)
+
+
+def test_audit_config_checks_scorer_names_and_prompt_supply(tmp_path):
+    pairs = write_pirate_pairs(tmp_path / "pirate.jsonl")
+    with pytest.raises(SteerscopeError, match="'pirate' has no scorer"):
+        audit_config("m", [spec_from_files(pairs)], "quick")
+    with pytest.raises(SteerscopeError, match="given more than once"):
+        audit_config("m", ["formality", "formality"], "quick")
+    few = write_pirate_pairs(tmp_path / "few.jsonl", n=12)
+    with pytest.raises(SteerscopeError, match="'few' has 12 in_distribution prompts; this profile needs 20"):
+        audit_config("m", [spec_from_files(few, scorer="vader")], "quick")
+    config = audit_config("m", ["formality", spec_from_files(pairs, scorer="vader")], "quick")
+    assert config["traits"] == ["formality", "pirate"]
+    assert config["trait_specs"]["pirate"]["digest"] == spec_from_files(pairs, scorer="vader").digest()
+    assert config["trait_specs"]["pirate"]["dataset"] == "pirate.jsonl"  # the file's name, never its path
+
+
+def test_user_trait_runs_end_to_end_and_resumes_only_with_the_same_data(tmp_path):
+    from steerscope.report import write_outputs
+    from steerscope.testing import tiny_model
+
+    pairs = write_pirate_pairs(tmp_path / "pirate.jsonl")
+    spec = spec_from_files(pairs, scorer="vader")
+    config = audit_config("tiny-llama", [spec], "quick")
+    config["settings"] |= SMALL
+    folder = tmp_path / "run"
+    store, _ = open_run(folder, config, "test", "cmd")
+    with store:
+        Auditor(tiny_model("llama", n_layers=6), store, config, [spec], scorers={"pirate": WordScorer()}).run()
+        store.log("finished")
+        written = write_outputs(store)
+    results = json.loads(written["results"].read_text())
+    assert list(results["traits"]) == ["pirate"]
+    assert set(results["traits"]["pirate"]["answers"]) == {"steers", "identifiable", "reachable"}
+    assert results["traits"]["pirate"]["identifiability"]["config"]["n_pairs"] <= len(spec.test)
+    assert "pirate" in written["report"].read_text()
+    with RunStore.open(folder, readonly=True) as stored:
+        assert StoredRun(stored).spec("pirate").digest() == spec.digest()
+    changed = spec_from_files(write_pirate_pairs(tmp_path / "pirate.jsonl", n=25), scorer="vader")
+    with pytest.raises(SteerscopeError, match="data of trait 'pirate' differ"):
+        run_specs(config, [changed])
+    with pytest.raises(SteerscopeError, match="'pirate' is not built in; give its data again"):
+        run_specs(config, [])
+
+
+def test_a_recovery_method_that_cannot_fit_the_data_becomes_a_row_saying_why(monkeypatch):
+    from types import SimpleNamespace
+
+    import steerscope.recover.trait as trait_module
+    from steerscope.audit.registry import TraitRun
+    from steerscope.audit.stages import _recover_row
+
+    def fail(*_args, **_kwargs):
+        raise SteerscopeError("FastICA failed on these activations (A has a NaN entry)")
+
+    monkeypatch.setattr(trait_module, "recover_trait", fail)
+    auditor = SimpleNamespace(lm=None, specs={"formality": builtin_spec("formality")}, p=SimpleNamespace(rec_boot=2), seed=0)
+    row, blob = _recover_row(auditor, TraitRun("formality", layer=1), "ica", {}, {})
+    assert blob is None and row["identifiable"] is None and row["reason"].startswith("FastICA failed")
