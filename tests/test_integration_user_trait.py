@@ -77,3 +77,35 @@ def test_a_user_trait_goes_from_pair_file_to_report(tmp_path):
     html = written["report"].read_text()
     assert "pirate" in html and "Does the vector steer?" in html
     assert (tmp_path / "run" / "vector_pirate.safetensors").is_file()
+
+
+def test_a_gguf_control_vector_is_audited_on_smollm2(tmp_path):
+    """A vector written by the GGUF export path (as llama.cpp and repeng write them), audited without
+    layer selection or extraction, to report.html."""
+    spec_ = BUILTIN_MODELS["smollm2-135m"]
+    if not is_installed(spec_):
+        pytest.skip(f"{spec_.name} is not installed: {spec_.install_hint}")
+    import steerscope as ss
+    from steerscope.audit.pipeline import Auditor, audit_config, given_vectors
+    from steerscope.report import write_outputs
+    from steerscope.runstore import open_run
+    from steerscope.traitspec import builtin_spec
+
+    lm = ss.load_model("smollm2-135m", device="cpu")
+    made = ss.extract(lm, ss.builtin_pairs("formality", "train"), [10, 12])
+    gguf = ss.export_gguf(made, tmp_path / "formality.gguf")
+    given = given_vectors([builtin_spec("formality")], gguf, 12)
+    assert "no remapping" in given["formality"].vector.note
+    config = audit_config("smollm2-135m", ["formality"], "quick", given=given)
+    config["settings"] |= SMALL
+    store, _ = open_run(tmp_path / "run", config, "test", "test")
+    with store:
+        Auditor(lm, store, config, given=given).run()
+        store.log("finished")
+        written = write_outputs(store)
+    res = json.loads(written["results"].read_text())["traits"]["formality"]
+    assert res["layer_selection"]["chosen"] == 12 and res["vector"]["metadata"]["method"] == "given (gguf)"
+    assert res["vector"]["norm"] == pytest.approx(made.norm(12), rel=1e-6)
+    assert {a["status"] for a in res["answers"].values()} <= {"yes", "no", "unknown", "mixed"}
+    assert res["identifiability"]["vector"]["norm"] == pytest.approx(made.norm(12), rel=1e-6)
+    assert "formality.gguf" in written["report"].read_text()

@@ -169,13 +169,18 @@ def test_cli_audit_bad_input(tmp_path):
                              for i in range(8)))
     bad_pairs = tmp_path / "bad.jsonl"
     bad_pairs.write_text('{"positive": "a"}\n')
+    layers = tmp_path / "layers.npy"
+    np.save(layers, np.ones((3, 8), dtype=np.float32))
     for extra, message in ((["--trait", "wit"], "unknown trait"), (["--trait", "formality", "--quick", "--full"], "choose one"),
                            (["--trait", "formality", "--max-ppl-ratio", "0.5"], "max-ppl-ratio"), ([], "needs --trait or --dataset, and --out"),
                            (["--dataset", str(pairs)], "'mine' has no scorer"),
                            (["--dataset", str(pairs), "--scorer", "vader"], "'mine' has 8 in_distribution prompts; this profile needs 20"),
                            (["--dataset", str(bad_pairs), "--scorer", "vader"], "bad.jsonl:1"),
                            (["--trait", "formality", "--prompts", str(pairs)], "give its pairs with --dataset"),
-                           (["--trait", "formality", "--scorer", "probe"], "unknown or malformed scorer 'probe'")):
+                           (["--trait", "formality", "--scorer", "probe"], "unknown or malformed scorer 'probe'"),
+                           (["--trait", "formality", "--layer", "3"], "--layer chooses the layer of a --vector file"),
+                           (["--trait", "formality,sentiment", "--vector", str(layers)], "one trait's vector; 2 traits"),
+                           (["--trait", "formality", "--vector", str(layers)], "holds layers [0, 1, 2]; pass --layer")):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
     assert not (tmp_path / "r").exists()

@@ -150,3 +150,59 @@ def test_a_recovery_method_that_cannot_fit_the_data_becomes_a_row_saying_why(mon
     auditor = SimpleNamespace(lm=None, specs={"formality": builtin_spec("formality")}, p=SimpleNamespace(rec_boot=2), seed=0)
     row, blob = _recover_row(auditor, TraitRun("formality", layer=1), "ica", {}, {})
     assert blob is None and row["identifiable"] is None and row["reason"].startswith("FastICA failed")
+
+
+def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
+    import numpy as np
+    import torch
+
+    from steerscope.audit.pipeline import given_vectors
+    from steerscope.report import write_outputs
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("llama", n_layers=6)
+    rows = np.zeros((6, lm.d_model), dtype=np.float32)
+    rows[2] = np.random.default_rng(0).standard_normal(lm.d_model)
+    npy = tmp_path / "mine.npy"
+    np.save(npy, rows)
+    with pytest.raises(SteerscopeError, match="holds layers \\[0, 1, 2, 3, 4, 5\\]; pass --layer"):
+        given_vectors([builtin_spec("formality")], npy, None)
+    with pytest.raises(SteerscopeError, match="one trait's vector; 2 traits"):
+        given_vectors([builtin_spec("formality"), builtin_spec("sentiment")], npy, 2)
+    with pytest.raises(SteerscopeError, match="layer 0 is all zeros"):
+        given_vectors([builtin_spec("formality")], npy, 0)
+    given = given_vectors([builtin_spec("formality")], npy, 2)
+    config = audit_config("tiny-llama", ["formality"], "quick", given=given)
+    config["settings"] |= SMALL
+    assert config["given_vectors"]["formality"]["file"] == "mine.npy" and config["given_vectors"]["formality"]["layer"] == 2
+    store, _ = open_run(tmp_path / "run", config, "test", "cmd")
+    with store:
+        with pytest.raises(SteerscopeError, match="give the same --vector file"):
+            Auditor(lm, store, config, scorers={"formality": WordScorer()})
+        Auditor(lm, store, config, scorers={"formality": WordScorer()}, given=given).run()
+        store.log("finished")
+        written = write_outputs(store)
+    res = json.loads(written["results"].read_text())["traits"]["formality"]
+    assert res["layer_selection"]["chosen"] == 2 and "given in mine.npy" in res["layer_selection"]["rule"]
+    assert res["vector"]["metadata"]["method"] == "given (numpy)" and res["vector"]["norm"] == pytest.approx(float(np.linalg.norm(rows[2])), rel=1e-6)
+    assert res["identifiability"]["config"]["extraction"]["method"] == "given (numpy)"
+    assert res["reachability"]["vector"]["source"] == "mine.npy"
+    assert all(r.get("reference", "").startswith("the mean difference") for r in res["recovery"])
+    saved = ss_load(tmp_path / "run" / "vector_formality.safetensors")
+    assert torch.equal(saved.directions[2], torch.from_numpy(rows[2]))
+    wide = given_vectors([builtin_spec("formality")], _npy(tmp_path / "wide.npy", lm.d_model + 1), 2)
+    with pytest.raises(SteerscopeError, match=f"d_model {lm.d_model + 1} but"):
+        Auditor(lm, store, audit_config("tiny-llama", ["formality"], "quick", given=wide), given=wide)
+
+
+def _npy(path: Path, d: int) -> Path:
+    import numpy as np
+
+    np.save(path, np.ones(d, dtype=np.float32))
+    return path
+
+
+def ss_load(path: Path):
+    from steerscope.vectors import SteeringVector
+
+    return SteeringVector.load(path)

@@ -247,6 +247,7 @@ def _traits(values: list[str]) -> list[str]:
     return check_traits([t.strip() for value in values for t in value.split(",") if t.strip()])
 
 
+TraitsOpt = typer.Option(None, "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. Several traits share one model load.")
 DatasetOpt = typer.Option(None, "--dataset", help="Your own trait: a JSONL pair file (pairs without a 'split' are split "
                           "75/25 by content hash). Needs --scorer.")
 PromptsOpt = typer.Option(None, "--prompts", help="Evaluation prompts of the --dataset trait (text, or JSONL with 'prompt' and "
@@ -256,18 +257,24 @@ ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, bui
                          "(default: each built-in trait's own scorer).")
 
 
-def _audit_specs(traits: Optional[list[str]], user: dict[str, Any]) -> list:
+VectorOpt = typer.Option(None, "--vector", help="Audit this vector instead of extracting one (no layer selection): steerscope "
+                         ".safetensors, llama.cpp/repeng .gguf, a safetensors or .pt tensor dict, or .npy. One trait only.")
+VectorLayerOpt = typer.Option(None, "--layer", help="With --vector: the layer to audit, when the file has several.")
+
+
+def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any], vector: Optional[Path], layer: Optional[int]) -> tuple[list, dict]:
+    from steerscope.audit.pipeline import given_vectors
     from steerscope.traitspec import audit_specs
 
-    return audit_specs(_traits(traits) if traits else [], **user)
+    specs = audit_specs(_traits(traits) if traits else [], **user)
+    return specs, given_vectors(specs, vector, layer)
 
 
 @audit_app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
-    trait: Optional[list[str]] = typer.Option(None, "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. "
-                                              "Several traits share one model load."),
-    dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
+    trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
+    vector: Optional[Path] = VectorOpt, layer: Optional[int] = VectorLayerOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
                                            "vector files, plots/). Run the same command again to resume."),
     quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
@@ -295,17 +302,17 @@ def audit(
         raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
-    specs = _audit_specs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer})
-    config = prepare_audit(audit_config(model, specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype))
+    specs, given = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer}, vector, layer)
+    config = prepare_audit(audit_config(model, specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype, given))
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
         if resumed:
             err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
-        _run_audit(store, config, specs, lambda: _load(model, device, dtype, cache_dir, layers_path))
+        _run_audit(store, config, specs, given, lambda: _load(model, device, dtype, cache_dir, layers_path))
         _finish(store, resumed, as_json)
 
 
-def _run_audit(store, config: dict, specs: list, load: Callable) -> None:
+def _run_audit(store, config: dict, specs: list, given: dict, load: Callable) -> None:
     """Compute every cell with a progress bar (the store logs an interruption and the finish)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -320,7 +327,7 @@ def _run_audit(store, config: dict, specs: list, load: Callable) -> None:
             def on_cell(key: str, cached: bool) -> None:
                 bar.update(task, advance=int(counts_towards_progress(key)), description=f"{key}{' (stored)' if cached else ''}")
 
-            Auditor(lm, store, config, specs, on_cell=on_cell).run()
+            Auditor(lm, store, config, specs, on_cell=on_cell, given=given).run()
     store.log("finished", f"{store.count()} cells")
 
 

@@ -485,7 +485,7 @@ def run_identifiability(
             "class_draws": s.class_draws, "class_ratios": list(s.class_ratios), "steered_positions": "all",
             "max_prompts": s.max_prompts,
             "draw_seeds": [s.seed + i for i in range(s.n_draws)], "generation": s.generation().__dict__,
-            "extraction": {"method": "mean_diff", "split": "train"}, "pairs": {"split": "test"},
+            "extraction": {"method": vec.metadata.get("method", "mean_diff"), "split": "train"}, "pairs": {"split": "test"},
         },
         "model": lm.info(),
         "vector": {"norm": vec.norm(layer), "relative_dose": vec.dose(alpha, layer)},

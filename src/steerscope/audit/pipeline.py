@@ -12,9 +12,12 @@ never in ``results.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,14 +32,16 @@ from steerscope.models.loading import LoadedModel
 from steerscope.runstore import Cell, RunStore, RunStoreError
 from steerscope.score.base import Scorer, spec_scorer
 from steerscope.traitspec import TraitSpec, as_spec
+from steerscope.vectors.foreign import ForeignVector
 
 
 def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, seed: int = 0, target_g: float = 0.8,
-                 max_ppl_ratio: float = 2.0, dtype: str = "float32") -> dict[str, Any]:
+                 max_ppl_ratio: float = 2.0, dtype: str = "float32", given: Mapping[str, GivenVector] | None = None) -> dict[str, Any]:
     """The canonical configuration of a run (what must match for a resume).
 
     ``traits``: built-in trait names or :class:`~steerscope.traitspec.TraitSpec` values; each is
     recorded by name and content digest (:meth:`TraitSpec.summary`), so changed data cannot resume a run.
+    ``given``: trait → a vector made elsewhere, audited instead of extracting one (recorded by digest).
     """
     sizes = get_profile(profile)
     specs = check_specs(traits)
@@ -45,10 +50,47 @@ def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, se
     settings = sizes.settings()
     for spec in specs:
         check_prompt_supply(spec, settings)
+    unknown = sorted(set(given or {}) - {s.name for s in specs})
+    if unknown:
+        raise SteerscopeError(f"a vector is given for {', '.join(unknown)}, which is not among the audited traits")
     config = {"model": model, "traits": [s.name for s in specs], "trait_specs": {s.name: s.summary() for s in specs},
               "profile": profile, "seed": seed, "target_g": target_g, "max_ppl_ratio": max_ppl_ratio, "dtype": dtype,
               "settings": settings}
+    if given:
+        config["given_vectors"] = {trait: g.summary() for trait, g in given.items()}
     return json.loads(json.dumps(config))  # the form it takes in the store (tuples become lists), so resumes compare equal
+
+
+@dataclass(frozen=True)
+class GivenVector:
+    """A vector made elsewhere (:func:`steerscope.vectors.load_vector_file`) and the file's name."""
+
+    vector: ForeignVector
+    file: str
+
+    def digest(self) -> str:
+        """SHA-256 of the ``[d]`` float32 direction's bytes and its layer."""
+        data = self.vector.vector.detach().float().cpu().contiguous().numpy().tobytes()
+        return hashlib.sha256(data + str(self.vector.layer).encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"file": self.file, "layer": self.vector.layer, "source": self.vector.source, "note": self.vector.note,
+                "layers_in_file": self.vector.layers_in_file, "digest": self.digest()}
+
+
+def given_vectors(specs: Sequence[TraitSpec], path: str | Path | None, layer: int | None) -> dict[str, GivenVector]:
+    """``{trait: GivenVector}`` for a vector file given on the command line (empty without one); it
+    needs exactly one trait. The file is read and checked here, before the model loads; ``d_model``
+    and the layer's range are checked against the model by :class:`Auditor`."""
+    from steerscope.vectors.foreign import load_vector_file
+
+    if path is None:
+        if layer is not None:
+            raise SteerscopeError("--layer chooses the layer of a --vector file; give the file")
+        return {}
+    if len(specs) != 1:
+        raise SteerscopeError(f"--vector audits one trait's vector; {len(specs)} traits were given")
+    return {specs[0].name: GivenVector(load_vector_file(path, None, layer), Path(path).name)}
 
 
 def check_specs(traits: Sequence[str | TraitSpec]) -> list[TraitSpec]:
@@ -119,11 +161,13 @@ class Auditor:
     """Runs the registered stages for one model against one run store."""
 
     def __init__(self, lm: LoadedModel, store: RunStore, config: Mapping[str, Any], specs: Sequence[TraitSpec] = (),
-                 scorers: Mapping[str, Scorer] | None = None, on_cell: Callable[[str, bool], None] | None = None):
+                 scorers: Mapping[str, Scorer] | None = None, on_cell: Callable[[str, bool], None] | None = None,
+                 given: Mapping[str, GivenVector] | None = None):
         self.lm, self.store, self.config = lm, store, config
         self.p = Profile.from_settings(config["settings"])
         self.seed = int(config["seed"])
         self.specs = run_specs(config, specs)
+        self.given = check_given(config, given or {}, lm)
         self._scorers = dict(scorers or {})
         self._on_cell = on_cell or (lambda key, cached: None)
 
@@ -148,6 +192,19 @@ class Auditor:
             state = TraitRun(trait)
             for stage in stages():
                 stage.run(self, state)
+
+
+def check_given(config: Mapping[str, Any], given: Mapping[str, GivenVector], lm: LoadedModel) -> dict[str, GivenVector]:
+    """``given`` checked against ``config`` (the same vectors by digest) and against the model (``d_model``, layer range)."""
+    recorded = config.get("given_vectors", {})
+    if set(recorded) != set(given) or any(g.digest() != recorded[t]["digest"] for t, g in given.items()):
+        raise SteerscopeError(f"the run audits given vectors for {sorted(recorded) or 'no trait'}; give the same --vector file "
+                              "(unchanged) to run or resume it")
+    for trait, g in given.items():
+        if g.vector.vector.shape[0] != lm.d_model:
+            raise SteerscopeError(f"{g.file}: vector has d_model {g.vector.vector.shape[0]} but {lm.name} has d_model {lm.d_model}")
+        lm.check_layer(g.vector.layer)
+    return dict(given)
 
 
 def _spec_cell(spec: TraitSpec) -> tuple[dict[str, Any], None]:

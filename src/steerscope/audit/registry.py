@@ -28,11 +28,14 @@ BUILTIN_STAGE_MODULES = ("steerscope.audit.stages",)
 
 @dataclass
 class TraitRun:
-    """What the stages of one trait hand on to later stages: the layer, the vector ``[d]`` and the strength."""
+    """What the stages of one trait hand on to later stages: the layer, the vector ``[d]``, the mean
+    residual norm at the layer (for relative doses) and the strength."""
 
     trait: str
     layer: int = -1
     vector: torch.Tensor | None = None
+    h_norm: float = 0.0
+    method: str = "mean_diff"
     alpha: float = 0.0
 
 

@@ -29,6 +29,7 @@ from steerscope.audit.profiles import crosslayer_targets, threshold_prompts
 from steerscope.audit.registry import Answer, Stage, TraitRun, register_stage
 from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
 from steerscope.traitspec import TraitSpec
+from steerscope.vectors.file import SteeringVector
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 
@@ -56,9 +57,18 @@ def _plot(name: str, draw, select=lambda res: res):
 # --- 1. layer selection --------------------------------------------------------------------------
 
 def _select_layer(a: Auditor, run: TraitRun) -> None:
-    layers = candidate_layers(a.lm.n_layers, a.p.candidate_layers)
-    spec = a.specs[run.trait]
-    cell = a.cell(f"{run.trait}/layers", "layers", lambda: (layer_separation(a.lm, spec.train, spec.test, layers), None), run.trait)
+    spec, given = a.specs[run.trait], a.given.get(run.trait)
+    if given is not None:
+        def compute():
+            rows = layer_separation(a.lm, spec.train, spec.test, [given.vector.layer])
+            return rows | {"chosen": given.vector.layer, "rule": f"the layer of the vector given in {given.file} (no selection); "
+                                                                   "the row is the held-out separation of the pairs' own direction there"}, None
+    else:
+        layers = candidate_layers(a.lm.n_layers, a.p.candidate_layers)
+
+        def compute():
+            return layer_separation(a.lm, spec.train, spec.test, layers), None
+    cell = a.cell(f"{run.trait}/layers", "layers", compute, run.trait)
     run.layer = int(cell.payload["chosen"])
 
 
@@ -69,13 +79,34 @@ register_stage(Stage("layers", {"quick": {"candidate_layers": 4}, "full": {"cand
 # --- 2. the vector -------------------------------------------------------------------------------
 
 def _vector(a: Auditor, run: TraitRun) -> None:
-    from steerscope.extract import extract
-
     def compute():
-        vec = extract(a.lm, list(a.specs[run.trait].train), [run.layer], method="mean_diff", trait=run.trait)
+        vec = _given_vector(a, run) if run.trait in a.given else _extracted_vector(a, run)
         return {"layer": run.layer, "norm": vec.norm(run.layer), "metadata": vec.metadata}, tensors_to_bytes({"direction": vec.directions[run.layer]})
 
-    run.vector = stored_direction(a.cell(f"{run.trait}/vector", "vector", compute, run.trait))
+    cell = a.cell(f"{run.trait}/vector", "vector", compute, run.trait)
+    run.vector = stored_direction(cell)
+    meta = cell.payload["metadata"]
+    run.h_norm = float({str(k): v for k, v in meta["h_norms"].items()}[str(run.layer)])
+    run.method = str(meta["method"])
+
+
+def _extracted_vector(a: Auditor, run: TraitRun) -> SteeringVector:
+    from steerscope.extract import extract
+
+    return extract(a.lm, list(a.specs[run.trait].train), [run.layer], method="mean_diff", trait=run.trait)
+
+
+def _given_vector(a: Auditor, run: TraitRun) -> SteeringVector:
+    """The given vector with steerscope metadata; the residual norm comes from the trait's train pairs."""
+    from steerscope.capture import mean_norms
+    from steerscope.vectors.file import vector_metadata
+
+    spec, given = a.specs[run.trait], a.given[run.trait]
+    items = [p.positive for p in spec.train] + [p.negative for p in spec.train]
+    norms = mean_norms(a.lm, items, [run.layer])
+    meta = vector_metadata(a.lm, method=f"given ({given.vector.source})", layers=[run.layer], dataset_hash=given.digest(),
+                           trait=run.trait, h_norms=norms, source_file=given.file, layer_note=given.vector.note)
+    return SteeringVector({run.layer: given.vector.vector}, meta)
 
 
 register_stage(Stage("vector", {"quick": {}, "full": {}}, _vector, _one_cell, _single("vector", "vector")))
@@ -135,7 +166,10 @@ def _identifiability(a: Auditor, run: TraitRun) -> None:
 
     def compute():
         scorer = a.scorer(run.trait)
-        report_ = run_identifiability(a.lm, a.specs[run.trait], run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer)
+        assert run.vector is not None  # set by the vector stage
+        vec = SteeringVector({run.layer: run.vector}, {"h_norms": {str(run.layer): run.h_norm}, "method": run.method})
+        report_ = run_identifiability(a.lm, a.specs[run.trait], run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer,
+                                      vector=vec)
         return report_ | {"scorer_accuracy": scorer_accuracy(scorer)}, None
 
     a.cell(f"{run.trait}/identifiability", "identifiability", compute, run.trait)
@@ -237,6 +271,8 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
         return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {}, "reason": str(exc)}, None
     row = r.to_dict()
     row.pop("direction")
+    if run.trait in a.given:
+        row["reference"] = "the mean difference of the trait's train pairs, not the given vector"
     return row, None
 
 
@@ -267,10 +303,11 @@ def _reachability(a: Auditor, run: TraitRun) -> None:
         assert run.vector is not None  # set by the vector stage
         spec = a.specs[run.trait]
         prompts = spec.env_prompts("in_distribution")[: a.p.reach_prompts]
-        source = f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
+        given = a.given.get(run.trait)
+        source = given.file if given else f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
         return run_reachability(a.lm, run.vector, run.layer, run.alpha, prompts, threshold_prompts(), trait=run.trait,
                                 scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed), instructions=spec.instructions,
-                                vector_info={"source": source, "method": "mean_diff"}), None
+                                vector_info={"source": source, "method": run.method}), None
 
     a.cell(f"{run.trait}/reachability", "reachability", compute, run.trait)
 

@@ -70,13 +70,14 @@ class _Contents(NamedTuple):
     note: str
 
 
-def load_vector_file(path: str | Path, d_model: int, layer: int | None = None, n_layers: int | None = None) -> ForeignVector:
+def load_vector_file(path: str | Path, d_model: int | None, layer: int | None = None, n_layers: int | None = None) -> ForeignVector:
     """Read one layer of a steering vector made by steerscope or another tool.
 
     The format is recognised by content, else by suffix (``.safetensors``, ``.gguf``, ``.pt``,
     ``.pth``, ``.npy``). ``layer`` is required when the file holds several layers or one vector
     without a layer index; negative values count from the end when ``n_layers`` is given, which
-    also bounds the layer. Raises :class:`VectorFileError` naming the file and the problem.
+    also bounds the layer; ``d_model`` None skips the size check (for a caller that checks it once the
+    model is loaded). Raises :class:`VectorFileError` naming the file and the problem.
     """
     file = Path(path)
     contents = _read(file, _kind(file))
