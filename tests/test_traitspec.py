@@ -206,3 +206,23 @@ def ss_load(path: Path):
     from steerscope.vectors import SteeringVector
 
     return SteeringVector.load(path)
+
+
+def test_python_api_runs_an_audit_of_an_adapter_style_vector(tmp_path):
+    import torch
+
+    import steerscope.audit
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("llama", n_layers=6)
+    directions = {1: torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)), 3: torch.ones(lm.d_model)}
+    with pytest.raises(SteerscopeError, match="holds layers \\[1, 3\\]; pass --layer"):
+        steerscope.audit.run(lm, "formality", tmp_path / "x", vector=directions)
+    assert not (tmp_path / "x").exists()
+    results = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers={"formality": WordScorer()})
+    res = results["traits"]["formality"]
+    assert res["layer_selection"]["chosen"] == 1 and res["vector"]["metadata"]["method"] == "given (python)"
+    assert res["vector"]["norm"] == pytest.approx(float(directions[1].norm()), rel=1e-6)
+    assert (tmp_path / "run" / "report.html").is_file()
+    again = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers={"formality": WordScorer()})
+    assert again == results  # resumed from the store: nothing recomputed differs

@@ -268,3 +268,42 @@ def assemble(store: RunStore) -> dict[str, Any]:
     run = store.run
     return {"steerscope_version": run["version"], "config": stored.config, "model": stored.payload("model"),
             "model_fingerprint": run["model_fingerprint"], "traits": traits}
+
+
+def run(lm: LoadedModel, trait: str | TraitSpec, out: str | Path, vector: Any = None, layer: int | None = None,
+        profile: str = "quick", seed: int = 0, scorers: Mapping[str, Scorer] | None = None) -> dict[str, Any]:
+    """The whole audit of one trait into the run folder ``out`` (resumed when it holds the same run);
+    returns what ``results.json`` holds.
+
+    ``trait``: a built-in trait's name or a :class:`~steerscope.traitspec.TraitSpec`. ``vector``: None
+    (extract the mean difference at the selected layer), a vector file's path
+    (:func:`~steerscope.vectors.load_vector_file`), a :class:`~steerscope.vectors.SteeringVector`, or
+    ``{ℓ: [d_model]}`` directions (e.g. from :func:`~steerscope.vectors.from_steering_vectors` or
+    :func:`~steerscope.vectors.from_repeng`); ``layer`` picks one layer of several.
+    """
+    from steerscope._version import __version__
+    from steerscope.report import write_outputs
+    from steerscope.runstore import open_run
+
+    spec = as_spec(trait)
+    given = {spec.name: _given(lm, vector, layer)} if vector is not None else {}
+    config = prepare_audit(audit_config(lm.name, [spec], profile, seed, given=given))
+    store, _ = open_run(out, config, __version__, "steerscope.audit.run")
+    with store, store.recording_interruption():
+        Auditor(lm, store, config, [spec], scorers=scorers, given=given).run()
+        store.log("finished", f"{store.count()} cells")
+        return json.loads(write_outputs(store)["results"].read_text())
+
+
+def _given(lm: LoadedModel, vector: Any, layer: int | None) -> GivenVector:
+    """A :class:`GivenVector` from a path, a SteeringVector or ``{ℓ: tensor}`` directions."""
+    from steerscope.vectors.file import SteeringVector
+    from steerscope.vectors.foreign import from_directions, load_vector_file
+
+    if isinstance(vector, (str, Path)):
+        return GivenVector(load_vector_file(vector, lm.d_model, layer, lm.n_layers), Path(vector).name)
+    if isinstance(vector, SteeringVector):
+        return GivenVector(from_directions(vector.directions, lm.d_model, layer, lm.n_layers, "steerscope"), "<SteeringVector>")
+    if isinstance(vector, Mapping):
+        return GivenVector(from_directions(vector, lm.d_model, layer, lm.n_layers), "<directions>")
+    raise SteerscopeError(f"vector must be a file path, a SteeringVector or a dict {{layer: tensor}}, not {type(vector).__name__}")

@@ -88,6 +88,19 @@ def load_vector_file(path: str | Path, d_model: int | None, layer: int | None = 
     return ForeignVector(chosen, _checked(tensor, d_model, label), contents.source, sorted(contents.layers), contents.note)
 
 
+def from_directions(directions: Mapping[int, torch.Tensor], d_model: int | None, layer: int | None = None,
+                    n_layers: int | None = None, source: str = "python") -> ForeignVector:
+    """One layer of in-memory directions ``{ℓ: [d_model]}`` (a SteeringVector's, or an adapter's
+    output), checked like a file's; ``layer`` is required when there are several."""
+    label = Path(f"<{source} vector>")
+    contents = _Contents(dict(directions), None, source, "layers as given (steerscope convention)")
+    wanted = None if layer is None else _in_range(label, layer, n_layers)
+    chosen, tensor = _select(label, contents, wanted)
+    chosen = _in_range(label, chosen, n_layers)
+    return ForeignVector(chosen, _checked(_tensor(tensor, str(label)), d_model, f"{label}: layer {chosen}"), source,
+                         sorted(contents.layers), contents.note)
+
+
 def from_steering_vectors(obj: object, d_model: int | None = None, n_layers: int | None = None) -> dict[int, torch.Tensor]:
     """``{ℓ: [d_model] float32}`` from a ``steering_vectors.SteeringVector`` (duck-typed).
 
