@@ -169,6 +169,8 @@ def test_cli_audit_bad_input(tmp_path):
                              for i in range(8)))
     bad_pairs = tmp_path / "bad.jsonl"
     bad_pairs.write_text('{"positive": "a"}\n')
+    one_label = tmp_path / "one_label.jsonl"
+    one_label.write_text("".join(json.dumps({"text": f"text {i}", "label": 1}) + "\n" for i in range(12)))
     layers = tmp_path / "layers.npy"
     np.save(layers, np.ones((3, 8), dtype=np.float32))
     for extra, message in ((["--trait", "wit"], "unknown trait"), (["--trait", "formality", "--quick", "--full"], "choose one"),
@@ -180,7 +182,8 @@ def test_cli_audit_bad_input(tmp_path):
                            (["--trait", "formality", "--scorer", "probe"], "unknown or malformed scorer 'probe'"),
                            (["--trait", "formality", "--layer", "3"], "--layer chooses the layer of a --vector file"),
                            (["--trait", "formality,sentiment", "--vector", str(layers)], "one trait's vector; 2 traits"),
-                           (["--trait", "formality", "--vector", str(layers)], "holds layers [0, 1, 2]; pass --layer")):
+                           (["--trait", "formality", "--vector", str(layers)], "holds layers [0, 1, 2]; pass --layer"),
+                           (["--dataset", str(pairs), "--scorer", f"probe:{one_label}"], "0 text(s) of label 0 and 9 of label 1")):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
     assert not (tmp_path / "r").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerscope.errors import SteerscopeError
+from steerscope.errors import DataError, SteerscopeError
 from steerscope.score import (
     CORPUS_TRAITS,
     SCORER_TRAITS,
@@ -259,6 +259,18 @@ def test_hf_classifier_from_pretrained(tmp_path):
         from_pretrained(str(tmp_path / "missing"), "pos")
 
 
+def test_a_causal_lm_is_refused_as_a_classifier(tmp_path):
+    """A causal LM folder would load as a classifier with a freshly initialised head; it is refused."""
+    from steerscope.score.base import scorer_from_spec
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("llama", n_layers=2)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SteerscopeError, match="is not a sequence-classification model \\(architectures: LlamaForCausalLM\\)"):
+        scorer_from_spec(f"hf:{tmp_path}", "mine")
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 def test_get_scorer_errors(judge_lm):
@@ -318,3 +330,27 @@ def test_default_kind_per_trait(monkeypatch):
     }
     assert get_scorer("formality", x=1) == ("embedding", "formality", {"x": 1})
 
+
+
+def _labelled(path, n_per_label, **extra):
+    rows = [{"text": f"Arr matey, yo ho number {i}, hoist the sails!", "label": 1} | extra for i in range(n_per_label)]
+    rows += [{"text": f"Here is a plain answer, number {i}, as requested.", "label": 0} | extra for i in range(n_per_label)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_probe_trained_on_a_user_file_reports_its_heldout_accuracy(probes, tmp_path):
+    from steerscope.score.base import scorer_from_spec
+
+    scorer = scorer_from_spec(f"probe:{_labelled(tmp_path / 'pirate.jsonl', 12)}", "pirate")
+    v = scorer.validity
+    assert (v["n_train"], v["n_test"], v["corpus"]) == (18, 6, "pirate.jsonl") and v["heldout_accuracy"] == 1.0
+    assert scorer(["Yo ho, arr, matey!"])[0] > 0 > scorer(["Here is a plain answer."])[0]
+    with pytest.raises(SteerscopeError, match="the train split has 0 text\\(s\\) of label 0 and 18 of label 1"):
+        scorer_from_spec(f"probe:{_labelled(tmp_path / 'one.jsonl', 12, label=1)}", "pirate")
+    with pytest.raises(SteerscopeError, match="train split has \\d text\\(s\\) of label 0 and \\d of label 1; the probe needs at least 5"):
+        scorer_from_spec(f"probe:{_labelled(tmp_path / 'few.jsonl', 4)}", "pirate")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": 2}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.jsonl:1: label: must be 0 or 1"):
+        scorer_from_spec(f"probe:{bad}", "pirate")

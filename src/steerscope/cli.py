@@ -253,7 +253,7 @@ DatasetOpt = typer.Option(None, "--dataset", help="Your own trait: a JSONL pair 
 PromptsOpt = typer.Option(None, "--prompts", help="Evaluation prompts of the --dataset trait (text, or JSONL with 'prompt' and "
                           "optional 'env'); default: the pairs' questions.")
 NameOpt = typer.Option(None, "--name", help="Name of the --dataset trait in the report (default: the file's stem).")
-ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, judge:DESCRIPTION or hf:PATH[:LABEL] "
+ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION or hf:PATH[:LABEL] "
                          "(default: each built-in trait's own scorer).")
 
 
@@ -262,12 +262,10 @@ VectorOpt = typer.Option(None, "--vector", help="Audit this vector instead of ex
 VectorLayerOpt = typer.Option(None, "--layer", help="With --vector: the layer to audit, when the file has several.")
 
 
-def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any], vector: Optional[Path], layer: Optional[int]) -> tuple[list, dict]:
-    from steerscope.audit.pipeline import given_vectors
-    from steerscope.traitspec import audit_specs
+def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any]):
+    from steerscope.audit.pipeline import audit_inputs
 
-    specs = audit_specs(_traits(traits) if traits else [], **user)
-    return specs, given_vectors(specs, vector, layer)
+    return audit_inputs(_traits(traits) if traits else [], **user)
 
 
 @audit_app.callback(invoke_without_command=True)
@@ -302,17 +300,17 @@ def audit(
         raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
-    specs, given = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer}, vector, layer)
-    config = prepare_audit(audit_config(model, specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype, given))
+    inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer})
+    config = prepare_audit(audit_config(model, inputs.specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype, inputs.given))
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
         if resumed:
             err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
-        _run_audit(store, config, specs, given, lambda: _load(model, device, dtype, cache_dir, layers_path))
+        _run_audit(store, config, inputs, lambda: _load(model, device, dtype, cache_dir, layers_path))
         _finish(store, resumed, as_json)
 
 
-def _run_audit(store, config: dict, specs: list, given: dict, load: Callable) -> None:
+def _run_audit(store, config: dict, inputs, load: Callable) -> None:
     """Compute every cell with a progress bar (the store logs an interruption and the finish)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -327,7 +325,7 @@ def _run_audit(store, config: dict, specs: list, given: dict, load: Callable) ->
             def on_cell(key: str, cached: bool) -> None:
                 bar.update(task, advance=int(counts_towards_progress(key)), description=f"{key}{' (stored)' if cached else ''}")
 
-            Auditor(lm, store, config, specs, on_cell=on_cell, given=given).run()
+            Auditor(lm, store, config, inputs.specs, scorers=inputs.scorers, on_cell=on_cell, given=inputs.given).run()
     store.log("finished", f"{store.count()} cells")
 
 

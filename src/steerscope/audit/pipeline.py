@@ -30,7 +30,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.runstore import Cell, RunStore, RunStoreError
-from steerscope.score.base import Scorer, spec_scorer
+from steerscope.score.base import Scorer, scorer_from_spec, spec_scorer
 from steerscope.traitspec import TraitSpec, as_spec
 from steerscope.vectors.foreign import ForeignVector
 
@@ -78,6 +78,30 @@ class GivenVector:
                 "layers_in_file": self.vector.layers_in_file, "digest": self.digest()}
 
 
+@dataclass(frozen=True)
+class AuditInputs:
+    """What a command line asks to audit: the traits, vectors given for them, and scorers built ahead."""
+
+    specs: list[TraitSpec]
+    given: dict[str, GivenVector]
+    scorers: dict[str, Scorer]
+
+
+def audit_inputs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,
+                 name: str | None = None, scorer: str | None = None, vector: str | Path | None = None,
+                 layer: int | None = None) -> AuditInputs:
+    """Read and check everything a command line names before the model loads: the trait specs
+    (:func:`~steerscope.traitspec.audit_specs`), a ``--vector`` file (:func:`given_vectors`), and the
+    scorers that need no model (``probe:`` and ``hf:``), so that a bad corpus or classifier fails
+    before the run starts."""
+    from steerscope.traitspec import audit_specs
+
+    specs = audit_specs(traits, dataset, prompts, name, scorer)
+    given = given_vectors(specs, vector, layer)
+    ahead = {s.name: scorer_from_spec(s.scorer, s.name) for s in specs if s.scorer and s.scorer.partition(":")[0] in ("probe", "hf")}
+    return AuditInputs(specs, given, ahead)
+
+
 def given_vectors(specs: Sequence[TraitSpec], path: str | Path | None, layer: int | None) -> dict[str, GivenVector]:
     """``{trait: GivenVector}`` for a vector file given on the command line (empty without one); it
     needs exactly one trait. The file is read and checked here, before the model loads; ``d_model``
@@ -101,7 +125,7 @@ def check_specs(traits: Sequence[str | TraitSpec]) -> list[TraitSpec]:
     for spec in specs:
         if spec.scorer is None:
             raise SteerscopeError(f"trait {spec.name!r} has no scorer; the audit calibrates strength on the trait score, so give "
-                                  "one with --scorer (vader, builtin:TRAIT, judge:DESCRIPTION or hf:PATH[:LABEL])")
+                                  "one with --scorer (vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION or hf:PATH[:LABEL])")
     names = [s.name for s in specs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -96,20 +96,25 @@ def corpus_hash(trait: str) -> str:
 
 @cache
 def _corpus(trait: str) -> tuple[dict, ...]:
-    where = f"<builtin scorer {trait}>"
+    return tuple(labelled_records(_corpus_text(trait).splitlines(), f"<builtin scorer {trait}>", split_required=True))
+
+
+def labelled_records(lines: Sequence[str], where: str, split_required: bool = False) -> list[dict]:
+    """``{"text", "label", "split"}`` per JSONL line (label 0 or 1; split ``train``/``test``, or None
+    when optional and absent); DataError listing every problem as ``where:line: field: message``."""
     records: list[dict] = []
     problems: list[str] = []
-    for n, rec in json_objects(_corpus_text(trait).splitlines(), where, problems):
+    for n, rec in json_objects(lines, where, problems):
         if not isinstance(rec.get("text"), str) or not rec["text"].strip():
             problems.append(f"{where}:{n}: text: must be a non-empty string")
         if rec.get("label") not in (0, 1) or isinstance(rec.get("label"), bool):
             problems.append(f"{where}:{n}: label: must be 0 or 1")
-        if rec.get("split") not in SPLITS:
+        if rec.get("split") not in SPLITS and (split_required or "split" in rec):
             problems.append(f"{where}:{n}: split: must be 'train' or 'test'")
         records.append({"text": rec.get("text"), "label": rec.get("label"), "split": rec.get("split")})
     if problems:
         raise DataError(where, problems)
-    return tuple(records)
+    return records
 
 
 def scorer_corpus(trait: str, split: str | None = None) -> list[dict]:
@@ -160,14 +165,15 @@ def default_scorer(trait: str, **kwargs) -> Scorer:
 
 
 #: The forms of a scorer spec (``--scorer``), for messages.
-SCORER_SPECS = ("default", "vader", "builtin:TRAIT", "judge:DESCRIPTION", "hf:PATH[:LABEL]")
+SCORER_SPECS = ("default", "vader", "builtin:TRAIT", "probe:LABELLED.jsonl", "judge:DESCRIPTION", "hf:PATH[:LABEL]")
 
 
 def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
     """The scorer a spec string names, scoring ``trait``.
 
     ``default``: the built-in trait's own scorer; ``vader``: VADER sentiment; ``builtin:T``: built-in
-    trait T's scorer; ``judge:DESCRIPTION``: ``lm`` asked whether a text is DESCRIPTION; ``hf:PATH``
+    trait T's scorer; ``probe:FILE``: an embedding probe trained on the labelled texts of FILE
+    (:func:`~steerscope.score.embedding.probe_from_file`); ``judge:DESCRIPTION``: ``lm`` asked whether a text is DESCRIPTION; ``hf:PATH``
     or ``hf:PATH:LABEL``: a local sequence-classification model, positive label LABEL (default 1).
     """
     kind, arg = check_scorer_spec(spec)
@@ -181,6 +187,10 @@ def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
         return VaderScorer()
     if kind == "builtin":
         return get_scorer(arg)
+    if kind == "probe":
+        from steerscope.score.embedding import probe_from_file
+
+        return probe_from_file(arg, trait)
     if kind == "judge":
         if lm is None:
             raise SteerscopeError("the judge scorer needs a model")
@@ -196,7 +206,8 @@ def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
 def check_scorer_spec(spec: str) -> tuple[str, str]:
     """``(kind, argument)`` of a scorer spec (see :func:`scorer_from_spec`); SteerscopeError when malformed."""
     kind, sep, arg = spec.partition(":")
-    ok = {"default": not sep, "vader": not sep, "builtin": arg in SCORER_TRAITS, "judge": bool(arg.strip()), "hf": bool(arg)}
+    ok = {"default": not sep, "vader": not sep, "builtin": arg in SCORER_TRAITS, "judge": bool(arg.strip()), "hf": bool(arg),
+          "probe": bool(arg)}
     if not ok.get(kind, False):
         hint = f" (built-in traits: {', '.join(SCORER_TRAITS)})" if kind == "builtin" else ""
         raise SteerscopeError(f"unknown or malformed scorer {spec!r}; use one of {', '.join(SCORER_SPECS)}{hint}")

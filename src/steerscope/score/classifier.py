@@ -100,10 +100,17 @@ def from_pretrained(path_or_id: str, positive_label: int | str, trust_remote_cod
                     device: str = "auto", **kwargs) -> HFClassifierScorer:
     """Load ``AutoModelForSequenceClassification`` + tokenizer from a folder or hub id (set
     ``HF_HUB_OFFLINE=1`` to stay offline) and wrap it. ``kwargs`` go to :class:`HFClassifierScorer`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from steerscope.models.loading import resolve_device
 
+    try:
+        architectures = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code).architectures or []
+    except (OSError, ValueError) as exc:
+        raise SteerscopeError(f"could not load classifier {path_or_id!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise SteerscopeError(f"{path_or_id!r} is not a sequence-classification model (architectures: {', '.join(architectures) or 'none'}); "
+                              "loading it as one would score with an untrained head")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)

@@ -7,9 +7,11 @@ loaded lazily, once per process; each trait's probe is fitted once per process.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +23,7 @@ from steerscope.score.base import (
     check_texts,
     check_trait,
     corpus_hash,
+    labelled_records,
     register_scorer,
     require,
     scorer_corpus,
@@ -62,11 +65,16 @@ class Probe:
 
 @cache
 def fit_probe(trait: str) -> Probe:
-    """Fit the probe of ``trait`` on the train split; measure accuracy on the test split."""
+    """Fit the probe of ``trait`` on the train split of its corpus; measure accuracy on the test split."""
+    return _fit(scorer_corpus(trait, "train"), scorer_corpus(trait, "test"),
+                {"corpus_hash": corpus_hash(trait), "corpus": f"steerscope/data/builtin/scorer/{trait}.jsonl"})
+
+
+def _fit(train: Sequence[dict], test: Sequence[dict], provenance: dict) -> Probe:
+    """Logistic regression on embeddings of ``train`` (C by 5-fold CV on it), accuracy on ``test``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    train, test = scorer_corpus(trait, "train"), scorer_corpus(trait, "test")
     x_train, y_train = embed([r["text"] for r in train]), np.array([r["label"] for r in train])
     x_test, y_test = embed([r["text"] for r in test]), np.array([r["label"] for r in test])
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
@@ -74,38 +82,66 @@ def fit_probe(trait: str) -> Probe:
     c = float(CS[int(np.argmax(cv_acc))])  # first (smallest) C among the best
     clf = LogisticRegression(C=c, max_iter=5000).fit(x_train, y_train)
     accuracy = float(np.mean((clf.decision_function(x_test) > 0).astype(int) == y_test))
-    validity = {
-        "heldout_accuracy": accuracy, "n_train": len(train), "n_test": len(test),
-        "corpus_hash": corpus_hash(trait), "corpus": f"steerscope/data/builtin/scorer/{trait}.jsonl",
-        "embedding_model": MODEL_NAME, "classifier": "LogisticRegression", "C": c,
-        "method": "embedding_probe",
-    }
+    validity = {"heldout_accuracy": accuracy, "n_train": len(train), "n_test": len(test)} | provenance | {
+        "embedding_model": MODEL_NAME, "classifier": "LogisticRegression", "C": c, "method": "embedding_probe"}
     return Probe(clf, validity)
+
+
+#: A probe trained on a user's file needs this many texts of each label in its train split (5-fold CV).
+MIN_PER_LABEL = 5
+
+
+def probe_from_file(path: str | Path, trait: str) -> "EmbeddingProbeScorer":
+    """An embedding probe of ``trait`` trained on a JSONL file of ``{"text", "label": 0|1[, "split"]}``.
+
+    Texts without a split are split deterministically (ordered by the SHA-256 of the text, the
+    first quarter is test); the held-out accuracy is in ``validity``. SteerscopeError when a split
+    lacks a label or the train split has fewer than :data:`MIN_PER_LABEL` texts of a label.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise SteerscopeError(f"scorer corpus {file} does not exist")
+    data = file.read_bytes()
+    records = labelled_records(data.decode("utf-8", errors="strict").splitlines(), str(file))
+    unsplit = sorted((r for r in records if r["split"] is None), key=lambda r: hashlib.sha256(r["text"].encode("utf-8")).hexdigest())
+    n_test = round(len(unsplit) / 4)
+    for i, r in enumerate(unsplit):
+        r["split"] = "test" if i < n_test else "train"
+    train = [r for r in records if r["split"] == "train"]
+    test = [r for r in records if r["split"] == "test"]
+    for split, rows, need in (("train", train, MIN_PER_LABEL), ("test", test, 1)):
+        counts = [sum(r["label"] == label for r in rows) for label in (0, 1)]
+        if min(counts) < need:
+            raise SteerscopeError(f"{file}: the {split} split has {counts[0]} text(s) of label 0 and {counts[1]} of label 1; "
+                                  f"the probe needs at least {need} of each")
+    provenance = {"corpus_hash": hashlib.sha256(data).hexdigest(), "corpus": file.name}
+    return EmbeddingProbeScorer(trait, _fit(train, test, provenance))
 
 
 class EmbeddingProbeScorer:
     """Log-odds of the trait's positive pole from a logistic-regression probe on sentence embeddings.
 
-    The probe is trained on the train split of the trait's scorer corpus (``C`` chosen by 5-fold
-    cross-validation on that split) when the first scorer of that trait is constructed, and cached
-    for the rest of the process; ``validity`` holds its accuracy on the held-out test split.
+    By default the probe is trained on the train split of the built-in trait's scorer corpus (``C``
+    chosen by 5-fold cross-validation on that split) when the first scorer of that trait is
+    constructed, and cached for the rest of the process; pass ``probe`` for one trained elsewhere
+    (:func:`probe_from_file`). ``validity`` holds its accuracy on the held-out test split.
     """
 
-    def __init__(self, trait: str) -> None:
-        if trait not in CORPUS_TRAITS:
+    def __init__(self, trait: str, probe: Probe | None = None) -> None:
+        if probe is None and trait not in CORPUS_TRAITS:
             raise SteerscopeError(
                 f"no embedding-probe scorer for {trait!r}: probes exist for {', '.join(CORPUS_TRAITS)}"
             )
         self.trait = trait
-        self.name = f"embedding_probe:{trait}"
-        self.validity: dict | None = dict(fit_probe(trait).validity)
+        self._probe = probe if probe is not None else fit_probe(trait)
+        self.name = f"embedding_probe:{trait}" if probe is None else f"embedding_probe:{probe.validity['corpus']}"
+        self.validity: dict | None = dict(self._probe.validity)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
-        probe = fit_probe(self.trait)
         if not items:
             return np.zeros(0, dtype=np.float64)
-        return np.asarray(probe.classifier.decision_function(embed(items)), dtype=np.float64).reshape(len(items))
+        return np.asarray(self._probe.classifier.decision_function(embed(items)), dtype=np.float64).reshape(len(items))
 
     def __repr__(self) -> str:
         return f"EmbeddingProbeScorer({self.trait!r})"
