@@ -86,7 +86,8 @@ def test_a_gguf_control_vector_is_audited_on_smollm2(tmp_path):
     if not is_installed(spec_):
         pytest.skip(f"{spec_.name} is not installed: {spec_.install_hint}")
     import steerscope as ss
-    from steerscope.audit.pipeline import Auditor, audit_config, given_vectors
+    from steerscope.audit.inputs import given_vectors
+    from steerscope.audit.pipeline import Auditor, audit_config
     from steerscope.report import write_outputs
     from steerscope.runstore import open_run
     from steerscope.traitspec import builtin_spec

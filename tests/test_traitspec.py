@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from steerscope.audit.pipeline import Auditor, StoredRun, audit_config, run_specs
+from steerscope.audit.inputs import run_specs
+from steerscope.audit.pipeline import Auditor, StoredRun, audit_config
 from steerscope.data.pairs import ContrastivePair
 from steerscope.errors import SteerscopeError
 from steerscope.runstore import RunStore, open_run
@@ -156,7 +157,7 @@ def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
     import numpy as np
     import torch
 
-    from steerscope.audit.pipeline import given_vectors
+    from steerscope.audit.inputs import given_vectors
     from steerscope.report import write_outputs
     from steerscope.testing import tiny_model
 

@@ -263,7 +263,7 @@ VectorLayerOpt = typer.Option(None, "--layer", help="With --vector: the layer to
 
 
 def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any]):
-    from steerscope.audit.pipeline import audit_inputs
+    from steerscope.audit.inputs import audit_inputs
 
     return audit_inputs(_traits(traits) if traits else [], **user)
 
