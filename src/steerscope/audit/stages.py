@@ -28,10 +28,10 @@ from steerscope.audit.pipeline import Auditor, StoredRun, bytes_to_arrays, store
 from steerscope.audit.profiles import crosslayer_targets, threshold_prompts
 from steerscope.audit.registry import Answer, Stage, TraitRun, register_stage
 from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
-from steerscope.traitspec import TraitSpec
-from steerscope.vectors.file import SteeringVector
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
+from steerscope.traitspec import TraitSpec
+from steerscope.vectors.file import SteeringVector
 
 RECOVERY_METHODS = ("ica", "sparse", "multienv", "crosslayer")
 
