@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import gguf
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from steerscope.errors import VectorFileError
 from steerscope.hooks import record
 from steerscope.intervene import steer
 from steerscope.testing import tiny_model
+from tests.test_gguf_io import _write_gguf
 from steerscope.vectors import (
     SteeringVector, export_gguf, from_repeng, from_steering_vectors, load_vector_file, vector_metadata,
 )
@@ -63,20 +63,6 @@ def _truncated(path):
     return path
 
 
-def _write_gguf(path, tensors):
-    """A control-vector GGUF in the layout repeng and llama.cpp write (no steerscope metadata)."""
-    writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_string("controlvector.model_hint", "llama")
-    writer.add_uint32("controlvector.layer_count", len(tensors))
-    for name, data in tensors.items():
-        writer.add_tensor(name, np.asarray(data, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 # ---------------------------------------------------------------- round trips
 
 
@@ -98,7 +84,7 @@ def test_gguf_exported_by_steerscope(tmp_path, lm):
 
 
 def test_gguf_written_by_other_tools(tmp_path):
-    path = _write_gguf(tmp_path / "cv.gguf", {"direction.2": _v(2).numpy()})
+    path = _write_gguf(tmp_path / "cv.gguf", tensors={"direction.2": _v(2).numpy()})
     got = load_vector_file(path, D)
     assert got.layer == 2 and got.layers_in_file == [2] and torch.equal(got.vector, _v(2))
 
@@ -218,7 +204,7 @@ def test_truncated_file(tmp_path, suffix):
     if suffix == ".safetensors":
         save_file({"1": _v(1)}, str(path))
     elif suffix == ".gguf":
-        _write_gguf(path, {"direction.1": _v(1).numpy()})
+        _write_gguf(path, tensors={"direction.1": _v(1).numpy()})
     elif suffix == ".pt":
         torch.save({1: _v(1)}, path)
     else:
