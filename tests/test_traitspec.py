@@ -127,7 +127,8 @@ def test_user_trait_runs_end_to_end_and_resumes_only_with_the_same_data(tmp_path
     assert list(results["traits"]) == ["pirate"]
     assert set(results["traits"]["pirate"]["answers"]) == {"steers", "identifiable", "reachable"}
     assert results["traits"]["pirate"]["identifiability"]["config"]["n_pairs"] <= len(spec.test)
-    assert "pirate" in written["report"].read_text()
+    html = written["report"].read_text()
+    assert "pairs from pirate.jsonl (18 train / 6 held-out" in html and f"content SHA-256 {spec.digest()[:16]}" in html
     with RunStore.open(folder, readonly=True) as stored:
         assert StoredRun(stored).spec("pirate").digest() == spec.digest()
     changed = spec_from_files(write_pirate_pairs(tmp_path / "pirate.jsonl", n=25), scorer="vader")
@@ -188,6 +189,7 @@ def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
     assert res["vector"]["metadata"]["method"] == "given (numpy)" and res["vector"]["norm"] == pytest.approx(float(np.linalg.norm(rows[2])), rel=1e-6)
     assert res["identifiability"]["config"]["extraction"]["method"] == "given (numpy)"
     assert res["reachability"]["vector"]["source"] == "mine.npy"
+    assert "Vector: given in mine.npy (numpy), layer 2, not extracted" in written["report"].read_text()
     assert all(r.get("reference", "").startswith("the mean difference") for r in res["recovery"])
     saved = ss_load(tmp_path / "run" / "vector_formality.safetensors")
     assert torch.equal(saved.directions[2], torch.from_numpy(rows[2]))

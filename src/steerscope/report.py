@@ -222,11 +222,33 @@ def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Pat
             "(green: yes, red: no, amber: undetermined or mixed).</p>",
             summary_section(results)]
     for trait, res in results["traits"].items():
+        body.append(provenance_note(trait, cfg))
         body += trait_sections(trait, res, plots[trait])
     body.append(reproduction_section(results, store))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             f"<title>steerscope audit: {_e(', '.join(cfg['traits']))}</title><style>{_CSS}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>")
+
+
+def provenance_note(trait: str, cfg: Mapping[str, Any]) -> str:
+    """What was audited for ``trait``: where its data and (if given) its vector came from."""
+    spec = cfg.get("trait_specs", {}).get(trait)
+    if spec is None:
+        return ""
+    if spec.get("builtin"):
+        data = f"built-in trait data ({spec['n_train']} train / {spec['n_test']} held-out pairs)"
+    else:
+        data = (f"pairs from {spec.get('dataset', '?')} ({spec['n_train']} train / {spec['n_test']} held-out; "
+                f"{spec.get('split_rule', 'splits as given')}), prompts from {spec.get('prompts_from', '?')}")
+    prompts = ", ".join(f"{n} {env}" for env, n in spec["prompts"].items())
+    scorer = {"default": "the trait's built-in one", None: "none"}.get(spec.get("scorer"), spec.get("scorer"))
+    parts = [f"{_e(trait)}: {_e(data)}; evaluation prompts: {_e(prompts)}; scorer: {_e(scorer)}; "
+             f"content SHA-256 {_e(spec['digest'][:16])}…."]
+    given = cfg.get("given_vectors", {}).get(trait)
+    if given is not None:
+        parts.append(f" Vector: given in {_e(given['file'])} ({_e(given['source'])}), layer {given['layer']}, not extracted; "
+                     f"{_e(given['note'])}.")
+    return f"<p class='note'>{''.join(parts)}</p>"
 
 
 def trait_sections(trait: str, res: Mapping[str, Any], plots: Mapping[str, Path]) -> list[str]:
