@@ -175,7 +175,8 @@ def test_cli_audit_bad_input(tmp_path):
     np.save(layers, np.ones((3, 8), dtype=np.float32))
     for extra, message in ((["--trait", "wit"], "unknown trait"), (["--trait", "formality", "--quick", "--full"], "choose one"),
                            (["--trait", "formality", "--max-ppl-ratio", "0.5"], "max-ppl-ratio"), ([], "needs --trait or --dataset, and --out"),
-                           (["--dataset", str(pairs)], "'mine' has no scorer"),
+                           (["--dataset", str(pairs)], "'mine' has 8 in_distribution prompts; this profile needs 20"),
+                           (["--trait", "formality", "--scorer", "none:x"], "unknown or malformed scorer 'none:x'"),
                            (["--dataset", str(pairs), "--scorer", "vader"], "'mine' has 8 in_distribution prompts; this profile needs 20"),
                            (["--dataset", str(bad_pairs), "--scorer", "vader"], "bad.jsonl:1"),
                            (["--trait", "formality", "--prompts", str(pairs)], "give its pairs with --dataset"),

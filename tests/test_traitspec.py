@@ -11,7 +11,7 @@ from steerscope.audit.pipeline import Auditor, StoredRun, audit_config
 from steerscope.data.pairs import ContrastivePair
 from steerscope.errors import SteerscopeError
 from steerscope.runstore import RunStore, open_run
-from steerscope.score.base import check_scorer_spec
+from steerscope.score.base import check_scorer_spec, scorer_from_spec
 from steerscope.traitspec import TraitSpec, audit_specs, builtin_spec, pair_questions, spec_from_files, split_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -85,6 +85,10 @@ def test_pair_questions_are_the_last_user_turns_without_repeats():
 def test_command_line_traits_and_scorer_specs(tmp_path):
     assert [s.name for s in audit_specs(["formality"], write_pirate_pairs(tmp_path / "p.jsonl"), scorer="vader")] == ["formality", "p"]
     assert audit_specs(["formality"], scorer="builtin:politeness")[0].scorer == "builtin:politeness"
+    assert [s.scorer for s in audit_specs(["formality"], write_pirate_pairs(tmp_path / "q.jsonl"), scorer="none")] == [None, None]
+    assert audit_specs([], write_pirate_pairs(tmp_path / "r.jsonl"))[0].scorer is None
+    with pytest.raises(SteerscopeError, match="names no scorer"):
+        scorer_from_spec("none", "formality")
     with pytest.raises(SteerscopeError, match="give its pairs with --dataset"):
         audit_specs(["formality"], prompts=tmp_path / "p.jsonl")
     assert check_scorer_spec("judge:written like a pirate") == ("judge", "written like a pirate")
@@ -96,8 +100,8 @@ def test_command_line_traits_and_scorer_specs(tmp_path):
 
 def test_audit_config_checks_scorer_names_and_prompt_supply(tmp_path):
     pairs = write_pirate_pairs(tmp_path / "pirate.jsonl")
-    with pytest.raises(SteerscopeError, match="'pirate' has no scorer"):
-        audit_config("m", [spec_from_files(pairs)], "quick")
+    scorerless = audit_config("m", [spec_from_files(pairs)], "quick")  # audited on the pair margin and the distribution
+    assert scorerless["trait_specs"]["pirate"]["scorer"] is None
     with pytest.raises(SteerscopeError, match="given more than once"):
         audit_config("m", ["formality", "formality"], "quick")
     few = write_pirate_pairs(tmp_path / "few.jsonl", n=12)
@@ -229,3 +233,40 @@ def test_python_api_runs_an_audit_of_an_adapter_style_vector(tmp_path):
     assert (tmp_path / "run" / "report.html").is_file()
     again = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers={"formality": WordScorer()})
     assert again == results  # resumed from the store: nothing recomputed differs
+
+
+def test_a_trait_without_a_scorer_is_audited_on_the_pair_margin_and_the_distribution(tmp_path):
+    import numpy as np
+
+    from steerscope.audit.readouts import pair_margins_by_condition
+    from steerscope.report import write_outputs
+    from steerscope.testing import tiny_model
+
+    lm = tiny_model("llama", n_layers=6)
+    words = ("arr", "matey", "ahoy", "plunder", "sails", "rum", "parrot")
+    lines = [json.dumps({"positive": _chat(f"What should I do on day {i}?", " ".join(words[: 2 + i % 5]) + " yo ho!"),
+                         "negative": _chat(f"What should I do on day {i}?", "Perhaps read a book" + " or walk" * (i % 4) + ".")})
+             for i in range(24)]
+    (tmp_path / "pirate.jsonl").write_text("\n".join(lines) + "\n")
+    spec = spec_from_files(tmp_path / "pirate.jsonl")
+    assert spec.scorer is None
+    config = audit_config("tiny-llama", [spec], "quick")
+    config["settings"] |= SMALL
+    store, _ = open_run(tmp_path / "run", config, "test", "cmd")
+    with store:
+        Auditor(lm, store, config, [spec]).run()
+        store.log("finished")
+        unsteered = store.get("pirate/calibrate/alpha=0")
+        written = write_outputs(store)
+    res = json.loads(written["results"].read_text())["traits"]["pirate"]
+    # calibration reads every held-out pair's teacher-forced margin; at α = 0 it is the unsteered margin
+    assert res["strength"]["readout"] == "pair_margin" and unsteered is not None
+    expected = pair_margins_by_condition(lm, 0, {"none": None}, 0.0, spec.test)["none"]
+    np.testing.assert_allclose(np.asarray(unsteered.payload["scores"])[:, 0], expected, rtol=1e-5, atol=1e-5)
+    ident = res["identifiability"]
+    assert set(ident["readouts"]) == {"pair_margin", "distribution"} and ident["scorer"] is None
+    assert ident["v_vs_none"]["readout"] == "pair_margin" and "trait_score" not in ident["class_size"]
+    assert "pair margin" in res["answers"]["steers"]["headline"]
+    assert [h.split(":")[0] for h in res["answers"]["identifiable"]["facts"][:2]] == ["Pair margin", "Next-token distribution"]
+    html = written["report"].read_text()
+    assert "None was given: there is no trait-score readout" in html and "mean pair margin" in html

@@ -84,14 +84,18 @@ def layer_selection_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
 
 def strength_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     st = res["strength"]
-    grid = _table(["α", "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
+    on_margin = st.get("readout") == "pair_margin"
+    grid = _table(["α", "mean pair margin" if on_margin else "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
                   [[f"{r['alpha']:g}" + (" ◀" if r["alpha"] == st["alpha"] else ""), num(r["mean_score"]), ci(r["g"], r["g_low"], r["g_high"], ".2f"),
                     ci(r["ppl_ratio"], r["ppl_ratio_low"], r["ppl_ratio_high"], ".2f"), r["coherent"], r["reaches_target"]] for r in st["rows"]])
     examples = _table(["α", "example completions (first sample of the first prompts)"],
                       [[a, "<br>".join(_e(t) for t in texts)] for a, texts in st["examples"].items() if a in ("0", f"{st['alpha']:g}")])
-    return (f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean score {num(st['baseline']['mean_score'])}, "
-            f"perplexity {num(st['baseline']['perplexity'])}; {len(st['prompts'])} prompts × {st['samples']} samples × "
-            f"{st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}{_img(plots['calibration'], 'calibration')}{examples}")
+    effect = ("No scorer: the effect is the teacher-forced pair margin of every held-out pair (the identifiability audit reads "
+              "the first of them too); the perplexity comes from " if on_margin else "")
+    return (f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean {'pair margin' if on_margin else 'score'} "
+            f"{num(st['baseline']['mean_score'])}, perplexity {num(st['baseline']['perplexity'])}; {effect}{len(st['prompts'])} prompts × "
+            f"{st['samples']} samples × {st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}"
+            f"{_img(plots['calibration'], 'calibration')}{examples}")
 
 
 def _readout_table(result: Mapping[str, Any]) -> str:
@@ -117,6 +121,14 @@ def _class_table(classes: Mapping[str, Any]) -> str:
     return _table(["readout", "‖u‖/‖v‖", "share of v + u within δ [95 % CI]", "draws", "first-order prediction"], rows)
 
 
+def _scorer_validity(scorer: Mapping[str, Any] | None, accuracy: float | None) -> str:
+    if scorer is None:
+        return ("<h3>Scorer</h3><p>None was given: there is no trait-score readout, and the effect against the unsteered model "
+                "is read on the held-out pair margin; the pair margin and the next-token distribution carry the audit.</p>")
+    return (f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(accuracy, '.2f')} "
+            f"(trait-score verdicts need ≥ 0.7).</p>")
+
+
 def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     ident = res["identifiability"]
     cfg, scorer = ident["config"], ident["scorer"]
@@ -126,8 +138,7 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
             f"{cfg['n_pairs']} held-out pairs, α = {cfg['alpha']:g} at every position, δ = {cfg['delta']:g}, level {cfg['level']:g}; "
             f"dose controls (1 − 2δ)·v and 0.5·v, gradient control v+grad.</p>{tables}"
             f"<h3>Size of the equivalence class</h3>{_class_table(ident['class_size'])}"
-            f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(ident.get('scorer_accuracy'), '.2f')} "
-            f"(trait-score verdicts need ≥ 0.7).</p>{_img(plots['effect_ratio'], 'effect ratio')}"
+            f"{_scorer_validity(scorer, ident.get('scorer_accuracy'))}{_img(plots['effect_ratio'], 'effect ratio')}"
             f"<p class='note'>{_e(ident['statement'])}</p>")
 
 

@@ -178,15 +178,22 @@ def audit_specs(traits: Sequence[str] = (), dataset: str | Path | None = None, p
                 name: str | None = None, scorer: str | None = None) -> list[TraitSpec]:
     """The traits of a command line: built-in ``traits`` by name, then the user trait of ``dataset``.
 
-    ``scorer`` (a scorer spec) replaces the built-in traits' own scorers and is the user trait's.
+    ``scorer`` (a scorer spec) replaces the built-in traits' own scorers and is the user trait's;
+    ``"none"`` removes the trait-score readout (the user trait has none unless a scorer is given).
     """
     from steerscope.score.base import check_scorer_spec
 
+    if prompts is not None and str(prompts).isdigit() and not Path(prompts).exists():
+        raise SteerscopeError(f"--prompts takes a prompt file, and there is no file {str(prompts)!r}; "
+                              "give a number of prompts with --n-prompts")
+    if scorer is not None and not traits and dataset is None:
+        raise SteerscopeError("--scorer scores a trait's completions; give --trait or --dataset")
     if dataset is None and (prompts is not None or name is not None):
         raise SteerscopeError("--prompts and --name describe a user trait; give its pairs with --dataset")
     if scorer is not None:
         check_scorer_spec(scorer)
-    specs = [builtin_spec(t) if scorer is None else replace(builtin_spec(t), scorer=scorer) for t in traits]
+    chosen = None if scorer == "none" else scorer
+    specs = [builtin_spec(t) if scorer is None else replace(builtin_spec(t), scorer=chosen) for t in traits]
     if dataset is not None:
-        specs.append(spec_from_files(dataset, prompts, name, scorer))
+        specs.append(spec_from_files(dataset, prompts, name, chosen))
     return specs

@@ -30,22 +30,31 @@ def steers(result: Mapping[str, Any]) -> dict[str, Any]:
     vn = ident["v_vs_none"]
     chosen = next(r for r in strength["rows"] if r["alpha"] == strength["alpha"])
     acc = ident.get("scorer_accuracy")
-    effect = f"effect g = {num(vn['g'], '.2f')} [95 % CI {num(vn['g_low'], '.2f')}, {num(vn['g_high'], '.2f')}], p = {num(vn['p_diff'], '.3g')}"
+    on_margin = vn.get("readout") == "pair_margin"
+    effect = (f"effect{' on the held-out pair margin' if on_margin else ''} g = {num(vn['g'], '.2f')} "
+              f"[95 % CI {num(vn['g_low'], '.2f')}, {num(vn['g_high'], '.2f')}], p = {num(vn['p_diff'], '.3g')}")
+    toward, away, where = (("shifts held-out pairs toward their positive side", "shifts held-out pairs toward their negative side",
+                            "the held-out pairs") if on_margin else
+                           ("moves held-out completions toward the trait", "moves completions away from the trait", "the held-out prompts"))
     side = (f"perplexity of steered text under the unsteered model × "
             f"{ci(chosen['ppl_ratio'], chosen['ppl_ratio_low'], chosen['ppl_ratio_high'], '.2f')}")
     js = vn.get("js")
     facts = [effect, side, f"α = {strength['alpha']:g} ({strength['reason']})"]
     if js is not None:
         facts.append(f"next-token JS divergence from unsteered: {num(js, '.3g')} nats")
+    if on_margin:
+        facts.append("no scorer: the effect is the teacher-forced pair margin log p(positive) − log p(negative), not sampled text")
     if acc is not None and acc < MIN_SCORER_ACCURACY:
         status, headline = "unknown", (f"Unknown: the trait scorer is not valid (held-out accuracy {acc:.2f} < "
                                        f"{MIN_SCORER_ACCURACY}), so its effect cannot be measured.")
+    elif vn["g"] is None or vn["p_diff"] is None:
+        status, headline = "unknown", f"Unknown: the effect size on {where} is undefined (no variation between them)."
     elif vn["p_diff"] < 0.05 and vn["g"] > 0:
-        status, headline = "yes", f"Yes: at α = {strength['alpha']:g} it moves held-out completions toward the trait ({effect})."
+        status, headline = "yes", f"Yes: at α = {strength['alpha']:g} it {toward} ({effect})."
     elif vn["p_diff"] < 0.05:
-        status, headline = "no", f"No: it moves completions away from the trait ({effect})."
+        status, headline = "no", f"No: it {away} ({effect})."
     else:
-        status, headline = "no", f"No detectable effect at α = {strength['alpha']:g} on the held-out prompts ({effect})."
+        status, headline = "no", f"No detectable effect at α = {strength['alpha']:g} on {where} ({effect})."
     return {"status": status, "headline": headline, "facts": facts}
 
 

@@ -10,7 +10,8 @@ Strength calibration: for each α of a grid, sampled completions of the calibrat
 scored for the trait and their perplexity under the *unsteered* model is measured. The chosen α is
 the smallest whose effect (paired Hedges' g of per-prompt mean scores against α = 0) reaches the
 target while the perplexity ratio (geometric mean over completions, steered / unsteered) stays
-within the allowed factor.
+within the allowed factor. A trait without a scorer is calibrated on the teacher-forced pair margin
+of its held-out pairs instead (paired g over pairs); the perplexity still comes from the prompts.
 """
 
 from __future__ import annotations
@@ -72,17 +73,28 @@ def layer_separation(lm: LoadedModel, train: Sequence[ContrastivePair], test: Se
 
 
 def strength_point(lm: LoadedModel, layer: int, vector: torch.Tensor, alpha: float, prompts: Sequence[str],
-                   scorer: Scorer, samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """Trait scores and unsteered-model perplexities ``[n_prompts][samples]`` of completions at ``alpha``."""
+                   scorer: Scorer | None, samples: int, max_new_tokens: int, seed: int,
+                   pairs: Sequence[ContrastivePair] = ()) -> dict[str, Any]:
+    """The effect readout and the unsteered-model perplexities ``[n_prompts][samples]`` of sampled
+    completions at ``alpha``.
+
+    The effect readout is the trait score of the completions (``scores [n_prompts][samples]``), or,
+    when ``scorer`` is None, the teacher-forced pair margin of each of ``pairs`` (``[n_pairs][1]``).
+    """
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, seed=seed)
     rows = [p for p in prompts for _ in range(samples)]
     steering = steer(lm, {layer: vector.float()}, alpha) if alpha else None
     texts = generate(lm, rows, config, steering=steering)
-    scores = np.asarray(scorer(texts), dtype=float).reshape(len(prompts), samples)
     ppl = perplexities(lm, [encode_prompt(lm.tokenizer, p) for p in rows],
                        [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
-    return {"alpha": float(alpha), "scores": scores.tolist(), "perplexity": ppl.reshape(len(prompts), samples).tolist(),
-            "texts": texts[:: samples][:3]}
+    out = {"alpha": float(alpha), "perplexity": ppl.reshape(len(prompts), samples).tolist(), "texts": texts[:: samples][:3]}
+    if scorer is not None:
+        scores = np.asarray(scorer(texts), dtype=float).reshape(len(prompts), samples)
+        return out | {"readout": "trait_score", "scores": scores.tolist()}
+    from steerscope.audit.readouts import pair_margins_by_condition
+
+    margins = pair_margins_by_condition(lm, layer, {"v": vector.float() if alpha else None}, alpha, pairs)["v"]
+    return out | {"readout": "pair_margin", "scores": margins[:, None].tolist()}
 
 
 def _log_ppl(point: Mapping[str, Any]) -> np.ndarray:
@@ -132,5 +144,6 @@ def choose_strength(points: Sequence[Mapping[str, Any]], target_g: float, max_pp
     else:
         chosen, reason = rows[0], f"every α exceeded perplexity ratio {max_ppl_ratio}; the smallest α was taken"
     return {"rows": rows, "alpha": chosen["alpha"], "reached": bool(ok), "reason": reason, "target_g": target_g,
+            "readout": base.get("readout", "trait_score"),
             "max_ppl_ratio": max_ppl_ratio, "baseline": {"mean_score": float(np.mean(base["scores"])),
                                                          "perplexity": float(math.exp(np.nanmean(base_lp)))}}

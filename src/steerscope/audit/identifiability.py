@@ -8,6 +8,9 @@ with ``v``, each with its own verdict (:mod:`steerscope.audit.equivalence`), nev
   contrastive pairs (deterministic, so equivalence is testable at small sizes);
 * ``distribution``: the per-token JS divergence of the next-token distribution from ``v``.
 
+A trait without a scorer has no ``trait_score`` readout; its effect against the unsteered model is
+then read on the pair margin.
+
 Margins come from dose: w is equivalent to v at δ when it moves the readout no further than a δ
 change of dose does. Conditions: ``none``; ``v``; the draws ``v+perp#i``; the dose conditions
 ``(1 − δ)·v`` (the distribution's margin), ``(1 − 2δ)·v`` and ``0.5·v`` (positive controls that must
@@ -242,11 +245,12 @@ def _interval(statistic: Callable[..., float], arrays: Sequence[np.ndarray], n_b
         return {"estimate": math.nan, "low": math.nan, "high": math.nan, "error": str(err)}
 
 
-def v_vs_none(scores: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
-    """Hedges' g of v against the unsteered baseline on the trait score, 95 % cluster-bootstrap CI and paired p."""
+def v_vs_none(scores: Mapping[str, np.ndarray], n_boot: int, seed: int, readout: str = "trait_score") -> dict[str, Any]:
+    """Hedges' g of v against the unsteered baseline on ``readout`` (trait scores ``[P, S]`` per prompt,
+    or pair margins ``[P]`` per pair), 95 % cluster-bootstrap CI and paired p."""
     v, none = prompt_means(scores["v"]), prompt_means(scores["none"])
     g = _interval(hedges_g, [v, none], n_boot, seed, 0.95)
-    return {"g": g["estimate"], "g_low": g["low"], "g_high": g["high"], "p_diff": two_sided_p(v - none),
+    return {"readout": readout, "g": g["estimate"], "g_low": g["low"], "g_high": g["high"], "p_diff": two_sided_p(v - none),
             "mean_v": float(v.mean()), "mean_none": float(none.mean())}
 
 
@@ -365,7 +369,7 @@ class IdentifiabilitySettings:
         if self.n_boot < 1 or self.class_draws < 0 or (self.n_pairs is not None and self.n_pairs < 2):
             raise SteerscopeError("need at least one bootstrap resample, a non-negative number of class draws and at least 2 pairs")
         if self.max_prompts is not None and self.max_prompts < self.n_prompts:
-            raise SteerscopeError(f"--max-prompts ({self.max_prompts}) must be at least --prompts ({self.n_prompts})")
+            raise SteerscopeError(f"--max-prompts ({self.max_prompts}) must be at least --n-prompts ({self.n_prompts})")
         self.margin()  # validates delta and level
 
     def margin(self) -> Margin:
@@ -399,16 +403,17 @@ class PromptData:
                           {k: {m: np.concatenate([x[m], more.divergences[k][m]]) for m in x} for k, x in self.divergences.items()})
 
 
-def prompt_data(lm: LoadedModel, layer: int, conditions: Sequence[Condition], prompts: Sequence[str], scorer: Scorer,
+def prompt_data(lm: LoadedModel, layer: int, conditions: Sequence[Condition], prompts: Sequence[str], scorer: Scorer | None,
                 s: IdentifiabilitySettings) -> PromptData:
-    """Trait scores (every condition but the distribution's margin) and divergences from v on ``prompts``."""
+    """Trait scores (every condition but the distribution's margin; none without a scorer) and
+    divergences from v on ``prompts``."""
     generated = [c for c in conditions if c.name != "dose_margin"]
-    scores = behavioural_scores(lm, layer, generated, prompts, scorer, s.samples_per_prompt, s.generation())
+    scores = behavioural_scores(lm, layer, generated, prompts, scorer, s.samples_per_prompt, s.generation()) if scorer else {}
     continuations = reference_continuations(lm, layer, conditions[1], prompts, s.max_new_tokens)
     return PromptData(list(prompts), scores, continuations, distributional_readout(lm, layer, conditions, prompts, continuations))
 
 
-def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], pool: Sequence[str], scorer: Scorer,
+def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], pool: Sequence[str], scorer: Scorer | None,
                  s: IdentifiabilitySettings) -> tuple[PromptData, dict[str, dict], list[dict[str, Any]]]:
     """The trait-score and distribution verdicts, adding ``s.n_prompts`` prompts of ``pool`` at a time.
 
@@ -416,9 +421,10 @@ def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], p
     alpha spending over the ``N = len(pool)`` prompt budget, a Bonferroni split over looks, valid for
     every test at every look); it stops at the first look where both readouts are conclusive.
     Returns the data seen, the last look's verdicts and every look's ``{n_prompts, level, verdicts}``.
+    Without a scorer only the distribution is read.
     """
     generated = [c for c in conditions if c.name != "dose_margin"]
-    accuracy, budget = scorer_accuracy(scorer), len(pool)
+    accuracy, budget = scorer_accuracy(scorer) if scorer else None, len(pool)
     seen: PromptData | None = None
     looks: list[dict[str, Any]] = []
     readouts: dict[str, dict] = {}
@@ -428,7 +434,7 @@ def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], p
         seen = batch if seen is None else seen.extend(batch)
         level = s.level * (len(seen.prompts) - start) / budget
         margin = Margin(s.delta, level)
-        data = (score_readout(seen.scores, generated, accuracy), js_readout(seen.divergences, conditions))
+        data = ((score_readout(seen.scores, generated, accuracy),) if scorer else ()) + (js_readout(seen.divergences, conditions),)
         readouts = {d.name: readout_verdict(d, margin, s.n_boot, s.seed) for d in data}
         looks.append({"n_prompts": len(seen.prompts), "level": level, "verdicts": {k: r["verdict"] for k, r in readouts.items()}})
         if all(r["verdict"] != "inconclusive" for r in readouts.values()):
@@ -450,7 +456,8 @@ def run_identifiability(
 
     ``trait``: a built-in trait's name or a :class:`~steerscope.traitspec.TraitSpec`. ``vector``: the
     SteeringVector when the caller already has it (default :func:`audit_vector`); ``scorer``
-    defaults to the spec's scorer.
+    defaults to the spec's scorer. Without one (a spec whose scorer is None) there is no trait-score
+    readout, and v against the unsteered model is read on the pair margin.
     """
     from steerscope.audit.readouts import ClassSample, class_fraction, margin_gradient, pair_margins_by_condition
 
@@ -468,9 +475,11 @@ def run_identifiability(
     seen, readouts, looks = prompt_looks(lm, layer, conditions, evaluation_prompts(spec, s.env, s.max_prompts or s.n_prompts),
                                          scorer, s)
     readouts["pair_margin"] = readout_verdict(margin_readout(margins, conditions), margin, s.n_boot, s.seed)
-    readouts = {k: readouts[k] for k in READOUTS}
+    readouts = {k: readouts[k] for k in READOUTS if k in readouts}
     prompts, scores, continuations, divergences = seen.prompts, seen.scores, seen.continuations, seen.divergences
-    classes: dict[str, Any] = {"trait_score": score_class(readouts["trait_score"], s.delta)}
+    classes: dict[str, Any] = {"trait_score": score_class(readouts["trait_score"], s.delta)} if scorer else {}
+    base = (v_vs_none(scores, s.n_boot, s.seed) if scorer else
+            v_vs_none({k: margins[k] for k in ("v", "none")}, s.n_boot, s.seed, "pair_margin"))
     if s.class_draws:
         keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
         mc = class_fraction(lm, layer, v, alpha, pairs, ([prompts[i] for i in keep], [continuations[i] for i in keep]), margin,
@@ -491,11 +500,11 @@ def run_identifiability(
         "vector": {"norm": vec.norm(layer), "relative_dose": vec.dose(alpha, layer)},
         "gradient": {"norm": float(np.linalg.norm(gradient)),
                      "cos_with_v": float(gradient @ v.double().numpy() / (np.linalg.norm(gradient) * float(v.norm()) or 1.0))},
-        "scorer": {"name": getattr(scorer, "name", type(scorer).__name__), "validity": getattr(scorer, "validity", None)},
+        "scorer": {"name": getattr(scorer, "name", type(scorer).__name__), "validity": getattr(scorer, "validity", None)} if scorer else None,
         "conditions": [{"name": c.name, "kind": c.kind, "seed": c.seed, "alpha": c.alpha,
                         "norm": float(c.vector.norm()) if c.vector is not None else 0.0} for c in conditions],
         "mean_scores": {name: float(x.mean()) for name, x in scores.items()},
-        "v_vs_none": v_vs_none(scores, s.n_boot, s.seed) | {"js": float(np.nanmean(divergences["none"]["js"]))},
+        "v_vs_none": base | {"js": float(np.nanmean(divergences["none"]["js"]))},
         "readouts": readouts,
         "class_size": classes,
         "prompts": prompts,

@@ -14,6 +14,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer, scorer_from_spec
 from steerscope.traitspec import TraitSpec, as_spec
+from steerscope.vectors.file import SteeringVector
 from steerscope.vectors.foreign import ForeignVector
 
 
@@ -74,14 +75,11 @@ def given_vectors(specs: Sequence[TraitSpec], path: str | Path | None, layer: in
 
 
 def check_specs(traits: Sequence[str | TraitSpec]) -> list[TraitSpec]:
-    """The specs of ``traits`` (names of built-in traits become their specs); SteerscopeError for none or a repeated name."""
+    """The specs of ``traits`` (names of built-in traits become their specs); SteerscopeError for none or a
+    repeated name. A spec without a scorer is audited on the pair margin and the next-token distribution."""
     specs = [as_spec(t) for t in traits]
     if not specs:
         raise SteerscopeError("at least one trait is needed (--trait or --dataset)")
-    for spec in specs:
-        if spec.scorer is None:
-            raise SteerscopeError(f"trait {spec.name!r} has no scorer; the audit calibrates strength on the trait score, so give "
-                                  "one with --scorer (vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION or hf:PATH[:LABEL])")
     names = [s.name for s in specs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -99,17 +97,45 @@ def check_prompt_supply(spec: TraitSpec, settings: Mapping[str, Any]) -> None:
                               f"({settings['id_prompts']} for identifiability and {settings['calib_prompts']} others for calibration)")
 
 
+def command_inputs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,
+                   name: str | None = None, scorer: str | None = None, vector: str | Path | None = None,
+                   layer: int | None = None) -> AuditInputs:
+    """:func:`audit_inputs` of a single-audit command, where ``layer`` picks the layer of a ``vector``
+    file and, without one, is the command's own layer (checked against the model later)."""
+    return audit_inputs(traits, dataset, prompts, name, scorer, vector, layer if vector is not None else None)
+
+
+def _check_fits(given: GivenVector, lm: LoadedModel) -> None:
+    """SteerscopeError unless the given vector's ``d_model`` and layer fit ``lm``."""
+    if given.vector.vector.shape[0] != lm.d_model:
+        raise SteerscopeError(f"{given.file}: vector has d_model {given.vector.vector.shape[0]} but {lm.name} has d_model {lm.d_model}")
+    lm.check_layer(given.vector.layer)
+
+
 def check_given(config: Mapping[str, Any], given: Mapping[str, GivenVector], lm: LoadedModel) -> dict[str, GivenVector]:
     """``given`` checked against ``config`` (the same vectors by digest) and against the model (``d_model``, layer range)."""
     recorded = config.get("given_vectors", {})
     if set(recorded) != set(given) or any(g.digest() != recorded[t]["digest"] for t, g in given.items()):
         raise SteerscopeError(f"the run audits given vectors for {sorted(recorded) or 'no trait'}; give the same --vector file "
                               "(unchanged) to run or resume it")
-    for trait, g in given.items():
-        if g.vector.vector.shape[0] != lm.d_model:
-            raise SteerscopeError(f"{g.file}: vector has d_model {g.vector.vector.shape[0]} but {lm.name} has d_model {lm.d_model}")
-        lm.check_layer(g.vector.layer)
+    for g in given.values():
+        _check_fits(g, lm)
     return dict(given)
+
+
+def given_steering_vector(lm: LoadedModel, spec: TraitSpec, given: GivenVector) -> SteeringVector:
+    """The given vector, checked against ``lm``, as a one-layer SteeringVector with steerscope
+    metadata; the residual norm behind its relative doses is the mean over ``spec``'s train pairs."""
+    from steerscope.capture import mean_norms
+    from steerscope.vectors.file import vector_metadata
+
+    _check_fits(given, lm)
+    layer = given.vector.layer
+    items = [p.positive for p in spec.train] + [p.negative for p in spec.train]
+    meta = vector_metadata(lm, method=f"given ({given.vector.source})", layers=[layer], dataset_hash=given.digest(),
+                           trait=spec.name, h_norms=mean_norms(lm, items, [layer]), source_file=given.file,
+                           layer_note=given.vector.note)
+    return SteeringVector({layer: given.vector.vector}, meta)
 
 
 def run_specs(config: Mapping[str, Any], given: Sequence[TraitSpec]) -> dict[str, TraitSpec]:
@@ -132,7 +158,6 @@ def run_specs(config: Mapping[str, Any], given: Sequence[TraitSpec]) -> dict[str
 
 def vector_for_run(lm: LoadedModel, vector: Any, layer: int | None) -> GivenVector:
     """A :class:`GivenVector` from a path, a SteeringVector or ``{ℓ: tensor}`` directions."""
-    from steerscope.vectors.file import SteeringVector
     from steerscope.vectors.foreign import from_directions, load_vector_file
 
     if isinstance(vector, (str, Path)):

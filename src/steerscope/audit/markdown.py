@@ -45,21 +45,31 @@ def class_lines(classes: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: How a v-vs-unsteered effect's readout is named in sentences.
+READOUT_NAMES = {"trait_score": "trait score", "pair_margin": "held-out pair margin"}
+
+
+def scorer_phrase(scorer: dict[str, Any] | None) -> str:
+    """``Scorer: NAME (held-out accuracy A)``, or what an audit without a scorer reads instead."""
+    if scorer is None:
+        return "No scorer: no trait-score readout; the pair margin and the next-token distribution carry the audit"
+    return f"Scorer: {scorer['name']} (held-out accuracy {num((scorer.get('validity') or {}).get('heldout_accuracy'), '.3f')})"
+
+
 def identifiability_markdown(report: dict[str, Any]) -> str:
     """A one-page summary: the verdict of each readout, then its table, the class size and the caveats."""
     from steerscope.audit.answers import readout_headlines
 
     cfg, base = report["config"], report["v_vs_none"]
-    validity = (report["scorer"].get("validity") or {}).get("heldout_accuracy")
     lines = [f"# Identifiability audit: {cfg['trait']} on {report['model']['name']}, layer {cfg['layer']}", ""]
     lines += [f"- **{h}**" for h in readout_headlines(report)]
     lines += [
         f"- Vector: mean_diff on the train pairs, ‖v‖ = {num(report['vector']['norm'], '.3f')}, α = {cfg['alpha']:g}, "
         f"relative dose {num(report['vector']['relative_dose'], '.3f')}, steered at every position.",
-        f"- Does v steer? g(v vs none) on the trait score = {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')}, "
+        f"- Does v steer? g(v vs none) on the {READOUT_NAMES[base.get('readout', 'trait_score')]} = "
+        f"{ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')}, "
         f"p = {num(base.get('p_diff'), '.2g')}; JS(v, none) = {num(base.get('js'), '.4f')} nats.",
-        f"- Scorer: {report['scorer']['name']} (held-out accuracy {num(validity, '.3f')}); "
-        f"{cfg['n_prompts']} prompts ({cfg['env']}) × {cfg['samples_per_prompt']} samples; {cfg['n_pairs']} held-out pairs; "
+        f"- {scorer_phrase(report['scorer'])}; {cfg['n_prompts']} prompts ({cfg['env']}) × {cfg['samples_per_prompt']} samples; {cfg['n_pairs']} held-out pairs; "
         f"δ = {cfg['delta']:g}, level {cfg['level']:g}; seed {cfg['seed']}.",
     ]
     for result in report["readouts"].values():
@@ -80,10 +90,11 @@ def traits_overview_markdown(reports: dict[str, dict[str, Any]]) -> str:
     ]
     for trait, r in reports.items():
         base, v = r["v_vs_none"], r["verdict"]
-        validity = (r["scorer"].get("validity") or {}).get("heldout_accuracy")
+        validity = ((r["scorer"] or {}).get("validity") or {}).get("heldout_accuracy") if r["scorer"] else None
         lines.append(
-            f"| {trait} | {num(validity, '.3f')} | {ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')} | "
-            f"{v['trait_score']['verdict']} | {v['pair_margin']['verdict']} | {v['distribution']['verdict']} |"
+            f"| {trait} | {num(validity, '.3f') if r['scorer'] else 'no scorer'} | "
+            f"{ci(base.get('g'), base.get('g_low'), base.get('g_high'), '.3f')} {READOUT_NAMES[base.get('readout', 'trait_score')]} | "
+            f"{v.get('trait_score', {}).get('verdict', 'not read')} | {v['pair_margin']['verdict']} | {v['distribution']['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -108,10 +108,11 @@ class Auditor:
         self.seed = int(config["seed"])
         self.specs = run_specs(config, specs)
         self.given = check_given(config, given or {}, lm)
-        self._scorers = dict(scorers or {})
+        self._scorers: dict[str, Scorer | None] = dict(scorers or {})
         self._on_cell = on_cell or (lambda key, cached: None)
 
-    def scorer(self, trait: str) -> Scorer:
+    def scorer(self, trait: str) -> Scorer | None:
+        """The trait's scorer (built on first use); None when its spec has none."""
         if trait not in self._scorers:
             self._scorers[trait] = spec_scorer(self.specs[trait], self.lm)
         return self._scorers[trait]

@@ -97,16 +97,9 @@ def _extracted_vector(a: Auditor, run: TraitRun) -> SteeringVector:
 
 
 def _given_vector(a: Auditor, run: TraitRun) -> SteeringVector:
-    """The given vector with steerscope metadata; the residual norm comes from the trait's train pairs."""
-    from steerscope.capture import mean_norms
-    from steerscope.vectors.file import vector_metadata
+    from steerscope.audit.inputs import given_steering_vector
 
-    spec, given = a.specs[run.trait], a.given[run.trait]
-    items = [p.positive for p in spec.train] + [p.negative for p in spec.train]
-    norms = mean_norms(a.lm, items, [run.layer])
-    meta = vector_metadata(a.lm, method=f"given ({given.vector.source})", layers=[run.layer], dataset_hash=given.digest(),
-                           trait=run.trait, h_norms=norms, source_file=given.file, layer_note=given.vector.note)
-    return SteeringVector({run.layer: given.vector.vector}, meta)
+    return given_steering_vector(a.lm, a.specs[run.trait], a.given[run.trait])
 
 
 register_stage(Stage("vector", {"quick": {}, "full": {}}, _vector, _one_cell, _single("vector", "vector")))
@@ -131,7 +124,7 @@ def strength_summary(points: Sequence[Mapping[str, Any]], config: Mapping[str, A
 def _strength_cell(a: Auditor, run: TraitRun, prompts: Sequence[str], alpha: float) -> tuple[dict[str, Any], None]:
     assert run.vector is not None  # set by the vector stage
     return strength_point(a.lm, run.layer, run.vector, alpha, prompts, a.scorer(run.trait), a.p.calib_samples, a.p.calib_tokens,
-                          a.seed), None
+                          a.seed, pairs=a.specs[run.trait].test), None
 
 
 def _calibrate(a: Auditor, run: TraitRun) -> None:
@@ -170,7 +163,7 @@ def _identifiability(a: Auditor, run: TraitRun) -> None:
         vec = SteeringVector({run.layer: run.vector}, {"h_norms": {str(run.layer): run.h_norm}, "method": run.method})
         report_ = run_identifiability(a.lm, a.specs[run.trait], run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer,
                                       vector=vec)
-        return report_ | {"scorer_accuracy": scorer_accuracy(scorer)}, None
+        return report_ | {"scorer_accuracy": scorer_accuracy(scorer) if scorer is not None else None}, None
 
     a.cell(f"{run.trait}/identifiability", "identifiability", compute, run.trait)
 

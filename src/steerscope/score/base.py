@@ -165,7 +165,7 @@ def default_scorer(trait: str, **kwargs) -> Scorer:
 
 
 #: The forms of a scorer spec (``--scorer``), for messages.
-SCORER_SPECS = ("default", "vader", "builtin:TRAIT", "probe:LABELLED.jsonl", "judge:DESCRIPTION", "hf:PATH[:LABEL]")
+SCORER_SPECS = ("default", "vader", "builtin:TRAIT", "probe:LABELLED.jsonl", "judge:DESCRIPTION", "hf:PATH[:LABEL]", "none")
 
 
 def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
@@ -177,9 +177,12 @@ def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
     or ``hf:PATH:LABEL``: a local sequence-classification model, positive label LABEL (default 1).
     """
     kind, arg = check_scorer_spec(spec)
+    if kind == "none":
+        raise SteerscopeError("scorer 'none' names no scorer: the audit then has no trait-score readout")
     if kind == "default":
         if trait not in SCORER_TRAITS:
-            raise SteerscopeError(f"trait {trait!r} is not built in, so it has no default scorer; use --scorer with one of {', '.join(SCORER_SPECS[1:])}")
+            raise SteerscopeError(f"trait {trait!r} is not built in, so it has no default scorer; use --scorer with one of "
+                                  f"{', '.join(SCORER_SPECS[1:])}")
         return get_scorer(trait)
     if kind == "vader":
         from steerscope.score.lexicon import VaderScorer
@@ -206,7 +209,7 @@ def scorer_from_spec(spec: str, trait: str, lm: Any = None) -> Scorer:
 def check_scorer_spec(spec: str) -> tuple[str, str]:
     """``(kind, argument)`` of a scorer spec (see :func:`scorer_from_spec`); SteerscopeError when malformed."""
     kind, sep, arg = spec.partition(":")
-    ok = {"default": not sep, "vader": not sep, "builtin": arg in SCORER_TRAITS, "judge": bool(arg.strip()), "hf": bool(arg),
+    ok = {"default": not sep, "vader": not sep, "none": not sep, "builtin": arg in SCORER_TRAITS, "judge": bool(arg.strip()), "hf": bool(arg),
           "probe": bool(arg)}
     if not ok.get(kind, False):
         hint = f" (built-in traits: {', '.join(SCORER_TRAITS)})" if kind == "builtin" else ""
@@ -214,8 +217,7 @@ def check_scorer_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
-def spec_scorer(spec: "TraitSpec", lm: Any = None) -> Scorer:
-    """The scorer of a trait specification (SteerscopeError when it has none)."""
-    if spec.scorer is None:
-        raise SteerscopeError(f"trait {spec.name!r} has no scorer; give one with --scorer ({', '.join(SCORER_SPECS[1:])})")
-    return scorer_from_spec(spec.scorer, spec.name, lm)
+def spec_scorer(spec: "TraitSpec", lm: Any = None) -> Scorer | None:
+    """The scorer of a trait specification; None when it has none (the audit then reads the pair
+    margin and the next-token distribution only)."""
+    return scorer_from_spec(spec.scorer, spec.name, lm) if spec.scorer is not None else None
