@@ -212,5 +212,5 @@ def test_until_conclusive_flags_go_together():
     for args in ((True, None), (False, 20)):
         with pytest.raises(SteerscopeError, match="go together"):
             sequential_budget(*args)
-    with pytest.raises(SteerscopeError, match="at least --prompts"):
+    with pytest.raises(SteerscopeError, match="at least --n-prompts"):
         IdentifiabilitySettings(n_prompts=12, max_prompts=8)

@@ -169,7 +169,7 @@ def test_cli_sweep_envs_and_plots(tmp_path, monkeypatch, llama):
     monkeypatch.setattr(score_base, "get_scorer", lambda trait, *a, **k: FakeScorer())
     out = tmp_path / "audit"
     args = ["audit", "identifiability", "--trait", "formality", "--layer", "1", "--out", str(out), "--seeds", "1",
-            "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--alphas", "0,8", "--all-envs"]
+            "--n-prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--alphas", "0,8", "--all-envs"]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads((out / "results.json").read_text())
@@ -208,7 +208,7 @@ def test_cli_several_traits_share_one_holm_family(tmp_path, monkeypatch, llama):
     cli = _cli_with_tiny(monkeypatch, llama)
     out = tmp_path / "audit"
     args = ["audit", "identifiability", "--trait", "formality,politeness", "--layer", "1", "--out", str(out),
-            "--seeds", "1", "--prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--all-envs"]
+            "--seeds", "1", "--n-prompts", "2", "--samples", "1", "--max-new-tokens", "3", "--class-draws", "4", "--all-envs"]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads((out / "results.json").read_text())
@@ -253,8 +253,8 @@ def test_invalid_scorer_makes_the_trait_score_verdict_inconclusive():
 @pytest.mark.parametrize(("extra", "message"), [
     (["--trait", "humour"], "unknown trait 'humour'"),
     (["--trait", "formality", "--seeds", "0"], "(--seeds) must be at least 1"),
-    (["--trait", "formality", "--prompts", "25"], "only 24"),
-    (["--trait", "formality", "--prompts", "1"], "at least 2 prompts"),
+    (["--trait", "formality", "--n-prompts", "25"], "only 24"),
+    (["--trait", "formality", "--n-prompts", "1"], "at least 2 prompts"),
     (["--trait", "formality", "--alphas", " , "], "--alphas must list at least one"),
 ])
 def test_cli_bad_input(tmp_path, monkeypatch, llama, extra, message):

@@ -71,7 +71,7 @@ def test_cli_protocol_paper(tmp_path, monkeypatch, tiny_models):
     import steerscope.cli as cli
 
     monkeypatch.setattr(cli, "_load", lambda *a, **k: tiny_models["llama"])
-    monkeypatch.setattr(commands, "_scorer", lambda trait: LengthScorer())
+    monkeypatch.setattr(commands, "spec_scorer", lambda spec, lm=None: LengthScorer())
     monkeypatch.setattr(PaperSettings, "quick_sizes", classmethod(lambda cls: cls(alphas=(0.0, 1.0), n_draws=1, n_prompts=2,
                                                                                  samples=1, max_new_tokens=3, n_random=1)))
     out = tmp_path / "paper"

@@ -150,4 +150,4 @@ def test_cli_errors_for_foreign_vector_and_missing_vector(tmp_path):
     foreign = subprocess.run([*base, "--vector", str(other), "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
     assert foreign.returncode == 2 and "fingerprint" in foreign.stderr
     neither = subprocess.run([*base, "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env)
-    assert neither.returncode == 2 and "exactly one of --vector and --trait" in neither.stderr
+    assert neither.returncode == 2 and "give --vector, --trait or --dataset" in neither.stderr

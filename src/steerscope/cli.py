@@ -249,12 +249,13 @@ def _traits(values: list[str]) -> list[str]:
 
 TraitsOpt = typer.Option(None, "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. Several traits share one model load.")
 DatasetOpt = typer.Option(None, "--dataset", help="Your own trait: a JSONL pair file (pairs without a 'split' are split "
-                          "75/25 by content hash). Needs --scorer.")
+                          "75/25 by content hash). Without --scorer it has no trait-score readout.")
 PromptsOpt = typer.Option(None, "--prompts", help="Evaluation prompts of the --dataset trait (text, or JSONL with 'prompt' and "
                           "optional 'env'); default: the pairs' questions.")
 NameOpt = typer.Option(None, "--name", help="Name of the --dataset trait in the report (default: the file's stem).")
-ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION or hf:PATH[:LABEL] "
-                         "(default: each built-in trait's own scorer).")
+ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION, "
+                         "hf:PATH[:LABEL], or none (the pair margin and the next-token distribution carry the audit; "
+                         "default: each built-in trait's own scorer, none for --dataset).")
 
 
 VectorOpt = typer.Option(None, "--vector", help="Audit this vector instead of extracting one (no layer selection): steerscope "
@@ -262,10 +263,16 @@ VectorOpt = typer.Option(None, "--vector", help="Audit this vector instead of ex
 VectorLayerOpt = typer.Option(None, "--layer", help="With --vector: the layer to audit, when the file has several.")
 
 
-def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any]):
-    from steerscope.audit.inputs import audit_inputs
+def _audit_inputs(traits: Optional[list[str]], user: dict[str, Any], command: bool = False):
+    """The library's reading of the trait options (``command``: a single-audit subcommand's)."""
+    from steerscope.audit.inputs import audit_inputs, command_inputs
 
-    return audit_inputs(_traits(traits) if traits else [], **user)
+    return (command_inputs if command else audit_inputs)(_traits(traits) if traits else [], **user)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options that were given (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @audit_app.callback(invoke_without_command=True)
@@ -401,23 +408,22 @@ def _print_written(written) -> None:
 
 @audit_app.command("identifiability")
 def audit_identifiability(
-    trait: list[str] = typer.Option(..., "--trait", "-t", help="Built-in trait(s); repeat or comma-separate. "
-                                    "Several traits share one model load and one Holm family."),
+    trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt,
+    scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
     alpha: Optional[float] = typer.Option(None, "--alpha", "-a", help="Strength α of every steered condition (default 2)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of orthogonal draws u ⊥ v (default: the profile's)."),
     env: Optional[str] = typer.Option(None, "--env", help="in_distribution (default), topic_shift or genre_shift."),
-    n_prompts: Optional[int] = typer.Option(None, "--prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Evaluation prompts (the prompt is the statistical unit)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sampled completions per prompt."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
     delta: Optional[float] = typer.Option(None, "--delta", help="Equivalence margin δ, a fraction of v's dose (default 0.1)."),
     class_draws: Optional[int] = typer.Option(None, "--class-draws", help="Monte Carlo draws per norm ratio (class size; 0 skips)."),
-    until_conclusive: bool = typer.Option(False, "--until-conclusive", help="Add --prompts prompts per look until conclusive."),
+    until_conclusive: bool = typer.Option(False, "--until-conclusive", help="Add --n-prompts prompts per look until conclusive."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Prompt budget of --until-conclusive (α spent linearly)."),
     protocol: str = typer.Option("audit", "--protocol", help="audit (default) or paper: the seed paper's own protocol and metrics."),
-    seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    seed: int = typer.Option(0, "--seed"), quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
                                           "(v and v+perp at each α; writes alpha_sweep.png)."),
     all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
@@ -427,15 +433,16 @@ def audit_identifiability(
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
     """Is the vector identifiable? v against v + u (u ⊥ v) on three readouts, or the seed paper's protocol."""
-    from steerscope.audit.commands import identifiability_command
+    from steerscope.audit.commands import IdentifiabilityRequest, identifiability_command
     from steerscope.audit.profiles import command_profile, sequential_budget
     from steerscope.audit.sweep import parse_alphas
 
-    given = {k: v for k, v in (("n_draws", seeds), ("n_prompts", n_prompts), ("samples_per_prompt", samples), ("delta", delta),
-                               ("max_new_tokens", max_new_tokens), ("env", env), ("class_draws", class_draws)) if v is not None}
-    settings = command_profile(quick).identifiability(seed, **given, max_prompts=sequential_budget(until_conclusive, max_prompts))
-    command = identifiability_command(protocol, quick, tuple(_traits(trait)), out_dir, settings, alpha, layer,
-                                      tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
+    inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer}, True)
+    settings = command_profile(quick).identifiability(seed, **_given(n_draws=seeds, n_prompts=n_prompts, samples_per_prompt=samples, delta=delta,
+                                                             max_new_tokens=max_new_tokens, env=env, class_draws=class_draws),
+                                                      max_prompts=sequential_budget(until_conclusive, max_prompts))
+    request = IdentifiabilityRequest(alpha, layer, tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
+    command = identifiability_command(protocol, quick, inputs, out_dir, settings, request)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
     with err.status(f"auditing {', '.join(command.traits)} at layer {command.chosen_layer(lm)}"):
@@ -451,7 +458,9 @@ def audit_nullspace(
     positions: str = typer.Option("-1", "--positions", help="Comma-separated token positions where δ is applied (negative: from the end)."),
     tolerances: str = typer.Option("1e-2,1e-3,1e-4", "--tolerances", help="Relative gain tolerances."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Also report the gain of this built-in trait's mean_diff vector."),
-    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Also report the gain of this vector file's directions."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Also report the gain of this pair file's mean_diff vector."),
+    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Also report the gain of this vector file's directions "
+                                          "(steerscope, llama.cpp/repeng .gguf, safetensors or .pt tensor dict, .npy)."),
     chunk: int = typer.Option(144, "--chunk", help="Backward passes batched together (memory vs speed)."),
     all_positions: int = typer.Option(0, "--all-positions", help="Also the Jacobian of δ at every position (as the audits "
                                       "steer) on this many prompts; about 20× the cost of one position."),
@@ -465,8 +474,9 @@ def audit_nullspace(
     from steerscope.data.prompts import prompts_from_spec
 
     prompt_list = prompts_from_spec(prompts if prompts is not None else str(command_profile(False).ns_prompts))
+    specs = tuple(_audit_inputs([trait] if trait else None, {"dataset": dataset}, True).specs)
     command = NullspaceCommand(out_dir, tuple(_layers(layer)), tuple(prompt_list), _numbers(positions, int, "--positions"),
-                               _numbers(tolerances, float, "--tolerances"), trait, vector, chunk, overwrite, all_positions)
+                               _numbers(tolerances, float, "--tolerances"), specs, vector, chunk, overwrite, all_positions)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
     _print_written(command.run(lm))
@@ -546,26 +556,26 @@ def bench_recovery(
 @audit_app.command("reachability")
 def audit_reachability(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
-    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Steering vector (.safetensors)."),
+    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Steering vector: steerscope .safetensors, llama.cpp/repeng "
+                                          ".gguf, a safetensors or .pt tensor dict, or .npy."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer "
                                         "(instead of --vector); also selects the scorer and the instruction baseline."),
+    dataset: Optional[Path] = DatasetOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
     alpha: float = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, "
                                         "or 40 % of the depth with --trait)."),
     capture_layer: Optional[int] = typer.Option(None, "--capture-layer", help="Layer whose states are compared (default: ℓ)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a "
-                                                "'prompt' field (default: built-in evaluation prompts)."),
+                                                "'prompt' field (default: the trait's evaluation prompts)."),
     n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts audited (default: the profile's)."),
     positions: Optional[int] = typer.Option(None, "--positions", help="Searched positions per prompt (the last ones)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values of the sweep (default: the profile's)."),
     sweep_prompts: Optional[int] = typer.Option(None, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Candidates per position for steered states (no exhaustive fallback)."),
     exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the adversarial construction."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"),
-    seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"), overwrite: bool = typer.Option(False, "--overwrite"),
+    seed: int = typer.Option(0, "--seed"), quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
@@ -575,10 +585,10 @@ def audit_reachability(
     from steerscope.audit.sweep import parse_alphas
     from steerscope.data.prompts import read_prompts
     sizes = command_profile(quick)
-    given = {k: v for k, v in (("positions", positions), ("sweep_prompts", sweep_prompts), ("max_new_tokens", max_new_tokens),
-                               ("alphas", tuple(parse_alphas(alphas)) if alphas is not None else None)) if v is not None}
-    settings = sizes.reachability(seed, budget, adversarial_exhaustive=exhaustive_next, **given)
-    command = ReachabilityCommand(out_dir, alpha, settings, n_prompts or sizes.reach_prompts, vector, trait, layer, capture_layer,
+    settings = sizes.reachability(seed, budget, adversarial_exhaustive=exhaustive_next, **_given(
+        positions=positions, sweep_prompts=sweep_prompts, max_new_tokens=max_new_tokens, alphas=tuple(parse_alphas(alphas)) if alphas is not None else None))
+    inputs = _audit_inputs([trait] if trait else None, {"dataset": dataset, "name": name, "scorer": scorer}, True)
+    command = ReachabilityCommand(out_dir, alpha, settings, n_prompts or sizes.reach_prompts, vector, inputs, layer, capture_layer,
                                   tuple(read_prompts(prompts_file)) if prompts_file is not None else None, allow_model_mismatch, overwrite)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)

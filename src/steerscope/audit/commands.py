@@ -22,11 +22,14 @@ from steerscope.audit.identifiability import IdentifiabilitySettings
 from steerscope.audit.paper import PaperSettings
 from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
 from steerscope.audit.reachability import AuditSettings
-from steerscope.data.traits import BUILTIN_INSTRUCTIONS, ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
+from steerscope.audit.inputs import AuditInputs, check_specs
+from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write, check_output_path
 from steerscope.models.loading import LoadedModel
-from steerscope.score.base import Scorer
+from steerscope.score.base import Scorer, spec_scorer
+from steerscope.traitspec import TraitSpec, builtin_spec
+from steerscope.vectors.file import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,19 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
 # --- identifiability -----------------------------------------------------------------------------
 
 class _TraitCommand:
-    """What the identifiability commands share: traits checked, their prompts counted and the
-    outputs checked before the model loads; the layer (default: 40 % of the depth)."""
+    """What the identifiability commands share: the trait specs (built-in or a user's), a vector
+    given for one of them, their prompts counted and the outputs checked before the model loads;
+    the layer (a given vector's, else ``layer``, else 40 % of the depth)."""
 
-    traits: tuple[str, ...]
+    inputs: AuditInputs
     settings: Any
     layer: int | None
     overwrite: bool
+
+    @property
+    def traits(self) -> tuple[str, ...]:
+        """The traits' names, in order."""
+        return tuple(s.name for s in self.inputs.specs)
 
     def paths(self) -> dict[str, Path]:
         raise NotImplementedError
@@ -71,25 +80,41 @@ class _TraitCommand:
     def prepare(self) -> None:
         from steerscope.audit.identifiability import evaluation_prompts
 
-        for trait in check_traits(self.traits):
-            evaluation_prompts(trait, self.settings.env, self.settings.n_prompts)
+        check_specs(self.inputs.specs)
+        for spec in self.inputs.specs:
+            evaluation_prompts(spec, self.settings.env, self.settings.n_prompts)
         _check_outputs(self.paths(), self.overwrite)
 
     def chosen_layer(self, lm: LoadedModel) -> int:
+        given = next(iter(self.inputs.given.values()), None)
+        if given is not None:
+            return lm.check_layer(given.vector.layer)
         return lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
 
+    def scorer(self, spec: TraitSpec, lm: LoadedModel) -> Scorer | None:
+        """The scorer built ahead for ``spec``, or its spec's (None when it has none)."""
+        return self.inputs.scorers.get(spec.name) or spec_scorer(spec, lm)
+
+    def vector(self, spec: TraitSpec, lm: LoadedModel, layer: int) -> SteeringVector:
+        """The vector given for ``spec``, or its train pairs' mean difference at ``layer``."""
+        from steerscope.audit.identifiability import audit_vector
+        from steerscope.audit.inputs import given_steering_vector
+
+        given = self.inputs.given.get(spec.name)
+        return given_steering_vector(lm, spec, given) if given is not None else audit_vector(lm, spec, layer)
 
 
 @dataclass(frozen=True)
 class IdentifiabilityCommand(_TraitCommand):
-    """``v`` against ``v + u`` (u ⊥ v) for one or more built-in traits at one layer.
+    """``v`` against ``v + u`` (u ⊥ v) for one or more traits at one layer.
 
     ``alpha`` None: :data:`~steerscope.audit.profiles.DEFAULT_ALPHA`; ``layer`` None:
     :func:`~steerscope.audit.profiles.default_layer`. ``sweep_alphas``: also the α
-    sweep; ``all_envs``: also every environment. Several traits share one Holm family.
+    sweep; ``all_envs``: also every environment (both read the trait score, so they need a
+    scorer). Several traits share one Holm family.
     """
 
-    traits: tuple[str, ...]
+    inputs: AuditInputs
     out_dir: Path
     settings: IdentifiabilitySettings
     alpha: float | None = None
@@ -108,21 +133,33 @@ class IdentifiabilityCommand(_TraitCommand):
             out["environments"] = self.out_dir / "environments.png"
         return out
 
+    def prepare(self) -> None:
+        from steerscope.audit.identifiability import evaluation_prompts
+
+        super().prepare()
+        if not (self.sweep_alphas or self.all_envs):
+            return
+        for spec in self.inputs.specs:
+            if spec.scorer is None:
+                raise SteerscopeError(f"--alphas and --all-envs read the trait score, and trait {spec.name!r} has no scorer; "
+                                      "give one with --scorer")
+            for env in ENVIRONMENTS if self.all_envs else ():
+                evaluation_prompts(spec, env, self.settings.n_prompts)
+
     def _suffix(self, trait: str) -> str:
         return f"_{trait}" if len(self.traits) > 1 else ""
 
     def reports(self, lm: LoadedModel) -> dict[str, dict[str, Any]]:
         """Every trait's report (with the α sweep / environments when asked), Holm across traits."""
-        from steerscope.audit.identifiability import audit_vector, holm_across_traits, run_identifiability
+        from steerscope.audit.identifiability import holm_across_traits, run_identifiability
         from steerscope.audit.sweep import run_extensions
-        from steerscope.score.base import get_scorer
 
         layer, alpha, reports = self.chosen_layer(lm), self.alpha if self.alpha is not None else DEFAULT_ALPHA, {}
-        for t in self.traits:
-            scorer, vector = get_scorer(t), audit_vector(lm, t, layer)
-            reports[t] = run_identifiability(lm, t, layer, alpha, self.settings, scorer=scorer, vector=vector)
-            reports[t] |= run_extensions(lm, t, layer, alpha, self.settings, alphas=self.sweep_alphas or None,
-                                         all_envs=self.all_envs, scorer=scorer, vector=vector)
+        for spec in self.inputs.specs:
+            scorer, vector = self.scorer(spec, lm), self.vector(spec, lm, layer)
+            reports[spec.name] = run_identifiability(lm, spec, layer, alpha, self.settings, scorer=scorer, vector=vector)
+            reports[spec.name] |= run_extensions(lm, spec, layer, alpha, self.settings, alphas=self.sweep_alphas or None,
+                                                 all_envs=self.all_envs, scorer=scorer, vector=vector)
         return holm_across_traits(reports) if len(self.traits) > 1 else reports
 
     def run(self, lm: LoadedModel) -> Written:
@@ -149,9 +186,13 @@ class IdentifiabilityCommand(_TraitCommand):
 
 @dataclass(frozen=True)
 class PaperCommand(_TraitCommand):
-    """The seed paper's protocol (:mod:`steerscope.audit.paper`) for one or more built-in traits at one layer."""
+    """The seed paper's protocol (:mod:`steerscope.audit.paper`) for one or more traits at one layer.
 
-    traits: tuple[str, ...]
+    The protocol extracts its own mean-difference and PCA vectors and reads the trait score, so
+    it takes no given vector and needs a scorer.
+    """
+
+    inputs: AuditInputs
     out_dir: Path
     settings: PaperSettings
     layer: int | None = None
@@ -162,12 +203,24 @@ class PaperCommand(_TraitCommand):
         return {"results": self.out_dir / "results.json", "summary": self.out_dir / "summary.md",
                 **{f"paper_{t}": self.out_dir / f"paper_{t}.png" for t in self.traits}}
 
+    def prepare(self) -> None:
+        if self.inputs.given:
+            raise SteerscopeError("--protocol paper extracts its own mean-difference and PCA vectors; drop --vector")
+        for spec in self.inputs.specs:
+            if spec.scorer is None:
+                raise SteerscopeError(f"--protocol paper reads the trait score, and trait {spec.name!r} has no scorer; give one with --scorer")
+        super().prepare()
+
     def run(self, lm: LoadedModel) -> Written:
         from steerscope.audit.paper import paper_markdown, run_paper_protocol
         from steerscope.audit.plots import plot_paper
 
         layer, paths = self.chosen_layer(lm), self.paths()
-        reports = {t: run_paper_protocol(lm, t, layer, _scorer(t), self.settings) for t in self.traits}
+        reports = {}
+        for spec in self.inputs.specs:
+            scorer = self.scorer(spec, lm)
+            assert scorer is not None  # prepare() refuses a trait without a scorer
+            reports[spec.name] = run_paper_protocol(lm, spec, layer, scorer, self.settings)
         markdown = "\n".join(paper_markdown(r) for r in reports.values())
         _write_json(paths["results"], {"protocol": "paper", "traits": reports}, self.overwrite)
         _write_text(paths["summary"], markdown, self.overwrite)
@@ -176,33 +229,46 @@ class PaperCommand(_TraitCommand):
         return Written(markdown, paths)
 
 
-def identifiability_command(protocol: str, quick: bool, traits: tuple[str, ...], out_dir: Path, settings: IdentifiabilitySettings,
-                            alpha: float | None, layer: int | None, sweep_alphas: tuple[float, ...], all_envs: bool,
-                            overwrite: bool) -> IdentifiabilityCommand | PaperCommand:
+@dataclass(frozen=True)
+class IdentifiabilityRequest:
+    """What ``audit identifiability`` asks besides the traits and the settings: the strength, the
+    layer, the α sweep, every environment, and whether outputs may be replaced."""
+
+    alpha: float | None = None
+    layer: int | None = None
+    sweep_alphas: tuple[float, ...] = ()
+    all_envs: bool = False
+    overwrite: bool = False
+
+
+def identifiability_command(protocol: str, quick: bool, inputs: AuditInputs, out_dir: Path, settings: IdentifiabilitySettings,
+                            request: IdentifiabilityRequest) -> IdentifiabilityCommand | PaperCommand:
     """``audit identifiability``'s command: this project's audit, or (``protocol="paper"``) the paper's
     protocol at its sizes (:meth:`PaperSettings.quick_sizes` with ``quick``), with the settings' seed and environment."""
+    r = request
     if protocol == "audit":
-        return IdentifiabilityCommand(traits, out_dir, settings, alpha, layer, sweep_alphas, all_envs, overwrite)
+        return IdentifiabilityCommand(inputs, out_dir, settings, r.alpha, r.layer, r.sweep_alphas, r.all_envs, r.overwrite)
     if protocol != "paper":
         raise SteerscopeError(f"unknown --protocol {protocol!r}; use audit or paper")
-    if alpha is not None or sweep_alphas or all_envs or settings.max_prompts:
+    if r.alpha is not None or r.sweep_alphas or r.all_envs or settings.max_prompts:
         raise SteerscopeError("--protocol paper fixes its own strengths and prompts: drop --alpha, --alphas, --all-envs and --until-conclusive")
     sizes = PaperSettings.quick_sizes() if quick else PaperSettings()
-    return PaperCommand(traits, out_dir, replace(sizes, seed=settings.seed, env=settings.env), layer, overwrite)
+    return PaperCommand(inputs, out_dir, replace(sizes, seed=settings.seed, env=settings.env), r.layer, r.overwrite)
 
 
 # --- null space ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class NullspaceCommand:
-    """Exact Jacobian spectra at ``layers`` over ``prompts``; the gain of a trait's or a file's vector."""
+    """Exact Jacobian spectra at ``layers`` over ``prompts``; the gain of a trait's mean-difference
+    vector (``specs``: at most one, built-in or a user's pairs) or of a vector file's directions."""
 
     out_dir: Path
     layers: tuple[int, ...]
     prompts: tuple[str, ...]
     positions: tuple[int, ...] = (-1,)
     tolerances: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
-    trait: str | None = None
+    specs: tuple[TraitSpec, ...] = ()
     vector: Path | None = None
     chunk: int = 144
     overwrite: bool = False
@@ -212,22 +278,19 @@ class NullspaceCommand:
         return {name: self.out_dir / f"{name}.{ext}" for name, ext in (("results", "json"), ("summary", "md"), ("spectra", "png"))}
 
     def prepare(self) -> None:
-        if self.trait is not None and self.vector is not None:
-            raise SteerscopeError("give at most one of --trait or --vector")
-        if self.trait is not None:
-            check_traits([self.trait])
+        if len(self.specs) + (self.vector is not None) > 1:
+            raise SteerscopeError("give at most one of --trait, --dataset or --vector")
         _check_outputs(self.paths(), self.overwrite)
 
     def _vectors(self, lm: LoadedModel, layers: Sequence[int]) -> Mapping[int, torch.Tensor] | None:
         if self.vector is not None:
-            from steerscope.vectors import SteeringVector
+            from steerscope.vectors.foreign import load_vector_layers
 
-            return SteeringVector.load(self.vector, lm).directions
-        if self.trait is not None:
-            from steerscope.data import load_pairs
+            return load_vector_layers(self.vector, lm.d_model, layers)
+        if self.specs:
             from steerscope.extract import extract
 
-            return extract(lm, load_pairs(self.trait, "train"), layers).directions
+            return extract(lm, list(self.specs[0].train), layers).directions
         return None
 
     def run(self, lm: LoadedModel) -> Written:
@@ -334,10 +397,12 @@ class RecoverCommand:
 
 @dataclass(frozen=True)
 class ReachabilityCommand:
-    """Can a prompt produce the state steered by a vector file's direction or a trait's mean-diff vector?
+    """Can a prompt produce the state steered by a vector file's direction or a trait's mean-difference vector?
 
-    ``layer`` None: the vector's only layer, or the default layer with a trait. ``prompts`` None:
-    the built-in in-distribution prompts of the vector's trait (formality's when it has none).
+    ``inputs``: at most one trait (built-in or a user's pairs); it gives the mean-difference vector
+    when no ``vector`` file is given, and the prompts, scorer and instruction baseline. ``layer`` None: the
+    vector's only layer, or the default layer for a trait's vector. ``prompts`` None: the trait's
+    in-distribution prompts (formality's for a file without a built-in trait).
     """
 
     out_dir: Path
@@ -345,54 +410,57 @@ class ReachabilityCommand:
     settings: AuditSettings
     n_prompts: int
     vector: Path | None = None
-    trait: str | None = None
+    inputs: AuditInputs = field(default_factory=lambda: AuditInputs([], {}, {}))
     layer: int | None = None
     capture_layer: int | None = None
     prompts: tuple[str, ...] | None = None
     allow_model_mismatch: bool = False
     overwrite: bool = False
 
+    @property
+    def spec(self) -> TraitSpec | None:
+        """The trait of the command line (at most one), if any."""
+        return self.inputs.specs[0] if self.inputs.specs else None
+
     def paths(self) -> dict[str, Path]:
         return {name: self.out_dir / name for name in ("results.json", "summary.md", "positions.png", "alpha_sweep.png")}
 
     def prepare(self) -> None:
-        if (self.vector is None) == (self.trait is None):
-            raise SteerscopeError("pass exactly one of --vector and --trait")
-        if self.trait is not None:
-            check_traits([self.trait])
+        if len(self.inputs.specs) > 1:
+            raise SteerscopeError("the reachability audit takes one trait: give --trait or --dataset, not both")
+        if self.vector is None and self.spec is None:
+            raise SteerscopeError("give --vector, --trait or --dataset")
         _check_outputs(self.paths(), self.overwrite)
 
-    def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], str | None]:
-        """``(direction [d], layer, vector_info, trait or None)`` of the audited vector."""
+    def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], TraitSpec | None]:
+        """``(direction [d], layer, vector_info, trait spec or None)`` of the audited vector."""
         if self.vector is None:
             from steerscope.audit.identifiability import audit_vector
 
+            assert self.spec is not None  # prepare() requires a vector or a trait
             layer = lm.check_layer(self.layer) if self.layer is not None else default_layer(lm.n_layers)
-            info = {"source": f"built-in {self.trait} pairs (train split), mean_diff", "method": "mean_diff"}
-            return audit_vector(lm, str(self.trait), layer).directions[layer], layer, info, self.trait
-        from steerscope.vectors import SteeringVector
+            origin = "built-in " if self.spec.builtin else ""
+            info: dict[str, Any] = {"source": f"{origin}{self.spec.name} pairs (train split), mean_diff", "method": "mean_diff"}
+            return audit_vector(lm, self.spec, layer).directions[layer], layer, info, self.spec
+        from steerscope.vectors.foreign import check_made_for, load_vector_file
 
-        vec = SteeringVector.load(self.vector)
-        vec.check_model(lm, self.allow_model_mismatch)
-        if self.layer is None and len(vec.layers) != 1:
-            raise SteerscopeError(f"the vector has layers {vec.layers}; choose one with --layer")
-        layer = lm.check_layer(self.layer) if self.layer is not None else vec.layers[0]
-        if layer not in vec.directions:
-            raise SteerscopeError(f"the vector has no direction for layer {layer}; it has {vec.layers}")
-        return vec.directions[layer], layer, {"source": str(self.vector), "method": vec.metadata.get("method")}, vec.metadata.get("trait") or None
+        check_made_for(self.vector, lm, self.allow_model_mismatch)
+        given = load_vector_file(self.vector, lm.d_model, self.layer, lm.n_layers)
+        spec = self.spec or _builtin_of_file(self.vector)
+        info = {"source": str(self.vector), "method": f"given ({given.source})", "layers_in_file": given.layers_in_file}
+        return given.vector, given.layer, info, spec
 
     def run(self, lm: LoadedModel) -> Written:
         from steerscope.audit.markdown import reachability_markdown
         from steerscope.audit.plots import plot_reachability_positions, plot_reachability_sweep
         from steerscope.audit.reachability import run_reachability
 
-        direction, layer, info, trait = self.direction(lm)
-        builtin = trait if trait in TRAITS else None
-        prompts = list(self.prompts or builtin_prompts(builtin or TRAITS[0], "in_distribution"))[: self.n_prompts]
-        scorer = _scorer(builtin) if builtin else None
+        direction, layer, info, spec = self.direction(lm)
+        prompts = list(self.prompts or (spec or builtin_spec(TRAITS[0])).env_prompts("in_distribution"))[: self.n_prompts]
+        scorer = (self.inputs.scorers.get(spec.name) or spec_scorer(spec, lm)) if spec is not None else None
         report = run_reachability(lm, direction, layer, self.alpha, prompts, threshold_prompts(), capture_layer=self.capture_layer,
-                                  trait=trait, scorer=scorer, settings=self.settings, vector_info=info,
-                                  instructions=BUILTIN_INSTRUCTIONS.get(trait or ""))
+                                  trait=spec.name if spec else None, scorer=scorer, settings=self.settings, vector_info=info,
+                                  instructions=spec.instructions if spec else None)
         paths, markdown = self.paths(), reachability_markdown(report)
         _write_json(paths["results.json"], report, self.overwrite)
         _write_text(paths["summary.md"], markdown, self.overwrite)
@@ -401,7 +469,12 @@ class ReachabilityCommand:
         return Written(markdown, paths)
 
 
-def _scorer(trait: str | None) -> Scorer:
-    from steerscope.score.base import get_scorer
+def _builtin_of_file(path: Path) -> TraitSpec | None:
+    """The built-in trait a steerscope vector file was extracted for (None for other files and traits)."""
+    from steerscope.vectors.file import SteeringVector
 
-    return get_scorer(str(trait))
+    try:
+        trait = SteeringVector.load(path).metadata.get("trait")
+    except SteerscopeError:  # not a steerscope file: it names no trait
+        return None
+    return builtin_spec(trait) if trait in TRAITS else None

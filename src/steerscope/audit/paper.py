@@ -28,6 +28,7 @@ from steerscope.intervene import steer_rows
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
+from steerscope.traitspec import TraitSpec, as_spec
 
 #: The paper's reading of Cohen's d.
 NEGLIGIBLE_D = 0.2
@@ -68,15 +69,15 @@ def cohens_d(x: np.ndarray, y: np.ndarray) -> float:
     return float(diff / sd)
 
 
-def unit_vectors(lm: LoadedModel, trait: str, layer: int) -> dict[str, torch.Tensor]:
+def unit_vectors(lm: LoadedModel, trait: str | TraitSpec, layer: int) -> dict[str, torch.Tensor]:
     """Unit-norm mean-difference and PCA vectors of ``trait``'s train pairs at ``layer`` (``[d]`` each)."""
-    from steerscope.data.traits import builtin_pairs
     from steerscope.extract import extract
 
-    pairs = builtin_pairs(trait, "train")
+    spec = as_spec(trait)
+    pairs = list(spec.train)
     out = {}
     for method in ("mean_diff", "pca"):
-        v = extract(lm, pairs, [layer], method=method, trait=trait).directions[layer].detach().float().cpu()
+        v = extract(lm, pairs, [layer], method=method, trait=spec.name).directions[layer].detach().float().cpu()
         out[method] = v / v.norm()
     return out
 
@@ -112,7 +113,7 @@ def _orthogonal_test(scores: Mapping[str, np.ndarray], alphas: Sequence[float], 
     return rows
 
 
-def run_paper_protocol(lm: LoadedModel, trait: str, layer: int, scorer: Scorer, settings: PaperSettings | None = None) -> dict[str, Any]:
+def run_paper_protocol(lm: LoadedModel, trait: str | TraitSpec, layer: int, scorer: Scorer, settings: PaperSettings | None = None) -> dict[str, Any]:
     """The paper's orthogonal test, α sweep, logit-distance test and mean-diff vs PCA comparison.
 
     Returns a JSON-serialisable dict; every Cohen's d is the paper's (population SDs, samples pooled).
@@ -138,7 +139,7 @@ def run_paper_protocol(lm: LoadedModel, trait: str, layer: int, scorer: Scorer, 
     d_random = [distance(2 + s.n_draws + j) for j in range(s.n_random)]
     pca_sign = float(torch.sign(vecs["pca"] @ v))
     return jsonable({
-        "config": {"trait": trait, "layer": layer, "alphas": list(s.alphas), "n_draws": s.n_draws, "n_prompts": len(prompts),
+        "config": {"trait": as_spec(trait).name, "layer": layer, "alphas": list(s.alphas), "n_draws": s.n_draws, "n_prompts": len(prompts),
                    "samples": s.samples, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "n_random": s.n_random,
                    "seed": s.seed, "env": s.env, "positions": "last", "vector_norm": 1.0},
         "model": lm.info(),

@@ -35,6 +35,7 @@ from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
 from steerscope.stats import efficacy, hedges_g, prompt_means
+from steerscope.traitspec import TraitSpec, as_spec
 
 
 def _alpha_label(alpha: float) -> str:
@@ -126,7 +127,7 @@ def alpha_sweep(
 
 def environment_runs(
     lm: LoadedModel,
-    trait: str,
+    trait: str | TraitSpec,
     layer: int,
     v: torch.Tensor,
     alpha: float,
@@ -153,7 +154,7 @@ def environment_runs(
         result = readout_verdict(score_readout(scores, conds, scorer_accuracy(scorer)), s.margin(), s.n_boot, s.seed)
         results[env] = {"n_prompts": len(prompts), "mean_scores": {name: float(np.mean(x)) for name, x in scores.items()},
                         "trait_score": result}
-    return jsonable({"trait": trait, "layer": layer, "alpha": float(alpha), "n_draws": s.n_draws, "seed": s.seed,
+    return jsonable({"trait": as_spec(trait).name, "layer": layer, "alpha": float(alpha), "n_draws": s.n_draws, "seed": s.seed,
                      "delta": s.delta, "samples_per_prompt": s.samples_per_prompt, "environments": results})
 
 
@@ -172,7 +173,7 @@ def parse_alphas(text: str) -> list[float]:
 
 def run_extensions(
     lm: LoadedModel,
-    trait: str,
+    trait: str | TraitSpec,
     layer: int,
     alpha: float,
     settings: IdentifiabilitySettings | None = None,
@@ -195,9 +196,11 @@ def run_extensions(
     s = settings or IdentifiabilitySettings()
     layer = lm.check_layer(layer)
     if scorer is None:
-        from steerscope.score.base import get_scorer
+        from steerscope.score.base import spec_scorer
 
-        scorer = get_scorer(trait)
+        scorer = spec_scorer(as_spec(trait), lm)
+        if scorer is None:
+            raise SteerscopeError(f"the α sweep and the environment runs read the trait score; trait {as_spec(trait).name!r} has no scorer")
     vec = vector if vector is not None else audit_vector(lm, trait, layer)
     v = vec.directions[layer]
     out: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -86,6 +86,29 @@ def load_vector_file(path: str | Path, d_model: int | None, layer: int | None = 
     chosen = _in_range(file, chosen, n_layers)
     label = f"{file}: the vector" if contents.single is not None else f"{file}: layer {chosen}"
     return ForeignVector(chosen, _checked(tensor, d_model, label), contents.source, sorted(contents.layers), contents.note)
+
+
+def load_vector_layers(path: str | Path, d_model: int | None, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{ℓ: [d_model]}`` for those of ``layers`` the file holds (a single vector without a layer
+    index is placed at every one of them), each checked like :func:`load_vector_file`'s;
+    :class:`VectorFileError` when the file holds none of them."""
+    file = Path(path)
+    contents = _read(file, _kind(file))
+    if contents.single is not None:
+        return {ell: _checked(contents.single, d_model, f"{file}: the vector") for ell in layers}
+    found = {ell: _checked(contents.layers[ell], d_model, f"{file}: layer {ell}") for ell in layers if ell in contents.layers}
+    if not found:
+        raise VectorFileError(f"{file} has none of layers {list(layers)}; layers in file: {sorted(contents.layers)}")
+    return found
+
+
+def check_made_for(path: str | Path, lm: Any, allow_mismatch: bool = False) -> None:
+    """A steerscope vector file must have been made for ``lm`` (same fingerprint) unless
+    ``allow_mismatch``; files of other tools carry no model identity (their ``d_model`` is checked
+    when they are loaded)."""
+    file = Path(path)
+    if _kind(file) == "safetensors" and _read_safetensors(file).source == "steerscope":
+        SteeringVector.load(file, lm, allow_mismatch)
 
 
 def from_directions(directions: Mapping[int, torch.Tensor], d_model: int | None, layer: int | None = None,
