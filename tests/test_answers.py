@@ -40,3 +40,24 @@ def test_headlines_carry_the_class_share_and_the_jacobian_of_the_intervention():
     assert any("no direction can be added to v unseen" in f for f in facts)
     assert not any("unseen" in f for f in identifiable(_result({"trait_score": "different", "pair_margin": "different",
                                                                  "distribution": "different"}, below_v=0.1))["facts"])
+
+
+def _steering(g, p, readout="trait_score"):
+    row = {"alpha": 1.0, "ppl_ratio": 1.2, "ppl_ratio_low": 1.1, "ppl_ratio_high": 1.3}
+    v_vs_none = {"readout": readout, "g": g, "g_low": g, "g_high": g, "p_diff": p, "js": 0.01}
+    return {"identifiability": {"v_vs_none": v_vs_none, "scorer_accuracy": None}, "strength": {"rows": [row], "alpha": 1.0, "reason": "r"}}
+
+
+@pytest.mark.parametrize(("g", "p", "readout", "status", "words"), [
+    (1.2, 0.001, "trait_score", "yes", "moves held-out completions toward the trait"),
+    (1.2, 0.001, "pair_margin", "yes", "shifts held-out pairs toward their positive side"),
+    (-1.2, 0.001, "pair_margin", "no", "toward their negative side"),
+    (0.1, 0.6, "pair_margin", "no", "No detectable effect at α = 1 on the held-out pairs"),
+    (None, None, "pair_margin", "unknown", "effect size on the held-out pairs is undefined"),
+])
+def test_steers_names_the_readout_and_says_unknown_when_the_effect_is_undefined(g, p, readout, status, words):
+    from steerscope.audit.answers import steers
+
+    out = steers(_steering(g, p, readout))
+    assert out["status"] == status and words in out["headline"], out["headline"]
+    assert any("no scorer" in f for f in out["facts"]) == (readout == "pair_margin")
