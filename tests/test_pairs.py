@@ -16,7 +16,7 @@ from steerscope.errors import DataError, SteerscopeError
 
 ROLES_TEXT = "['assistant', 'system', 'user']"
 SPLITS_TEXT = "['test', 'train', 'validation']"
-ALLOWED_TEXT = "allowed: meta, negative, positive, split, trait"
+ALLOWED_TEXT = "allowed: environment, meta, negative, positive, split, trait"
 
 CHAT_POS = [{"role": "user", "content": "How was your weekend?"}, {"role": "assistant", "content": "It was very pleasant, thank you."}]
 CHAT_NEG = [{"role": "user", "content": "How was your weekend?"}, {"role": "assistant", "content": "meh, whatever"}]
@@ -192,6 +192,21 @@ def test_bad_split(tmp_path, split):
     # Unhashable splits (list, dict) used to crash with TypeError instead of being reported.
     problems = _only_problem(tmp_path, {"positive": "a", "negative": "b", "split": split})
     assert problems == [f"split: expected one of {SPLITS_TEXT}, got {split!r}"]
+
+
+@pytest.mark.parametrize("environment", ["", "  ", None, 3, ["topic_shift"], "x" * 65])
+def test_bad_environment(tmp_path, environment):
+    problems = _only_problem(tmp_path, {"positive": "a", "negative": "b", "environment": environment})
+    assert problems == [f"environment: expected a non-empty name of at most 64 characters, got {environment!r}"]
+
+
+def test_environment_is_read_and_written_back(tmp_path):
+    from steerscope.data.pairs import read_pairs_file
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"positive": "a", "negative": "b", "environment": "legal"}) + "\n")
+    (pair,) = read_pairs_file(path)
+    assert pair.environment == "legal" and pair.to_json()["environment"] == "legal"
 
 
 @pytest.mark.parametrize("meta", [[1, 2], "note", 3, None])

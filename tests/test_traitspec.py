@@ -44,6 +44,21 @@ def test_builtin_spec_holds_the_builtin_data():
         builtin_spec("pirate")
 
 
+def test_builtin_environment_pairs_are_new_and_balanced():
+    from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+
+    def questions(pairs):
+        return [p.positive[0]["content"].lower() for p in pairs]
+
+    for trait in TRAITS:
+        spec = builtin_spec(trait)
+        assert {e: len(p) for e, p in spec.environment_pairs.items()} == {e: 24 for e in ENVIRONMENTS}
+        mine = [q for pairs in spec.environment_pairs.values() for q in questions(pairs)]
+        assert len(set(mine)) == len(mine)
+        assert not set(mine) & (set(questions(spec.train + spec.test)) | {p.lower() for p in builtin_prompts(trait)})
+        assert all(p.environment == e and p.trait == trait for e, pairs in spec.environment_pairs.items() for p in pairs)
+
+
 def test_split_is_deterministic_keeps_given_splits_and_refuses_too_few():
     pairs = [ContrastivePair(f"yes {i} indeed", f"no {i} never") for i in range(12)]
     train, test = split_pairs(pairs)
@@ -74,6 +89,10 @@ def test_user_spec_from_files(tmp_path):
         spec_from_files(plain)
     with pytest.raises(SteerscopeError, match="trait name 'a b'"):
         spec_from_files(plain, prompts, name="a b")
+    assert spec.environment_pairs == {} and "environment_pairs" not in spec.content()
+    envs = spec_from_files(write_pirate_pairs(tmp_path / "envs.jsonl", environment="port"), scorer="vader")
+    assert {e: len(p) for e, p in envs.environment_pairs.items()} == {"port": 24}
+    assert TraitSpec.from_content(envs.content()).digest() == envs.digest()
 
 
 def test_pair_questions_are_the_last_user_turns_without_repeats():
@@ -153,9 +172,12 @@ def test_a_recovery_method_that_cannot_fit_the_data_becomes_a_row_saying_why(mon
         raise SteerscopeError("FastICA failed on these activations (A has a NaN entry)")
 
     monkeypatch.setattr(trait_module, "recover_trait", fail)
-    auditor = SimpleNamespace(lm=None, specs={"formality": builtin_spec("formality")}, p=SimpleNamespace(rec_boot=2), seed=0)
-    row, blob = _recover_row(auditor, TraitRun("formality", layer=1), "ica", {}, {})
+    import torch
+
+    auditor = SimpleNamespace(lm=None, specs={"formality": builtin_spec("formality")}, p=SimpleNamespace(rec_boot=2), seed=0, given={})
+    row, blob = _recover_row(auditor, TraitRun("formality", layer=1, vector=torch.ones(4)), "ica", {}, {})
     assert blob is None and row["identifiable"] is None and row["reason"].startswith("FastICA failed")
+    assert row["identifies"] is None and row["why"].startswith("not run: FastICA failed")
 
 
 def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
@@ -194,7 +216,7 @@ def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
     assert res["identifiability"]["config"]["extraction"]["method"] == "given (numpy)"
     assert res["reachability"]["vector"]["source"] == "mine.npy"
     assert "Vector: given in mine.npy (numpy), layer 2, not extracted" in written["report"].read_text()
-    assert all(r.get("reference", "").startswith("the mean difference") for r in res["recovery"])
+    assert all(r["agreement"]["audited"] == "the vector given in mine.npy" for r in res["recovery"] if r.get("agreement"))
     saved = ss_load(tmp_path / "run" / "vector_formality.safetensors")
     assert torch.equal(saved.directions[2], torch.from_numpy(rows[2]))
     wide = given_vectors([builtin_spec("formality")], _npy(tmp_path / "wide.npy", lm.d_model + 1), 2)

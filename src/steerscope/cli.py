@@ -116,7 +116,9 @@ def datasets_validate(file: Path = typer.Argument(..., help="JSONL file of contr
             err.print(problem, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     splits = {s: sum((p.split or "none") == s for p in pairs) for s in sorted({p.split or "none" for p in pairs})}
-    out.print(f"{file}: {len(pairs)} valid pairs ({', '.join(f'{k}: {v}' for k, v in splits.items())})", markup=False)
+    envs = {e: sum(p.environment == e for p in pairs) for e in dict.fromkeys(p.environment for p in pairs if p.environment)}
+    counts = ", ".join(f"{k}: {v}" for k, v in splits.items()) + ("; environments " + ", ".join(f"{k}: {v}" for k, v in envs.items()) if envs else "")
+    out.print(f"{file}: {len(pairs)} valid pairs ({counts})", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -23,7 +23,8 @@ from typing import Any
 
 from steerscope.data.pairs import ContrastivePair, read_pairs_file
 from steerscope.data.prompts import read_prompt_environments
-from steerscope.data.traits import BUILTIN_INSTRUCTIONS, ENVIRONMENTS, TRAITS, builtin_pairs, builtin_prompts
+from steerscope.data.traits import (BUILTIN_INSTRUCTIONS, ENVIRONMENTS, TRAITS, builtin_env_pairs, builtin_pairs, builtin_prompts,
+                                     group_by_environment)
 from steerscope.errors import SteerscopeError
 
 #: Layer selection and the held-out readouts need at least this many pairs in each split.
@@ -39,7 +40,10 @@ class TraitSpec:
 
     ``prompts``: environment → prompts (``in_distribution`` is required); ``scorer``: a scorer spec
     (``default`` = the built-in trait's own scorer) or None; ``instructions``: (positive pole,
-    negative pole) system-style instructions, or None when the trait has none.
+    negative pole) system-style instructions, or None when the trait has none; ``environment_pairs``:
+    environment → pairs written in it, from which multi-environment recovery extracts one vector per
+    environment (built-in traits: the ``env_pairs`` files; a user's: the pairs with an
+    ``environment`` field).
     """
 
     name: str
@@ -50,6 +54,7 @@ class TraitSpec:
     instructions: tuple[str, str] | None = None
     builtin: bool = False
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    environment_pairs: Mapping[str, tuple[ContrastivePair, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -72,7 +77,12 @@ class TraitSpec:
                 "train": [p.to_json() for p in self.train], "test": [p.to_json() for p in self.test],
                 "prompts": {env: list(ps) for env, ps in self.prompts.items()},
                 "scorer": self.scorer, "instructions": list(self.instructions) if self.instructions else None,
-                "provenance": dict(self.provenance)}
+                "provenance": dict(self.provenance)} | self._environment_content()
+
+    def _environment_content(self) -> dict[str, Any]:
+        if not self.environment_pairs:
+            return {}
+        return {"environment_pairs": {env: [p.to_json() for p in ps] for env, ps in self.environment_pairs.items()}}
 
     def digest(self) -> str:
         """SHA-256 of :meth:`content` as canonical JSON."""
@@ -82,7 +92,8 @@ class TraitSpec:
         """Counts and identity, for run configurations and reports."""
         return {"name": self.name, "builtin": self.builtin, "digest": self.digest(), "n_train": len(self.train),
                 "n_test": len(self.test), "prompts": {env: len(ps) for env, ps in self.prompts.items()},
-                "scorer": self.scorer, "instructions": self.instructions is not None} | dict(self.provenance)
+                "scorer": self.scorer, "instructions": self.instructions is not None,
+                "environment_pairs": {env: len(ps) for env, ps in self.environment_pairs.items()}} | dict(self.provenance)
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any]) -> "TraitSpec":
@@ -91,11 +102,13 @@ class TraitSpec:
         instructions = content.get("instructions")
         return cls(content["name"], pairs["train"], pairs["test"], {e: tuple(p) for e, p in content["prompts"].items()},
                    content.get("scorer"), (instructions[0], instructions[1]) if instructions else None,
-                   bool(content.get("builtin")), dict(content.get("provenance") or {}))
+                   bool(content.get("builtin")), dict(content.get("provenance") or {}),
+                   {e: tuple(_pair(r) for r in rs) for e, rs in (content.get("environment_pairs") or {}).items()})
 
 
 def _pair(record: Mapping[str, Any]) -> ContrastivePair:
-    return ContrastivePair(record["positive"], record["negative"], record.get("trait"), record.get("split"), record.get("meta") or {})
+    return ContrastivePair(record["positive"], record["negative"], record.get("trait"), record.get("split"), record.get("meta") or {},
+                           record.get("environment"))
 
 
 def builtin_spec(trait: str) -> TraitSpec:
@@ -104,7 +117,8 @@ def builtin_spec(trait: str) -> TraitSpec:
         raise SteerscopeError(f"unknown built-in trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
     return TraitSpec(trait, tuple(builtin_pairs(trait, "train")), tuple(builtin_pairs(trait, "test")),
                      {env: tuple(builtin_prompts(trait, env)) for env in ENVIRONMENTS}, "default",
-                     BUILTIN_INSTRUCTIONS[trait], builtin=True)
+                     BUILTIN_INSTRUCTIONS[trait], builtin=True,
+                     environment_pairs={env: tuple(ps) for env, ps in builtin_env_pairs(trait).items()})
 
 
 def split_pairs(pairs: Sequence[ContrastivePair]) -> tuple[list[ContrastivePair], list[ContrastivePair]]:
@@ -161,7 +175,8 @@ def spec_from_files(
         by_env, source = {"in_distribution": questions}, {"prompts_from": "the pairs' questions"}
     provenance = {"dataset": path.name, "split_rule": SPLIT_RULE} | source
     return TraitSpec(name or _default_name(path), tuple(train), tuple(test), {e: tuple(p) for e, p in by_env.items()},
-                     scorer, instructions, builtin=False, provenance=provenance)
+                     scorer, instructions, builtin=False, provenance=provenance,
+                     environment_pairs={env: tuple(ps) for env, ps in group_by_environment(pairs).items()})
 
 
 def _default_name(path: Path) -> str:

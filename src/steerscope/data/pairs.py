@@ -2,12 +2,13 @@
 
 One JSON object per line::
 
-    {"positive": ITEM, "negative": ITEM, "trait": "formality", "split": "train", "meta": {...}}
+    {"positive": ITEM, "negative": ITEM, "trait": "formality", "split": "train", "environment": "topic_shift", "meta": {...}}
 
 ITEM is a non-empty string or a chat conversation: a non-empty list of ``{"role", "content"}``
 messages (roles ``system``, ``user``, ``assistant``). Both items of a pair are of the same kind.
-``trait``, ``split`` (``train``, ``test`` or ``validation``) and ``meta`` (an object) are
-optional. Blank lines are ignored.
+``trait``, ``split`` (``train``, ``test`` or ``validation``), ``environment`` (the data
+distribution the pair was written in, a name of at most 64 characters; multi-environment recovery
+extracts one vector per environment) and ``meta`` (an object) are optional. Blank lines are ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from steerscope.encoding import Item
 from steerscope.data.jsonl import json_objects
 from steerscope.errors import DataError, SteerscopeError
 
-FIELDS = {"positive", "negative", "trait", "split", "meta"}
+FIELDS = {"positive", "negative", "trait", "split", "environment", "meta"}
 SPLITS = {"train", "test", "validation"}
 ROLES = {"system", "user", "assistant"}
 
@@ -37,10 +38,11 @@ class ContrastivePair:
     trait: str | None = None
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    environment: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"positive": self.positive, "negative": self.negative}
-        for key in ("trait", "split"):
+        for key in ("trait", "split", "environment"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         if self.meta:
@@ -89,6 +91,9 @@ def _record_problems(record: dict[str, Any]) -> list[str]:
         problems.append("trait: expected a non-empty string")
     if "split" in record and (not isinstance(record["split"], str) or record["split"] not in SPLITS):
         problems.append(f"split: expected one of {sorted(SPLITS)}, got {record['split']!r}")
+    env = record.get("environment")
+    if "environment" in record and (not isinstance(env, str) or not env.strip() or len(env) > 64):
+        problems.append(f"environment: expected a non-empty name of at most 64 characters, got {env!r}")
     if "meta" in record and not isinstance(record["meta"], dict):
         problems.append("meta: expected an object")
     return problems
@@ -103,7 +108,8 @@ def validate_lines(lines: Sequence[str], path: str) -> tuple[list[ContrastivePai
         if found:
             problems += [f"{path}:{number}: {p}" for p in found]
             continue
-        pairs.append(ContrastivePair(record["positive"], record["negative"], record.get("trait"), record.get("split"), record.get("meta", {})))
+        pairs.append(ContrastivePair(record["positive"], record["negative"], record.get("trait"), record.get("split"), record.get("meta", {}),
+                                     record.get("environment")))
     if not pairs and not problems:
         problems.append(f"{path}: no pairs (the file is empty)")
     return pairs, problems

@@ -47,6 +47,24 @@ def builtin_pairs(trait: str, split: str | None = None) -> list[ContrastivePair]
     return select_split(pairs, split)
 
 
+def builtin_env_pairs(trait: str) -> dict[str, list[ContrastivePair]]:
+    """The built-in per-environment pairs of ``trait`` (``{environment: pairs}``, 24 per environment),
+    written apart from the train/test pairs for multi-environment recovery."""
+    pairs, problems = validate_lines(_resource("env_pairs", trait).splitlines(), f"<builtin {trait} env_pairs>")
+    if problems:
+        raise DataError(f"<builtin {trait} env_pairs>", problems)
+    return group_by_environment(pairs)
+
+
+def group_by_environment(pairs: Sequence[ContrastivePair]) -> dict[str, list[ContrastivePair]]:
+    """``{environment: pairs}`` of the pairs that name an environment, in first-seen order."""
+    out: dict[str, list[ContrastivePair]] = {}
+    for pair in pairs:
+        if pair.environment:
+            out.setdefault(pair.environment, []).append(pair)
+    return out
+
+
 def builtin_prompts(trait: str, env: str | None = None) -> list[str]:
     """Evaluation prompts of ``trait`` in environment ``env`` (all environments when None)."""
     if env is not None and env not in ENVIRONMENTS:
@@ -95,5 +113,6 @@ def dataset_summary() -> list[dict]:
             "train": sum(p.split == "train" for p in pairs),
             "test": sum(p.split == "test" for p in pairs),
             "prompts": {env: len(builtin_prompts(trait, env)) for env in ENVIRONMENTS},
+            "environment_pairs": {env: len(p) for env, p in builtin_env_pairs(trait).items()},
         })
     return rows
