@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from steerscope.data.traits import builtin_pairs
+from steerscope.data.traits import builtin_env_pairs, builtin_pairs
 from steerscope.errors import SteerscopeError
 from steerscope.recover import METHODS, Recovery, TraitInputs, bootstrap_stability, get_recovery, recover_sparse, register_recovery
 from steerscope.recover.result import null_dim, unit
@@ -22,6 +22,12 @@ def inputs(llama):
     grams = {env: prompt_grams(llama, PROMPTS, 1) for env in ("a", "b")}
     maps = layer_maps(llama, PROMPTS, 1, [2])
     return builtin_pairs("formality", "train")[:16], grams, maps
+
+
+@pytest.fixture(scope="module")
+def env_pairs():
+    by_env = builtin_env_pairs("formality")
+    return {"a": by_env["in_distribution"][:8], "b": by_env["topic_shift"][:8]}
 
 
 def test_registry():
@@ -55,31 +61,41 @@ def test_unknown_method_names_the_known_ones():
 
 
 @pytest.mark.parametrize("method", ["ica", "sparse", "multienv", "crosslayer"])
-def test_recover_trait_returns_a_unit_direction_and_a_report(llama, inputs, method):
+def test_recover_trait_returns_a_unit_direction_and_a_report(llama, inputs, env_pairs, method):
     pairs, grams, maps = inputs
-    r = recover_trait(llama, method, pairs, 1, grams=grams, maps=maps, n_boot=3, seed=1)
+    r = recover_trait(llama, method, pairs, 1, grams=grams, maps=maps, n_boot=3, seed=1, env_pairs=env_pairs)
     assert isinstance(r, Recovery) and r.method == method
     assert r.direction.shape == (llama.d_model,) and np.linalg.norm(r.direction) == pytest.approx(1.0)
     assert r.identifiable in (True, False, None) and r.reason
     assert r.stability["n_boot"] == 3 and -1 <= r.stability["ci_low"] <= r.stability["mean_cos"] <= r.stability["ci_high"] <= 1
     assert r.details["layer"] == 1 and r.details["n_pairs"] == 16
     assert r.to_dict()["direction"] == pytest.approx(list(r.direction))
+    assert r.assumption["holds"] in (True, False) and r.assumption["detail"]
+    assert r.agreement["audited"] == "the mean difference of the pairs" and r.agreement["agrees"] in (True, False)
+    assert r.stability["audited"]["ci_low"] == r.agreement["ci_low"]
+    assert r.identifies in (True, False, None) and r.why
 
 
-def test_multienv_on_the_mean_difference_keeps_it_when_the_stack_has_full_rank(llama, inputs):
+def test_multienv_extracts_one_vector_per_environment(llama, inputs, env_pairs):
+    from steerscope.recover.trait import pair_activations
+
     pairs, grams, _ = inputs
-    r = recover_trait(llama, "multienv", pairs, 1, grams=grams, n_boot=0)
-    if r.class_dim == 0:
-        assert r.details["cos_with_mean_diff"] == pytest.approx(1.0)
-    else:  # the recovered direction is the mean difference with its kernel component removed
-        assert r.details["cos_with_mean_diff"] < 1.0
+    r = recover_trait(llama, "multienv", pairs, 1, grams=grams, n_boot=0, env_pairs=env_pairs)
+    vectors = [np.subtract(*pair_activations(llama, env_pairs[e], [1])[1]).mean(axis=0) for e in ("a", "b")]
+    assert r.details["environments"] == ["a", "b"] and r.assumption["extra"]["pairs_per_environment"] == [8, 8]
+    assert r.details["cos_between_environment_vectors"][0][1] == pytest.approx(float(unit(vectors[0]) @ unit(vectors[1])))
+    # no environments, no multi-environment recovery: one vector repeated per environment is not offered
+    with pytest.raises(SteerscopeError, match="pairs written in at least 2 environments"):
+        recover_trait(llama, "multienv", pairs, 1, grams=grams)
+    with pytest.raises(SteerscopeError, match="this trait has pairs in a"):
+        recover_trait(llama, "multienv", pairs, 1, grams=grams, env_pairs={"a": env_pairs["a"]})
 
 
 def test_recover_trait_errors(llama, inputs):
     pairs, grams, _ = inputs
     with pytest.raises(SteerscopeError, match="unknown recovery method"):
         recover_trait(llama, "pca", pairs, 1)
-    with pytest.raises(SteerscopeError, match="Gram"):
+    with pytest.raises(SteerscopeError, match="with Jacobians \\(none\\)"):
         recover_trait(llama, "multienv", pairs, 1)
     with pytest.raises(SteerscopeError, match="layer maps"):
         recover_trait(llama, "crosslayer", pairs, 1, grams=grams)

@@ -142,8 +142,9 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
             f"<p class='note'>{_e(ident['statement'])}</p>")
 
 
-def _status(verdict: str) -> str:
-    return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no"}.get(verdict, "unknown")
+def _status(verdict: str | bool | None) -> str:
+    return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no", True: "yes",
+            False: "no"}.get(verdict, "unknown")
 
 
 def _all_positions_note(ns: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
@@ -181,11 +182,21 @@ def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
 
 
 def recovery_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
-    recov = _table(["method", "identifiable", "class dim", "stability: mean cos [CI]", "cos with mean diff", "reason"],
-                   [[_e(r["method"]), _e(r["identifiable"]), _e(r["class_dim"]),
-                     ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
-                     num(r["details"].get("cos_with_mean_diff"), ".3f"), _e(r["reason"])] for r in res["recovery"]])
-    return f"<h3>Recovery under structural assumptions</h3>{recov}{_img(plots['stability'], 'stability')}"
+    def row(r: Mapping[str, Any]) -> list[str]:
+        agree, test = r.get("agreement") or {}, r.get("assumption") or {}
+        return [_e(r["method"]), f'<span class="badge {_status(r.get("identifies"))}">{_e(r.get("identifies"))}</span>', _e(r.get("why", "")),
+                _e(r["identifiable"]), _e(r["class_dim"]), _e(test.get("holds")) + (f": {_e(test['detail'])}" if test else ""),
+                ci(agree.get("cos"), agree.get("ci_low"), agree.get("ci_high"), ".3f") if agree else "n/a",
+                ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
+                _e(r["reason"])]
+
+    recov = _table(["method", "identifies the audited vector", "why", "unique if the assumption held", "class dim",
+                    "assumption holds on the data", "cos with the audited vector [95 % CI]", "stability: mean cos [CI]", "uniqueness"],
+                   [row(r) for r in res["recovery"]])
+    audited = next((r["agreement"]["audited"] for r in res["recovery"] if r.get("agreement")), "the audited vector")
+    note = (f"<p class='note'>A method identifies the audited vector ({_e(audited)}) only when its uniqueness condition holds, its "
+            f"assumption is not rejected on the data (level 0.05), and the lower end of the cosine's interval exceeds 0.9.</p>")
+    return f"<h3>Recovery under structural assumptions</h3>{note}{recov}{_img(plots['stability'], 'stability')}"
 
 
 def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:

@@ -16,7 +16,7 @@ Each answer has a ``status`` (a short label used for colour), a ``headline`` sen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from steerscope.audit.identifiability import MIN_SCORER_ACCURACY
@@ -81,6 +81,16 @@ def readout_headlines(ident: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def recovery_fact(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which structural assumptions identify the audited vector (holding on the data and agreeing with
+    it), and for the others which part failed."""
+    identify = [r["method"] for r in rows if r.get("identifies") is True]
+    others = "; ".join(f"{r['method']}: {r.get('why') or r.get('reason', '')}" for r in rows if r.get("identifies") is not True)
+    head = ("structural assumptions that hold on these data and identify the audited vector: "
+            + (", ".join(identify) if identify else "none"))
+    return head + (f" ({others})" if others else "")
+
+
 def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     ident = result["identifiability"]
     verdicts = {k: ident["readouts"][k]["verdict"] for k in LABELS if k in ident["readouts"]}
@@ -88,12 +98,10 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     stacked = result["nullspace"]["layers"][layer]["logits"]["stacked"]
     d = stacked["d"]
     null = d - stacked["effective_rank"][NULL_TOL]
-    unique = [r["method"] for r in result["recovery"] if r["identifiable"] is True]
     facts = readout_headlines(ident) + [
         f"first-order equivalence class: {null} of {d} directions have logit-Jacobian gain ≤ 10⁻³ × the largest "
         f"over {result['nullspace']['config']['n_prompts']} prompts",
-        "structural assumptions that make the direction unique: " + (", ".join(unique) if unique else "none of "
-                                                                     "ica, sparse, multienv, crosslayer"),
+        recovery_fact(result["recovery"]),
     ]
     everywhere = result["nullspace"]["layers"][layer].get("all_positions")
     if everywhere and everywhere["logits"].get("vector_gain"):

@@ -318,6 +318,8 @@ class RecoverCommand:
     built-in environments of the trait, or of formality for a pair file); ``later_layers``: the
     cross-layer targets (default :func:`~steerscope.audit.profiles.crosslayer_targets`);
     ``options``: method-specific keywords of :func:`steerscope.recover.trait.recover_trait`.
+    multienv extracts one vector per environment from the pairs written in it (a built-in trait's
+    ``env_pairs``; a pair file's ``environment`` field).
     """
 
     method: str
@@ -373,15 +375,18 @@ class RecoverCommand:
         from steerscope.audit.markdown import recovery_markdown
         from steerscope.data import load_pairs
         from steerscope.data.pairs import dataset_hash
+        from steerscope.data.traits import builtin_env_pairs, group_by_environment
         from steerscope.recover.trait import recover_trait
         from steerscope.vectors.file import SteeringVector, vector_metadata
 
         source = self.trait if self.trait is not None else self.dataset
         assert source is not None  # prepare() requires exactly one of trait and dataset
         pairs = load_pairs(source, "train" if self.trait is not None else None)
+        env_pairs = builtin_env_pairs(self.trait) if self.trait is not None else group_by_environment(load_pairs(source))
         layer = lm.check_layer(self.layer)
         grams, maps = self._inputs(lm, layer)
-        result = recover_trait(lm, self.method, pairs, layer, grams=grams, maps=maps, n_boot=self.boot, seed=self.seed, **self.options)
+        result = recover_trait(lm, self.method, pairs, layer, grams=grams, maps=maps, n_boot=self.boot, seed=self.seed,
+                               env_pairs=env_pairs, **self.options)
         report = result.to_dict() | {"model": lm.name, "trait": self.trait or str(self.dataset)}
         paths, markdown = self.paths(), recovery_markdown(report)
         _write_json(paths["recovery.json"], report, self.overwrite, indent=1)

@@ -189,10 +189,13 @@ def nullspace_markdown(results: dict[str, Any]) -> str:
 
 def recovery_markdown(report: dict[str, Any]) -> str:
     """Summary of one recovery run (``Recovery.to_dict()`` plus ``model``/``trait`` keys)."""
-    stab = report.get("stability") or {}
+    stab, test, agree = report.get("stability") or {}, report.get("assumption"), report.get("agreement") or {}
     lines = [
         f"# Recovery ({report['method']}): {report.get('trait', '')} on {report.get('model', '')}, layer {report['details'].get('layer')}", "",
-        f"- Identifiable: **{report['identifiable']}** — {report['reason']}",
+        f"- Identifies the audited vector ({agree.get('audited', 'the mean difference')}): **{report.get('identifies')}** — {report.get('why', '')}",
+        f"- Assumption on the data: {test['name']}: **{test['holds']}** — {test['detail']}" if test else "- Assumption on the data: not tested",
+        f"- cos(recovered, audited) = {ci(agree.get('cos'), agree.get('ci_low'), agree.get('ci_high'), '.3f')} (bound {agree.get('bound')})",
+        f"- Unique if the assumption held: **{report['identifiable']}** — {report['reason']}",
         f"- Remaining class dimension: {report['class_dim'] if report['class_dim'] is not None else 'not defined'}; symmetry: {report['symmetry']}",
         f"- cos(recovered, mean difference) = {num(report['details'].get('cos_with_mean_diff'), '.3f')}",
     ]

@@ -257,15 +257,17 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
         return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {},
                 "reason": "no later layer to constrain the direction (the chosen layer is the last one)"}, None
     kwargs: dict[str, Any] = {"observe": "jacobian", "k": 8} if method == "sparse" else {}
+    spec, given = a.specs[run.trait], a.given.get(run.trait)
+    audited = f"the vector given in {given.file}" if given else "the audited vector (the mean difference of the train pairs)"
+    assert run.vector is not None  # set by the vector stage
     try:
-        r = recover_trait(a.lm, method, list(a.specs[run.trait].train), run.layer, grams=grams, maps=maps,
-                          n_boot=a.p.rec_boot, seed=a.seed, **kwargs)
+        r = recover_trait(a.lm, method, list(spec.train), run.layer, grams=grams, maps=maps, n_boot=a.p.rec_boot, seed=a.seed,
+                          env_pairs=spec.environment_pairs, audited=run.vector.double().numpy(), audited_name=audited, **kwargs)
     except SteerscopeError as exc:  # the method cannot be fitted on this trait's data: a row that says why
-        return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {}, "reason": str(exc)}, None
+        return {"method": method, "identifiable": None, "class_dim": None, "stability": None, "details": {}, "reason": str(exc),
+                "identifies": None, "why": f"not run: {exc}"}, None
     row = r.to_dict()
     row.pop("direction")
-    if run.trait in a.given:
-        row["reference"] = "the mean difference of the trait's train pairs, not the given vector"
     return row, None
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.assumptions import crosslayer_carry
 from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, cosine, null_dim, unit
 from steerscope.recover.stability import bootstrap_stability
@@ -95,6 +96,10 @@ def crosslayer_from_pairs(inputs: TraitInputs) -> Recovery:
 
     result = _recovery(system, np.asarray(inputs.mean_diff, dtype=np.float64), [np.asarray(maps[t]) for t in maps], list(targets.values()), tol)
     result.details["layers"] = [inputs.layer] + sorted(maps)
+    first = min(maps)
+    mean_map = np.asarray(maps[first], dtype=np.float64).reshape(-1, len(contrasts[0]), len(contrasts[0])).mean(axis=0)
+    result.assumption = crosslayer_carry(mean_map, contrasts, acts[first][0] - acts[first][1], seed=inputs.seed).to_dict()
+    result.assumption["extra"]["later_layer"] = first
     if inputs.n_boot:
-        result.stability = bootstrap_stability(solve, len(contrasts), result.direction, inputs.n_boot, inputs.seed)
+        result.stability = bootstrap_stability(solve, len(contrasts), result.direction, inputs.n_boot, inputs.seed, audited=inputs.reference)
     return result

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.assumptions import ica_nongaussian
 from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, unit
 from steerscope.recover.stability import bootstrap_stability
@@ -95,7 +96,8 @@ def recover_ica(
         reason = "the matched source is non-Gaussian (at most one Gaussian source among the rest): identified up to sign and scale; labels fix the sign"
     result = Recovery("ica", direction, identifiable, class_dim, reason, symmetry="sign and scale (sign fixed by labels)",
                       details={"n_components": k, "matched_component": matched, "label_effect": float(effects[matched]),
-                               "jarque_bera": jb.tolist(), "gaussian_null_threshold": threshold, "n_gaussian_like": int(gaussian.sum()), "seed": seed})
+                               "jarque_bera": jb.tolist(), "gaussian_null_threshold": threshold, "n_gaussian_like": int(gaussian.sum()), "seed": seed},
+                      assumption=ica_nongaussian(float(jb[matched]), threshold, gauss_alpha).to_dict())
     if n_boot:
         def refit(idx: np.ndarray) -> np.ndarray:
             return ica_direction(x[idx], y[idx], k, seed)
@@ -114,5 +116,5 @@ def ica_from_pairs(inputs: TraitInputs) -> Recovery:
         def refit(idx: np.ndarray) -> np.ndarray:
             rows = np.r_[idx, idx + len(pos)]  # resample pairs, keep both members
             return ica_direction(x[rows], labels[rows], result.details["n_components"], seed)
-        result.stability = bootstrap_stability(refit, len(pos), result.direction, inputs.n_boot, seed)
+        result.stability = bootstrap_stability(refit, len(pos), result.direction, inputs.n_boot, seed, audited=inputs.reference)
     return result

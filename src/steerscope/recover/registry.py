@@ -21,8 +21,11 @@ class TraitInputs:
 
     ``acts``: per layer ``(pos [N, d], neg [N, d])`` activations of the pairs' completions (the
     base ``layer`` and every layer of ``maps``). ``grams``: environment → per-prompt Gram matrices
-    at ``layer``. ``maps``: later layer → per-prompt maps from ``layer``. The remaining fields are
-    the options of :func:`~steerscope.recover.trait.recover_trait`.
+    at ``layer``. ``maps``: later layer → per-prompt maps from ``layer``. ``env_acts``: environment
+    → ``(pos, neg)`` activations at ``layer`` of the pairs written in that environment.
+    ``audited``: the vector the audit asks about (``[d]``; default: the mean difference), described
+    by ``audited_name``. The
+    remaining fields are the options of :func:`~steerscope.recover.trait.recover_trait`.
     """
 
     layer: int
@@ -36,6 +39,14 @@ class TraitInputs:
     dictionary: str = "neurons"
     k: int = 8
     observe: str = "activations"
+    env_acts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+    audited: np.ndarray | None = None
+    audited_name: str = "the mean difference of the pairs"
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The audited vector (``[d]``): ``audited``, or the mean difference."""
+        return np.asarray(self.audited, dtype=np.float64) if self.audited is not None else self.mean_diff
 
     @property
     def pos(self) -> np.ndarray:

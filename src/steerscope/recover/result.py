@@ -16,7 +16,11 @@ class Recovery:
     when the direction was recovered but uniqueness could not be certified. ``class_dim``:
     dimension of the remaining equivalence class (0 = unique up to the stated symmetry; None =
     not defined for this method/situation). ``stability``: bootstrap cosines (see
-    :func:`steerscope.recover.bootstrap_stability`) or None.
+    :func:`steerscope.recover.bootstrap_stability`) or None. ``assumption``: whether the method's
+    assumption holds on the data (:mod:`steerscope.recover.assumptions`); ``agreement``: the
+    cosine of the direction with the audited vector and its interval; ``identifies``/``why``: whether
+    the method identifies the audited vector, and which part failed (see
+    :func:`~steerscope.recover.assumptions.identifies_audited`).
     """
 
     method: str
@@ -27,11 +31,16 @@ class Recovery:
     symmetry: str = "scale"
     stability: dict | None = None
     details: dict = field(default_factory=dict)
+    assumption: dict | None = None
+    agreement: dict | None = None
+    identifies: bool | None = None
+    why: str = ""
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (the direction as a list)."""
         return {"method": self.method, "identifiable": self.identifiable, "class_dim": self.class_dim,
                 "reason": self.reason, "symmetry": self.symmetry, "stability": self.stability,
+                "assumption": self.assumption, "agreement": self.agreement, "identifies": self.identifies, "why": self.why,
                 "details": self.details, "direction": [float(x) for x in self.direction]}
 
 

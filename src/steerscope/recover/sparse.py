@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from steerscope.errors import SteerscopeError
+from steerscope.recover.assumptions import sparse_energy
 from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, cosine, unit
 from steerscope.recover.stability import bootstrap_stability
@@ -40,13 +41,19 @@ def welch_bound(n_columns: int, rank: int) -> float:
     return float(np.sqrt((n_columns - rank) / (rank * (n_columns - 1)))) if n_columns > rank else 0.0
 
 
-def _omp(phi: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+def omp(phi: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-sparse code ``[K]`` of ``y`` (``[m]``) over the columns of ``phi`` (``[m, K]``), by orthogonal matching pursuit
+    (fewer atoms when they already fit ``y`` exactly)."""
+    import warnings
+
     from sklearn.linear_model import OrthogonalMatchingPursuit
 
     norms = np.linalg.norm(phi, axis=0)
     norms[norms == 0] = 1.0
-    omp = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=False).fit(phi / norms, y)
-    return omp.coef_ / norms
+    with warnings.catch_warnings():  # an exact fit with fewer atoms stops the pursuit early: expected, not a problem
+        warnings.filterwarnings("ignore", message="Orthogonal matching pursuit ended prematurely", category=RuntimeWarning)
+        fitted = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=False).fit(phi / norms, y)
+    return fitted.coef_ / norms
 
 
 def _witness(phi: np.ndarray, dictionary: np.ndarray, y: np.ndarray, support: np.ndarray, direction: np.ndarray, tol: float) -> dict | None:
@@ -67,12 +74,14 @@ def _witness(phi: np.ndarray, dictionary: np.ndarray, y: np.ndarray, support: np
 
 def recover_sparse(
     target: np.ndarray, dictionary: np.ndarray, k: int, operator: np.ndarray | None = None,
-    tol: float = 1e-6, samples: np.ndarray | None = None, n_boot: int = 0, seed: int = 0,
+    tol: float = 1e-6, samples: np.ndarray | None = None, n_boot: int = 0, seed: int = 0, audited: np.ndarray | None = None,
 ) -> Recovery:
     """Sparse code of ``target`` (``[d]``) over ``dictionary`` rows (``[K, d]``) with ``k`` atoms.
 
     ``operator`` (``[m, d]``, default identity) is what is observed of the direction. ``samples``
-    (``[N, d]``, e.g. per-pair contrasts whose mean is ``target``) enable bootstrap stability.
+    (``[N, d]``, e.g. per-pair contrasts whose mean is ``target``) enable bootstrap stability, and
+    the refits' cosines with ``audited`` when given. The assumption test compares the energy the
+    ``k`` atoms capture with that of random vectors (:func:`~steerscope.recover.assumptions.sparse_energy`).
     """
     v = np.asarray(target, dtype=np.float64)
     dic = np.asarray(dictionary, dtype=np.float64)
@@ -84,7 +93,7 @@ def recover_sparse(
     phi = m @ dic.T
 
     def solve(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coef = _omp(phi, m @ t, k)
+        coef = omp(phi, m @ t, k)
         return coef, unit(dic.T @ coef)
 
     coef, direction = solve(v)
@@ -109,10 +118,12 @@ def recover_sparse(
                "max_certified_k": int(np.ceil((1 + 1 / mu) / 2) - 1) if mu > 0 else int(dic.shape[0]),
                "max_certifiable_k_any_dictionary": int(np.ceil((1 + 1 / welch) / 2) - 1) if welch > 0 else None,
                "relative_residual": fit, "witness": witness, "cos_with_target": float(direction @ unit(v))}
-    result = Recovery("sparse", direction, identifiable, class_dim, reason, details=details)
+    result = Recovery("sparse", direction, identifiable, class_dim, reason, details=details,
+                      assumption=sparse_energy(phi, m, v, k, seed=seed).to_dict())
     if n_boot and samples is not None:
         rows = np.asarray(samples, dtype=np.float64)
-        result.stability = bootstrap_stability(lambda idx: solve(rows[idx].mean(axis=0))[1], len(rows), direction, n_boot, seed)
+        result.stability = bootstrap_stability(lambda idx: solve(rows[idx].mean(axis=0))[1], len(rows), direction, n_boot, seed,
+                                               audited=audited)
     return result
 
 
@@ -165,7 +176,8 @@ def sparse_from_pairs(inputs: TraitInputs) -> Recovery:
     operator = sqrt_operator(inputs.total_gram()) if observe == "jacobian" else None
     pos, neg = inputs.pos, inputs.neg
     dic = load_dictionary(inputs.dictionary, pos.shape[1], np.concatenate([pos, neg]), seed=inputs.seed)
-    result = recover_sparse(inputs.mean_diff, dic, inputs.k, operator, samples=inputs.contrasts, n_boot=inputs.n_boot, seed=inputs.seed)
+    result = recover_sparse(inputs.mean_diff, dic, inputs.k, operator, samples=inputs.contrasts, n_boot=inputs.n_boot, seed=inputs.seed,
+                            audited=inputs.reference)
     result.details["dictionary"] = inputs.dictionary
     result.details["observe"] = observe
     return result

@@ -17,6 +17,7 @@ from steerscope.data.pairs import ContrastivePair
 from steerscope.encoding import encode_prompt
 from steerscope.jacobian import HeadGram, head_jacobian, layer_map, prompt_gram
 from steerscope.models.loading import LoadedModel
+from steerscope.recover.assumptions import agreement, identifies_audited
 from steerscope.recover.registry import TraitInputs, get_recovery
 from steerscope.recover.result import Recovery, cosine
 
@@ -55,20 +56,30 @@ def recover_trait(
     dictionary: str = "neurons",
     k: int = 8,
     observe: str = "activations",
+    env_pairs: Mapping[str, Sequence[ContrastivePair]] | None = None,
+    audited: np.ndarray | None = None,
+    audited_name: str = "the mean difference of the pairs",
 ) -> Recovery:
     """Recover the trait direction at ``layer`` with a registered ``method`` (built in: ica, sparse,
-    multienv, crosslayer; see :mod:`steerscope.recover.registry`).
+    multienv, crosslayer; see :mod:`steerscope.recover.registry`), test the method's assumption on
+    the data and compare the direction with the audited vector.
 
     ``grams``: environment → per-prompt Gram matrices at ``layer`` (multienv; sparse with
     ``observe="jacobian"``; crosslayer uses all of them as the output Gram). ``maps``: later layer
-    → per-prompt maps ``Φ`` from ``layer`` (crosslayer). The reference vector is the mean
-    difference of the pairs' activations; stability resamples pairs.
+    → per-prompt maps ``Φ`` from ``layer`` (crosslayer). ``env_pairs``: environment → pairs written
+    in it (multienv extracts one vector per environment from them). ``audited`` (``[d]``, named by
+    ``audited_name``): the vector the result is compared with; default: the mean difference of the
+    pairs' activations. Stability resamples pairs.
     """
     run = get_recovery(method)
     layer = lm.check_layer(layer)
     acts = pair_activations(lm, pairs, [layer] + sorted(maps or {}))
+    env_acts = {e: pair_activations(lm, ps, [layer])[layer] for e, ps in (env_pairs or {}).items()} if method == "multienv" else None
     inputs = TraitInputs(layer, acts, grams, maps, n_boot=n_boot, seed=seed, tol=tol, n_components=n_components,
-                         dictionary=dictionary, k=k, observe=observe)
+                         dictionary=dictionary, k=k, observe=observe, env_acts=env_acts,
+                         audited=None if audited is None else np.asarray(audited, dtype=np.float64), audited_name=audited_name)
     result = run(inputs)
+    result.agreement = agreement(result.direction, inputs.reference, inputs.audited_name, result.stability)
+    result.identifies, result.why = identifies_audited(result.identifiable, result.assumption, result.agreement)
     result.details |= {"layer": layer, "n_pairs": len(pairs), "cos_with_mean_diff": cosine(result.direction, inputs.mean_diff)}
     return result
