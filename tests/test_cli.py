@@ -202,7 +202,7 @@ def test_datasets_validate_bad(cli):
     lines = proc.stderr.splitlines()
     assert lines[:4] == [
         f"{bad}:1: positive: missing required field",
-        f"{bad}:3: postive: unknown field (allowed: meta, negative, positive, split, trait)",
+        f"{bad}:3: postive: unknown field (allowed: environment, meta, negative, positive, split, trait)",
         f"{bad}:3: positive: missing required field",
         f"{bad}:3: split: expected one of ['test', 'train', 'validation'], got 'dev'",
     ]

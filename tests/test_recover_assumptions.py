@@ -87,6 +87,19 @@ def test_crosslayer_carry_accepts_the_carried_vector_and_rejects_an_unrelated_on
     assert held.extra["map_distance_from_identity"] == pytest.approx(np.linalg.norm(phi - np.eye(D)) / np.sqrt(D))
 
 
+def test_crosslayer_carry_is_calibrated_when_the_later_vector_is_the_carried_one():
+    """Pairs whose later-layer contrasts are the carried base contrasts plus noise: about 5 % rejected at level 0.05."""
+    def rejected(seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        phi = np.eye(D) + 0.3 * rng.standard_normal((D, D))
+        noise = 0.5 * rng.standard_normal((30, D))
+        base = unit(rng.standard_normal(D)) * 2.0 + noise
+        later = base @ phi.T + 0.5 * rng.standard_normal((30, D))
+        return not crosslayer_carry(phi, base, later, n_null=100, seed=seed).holds
+
+    assert np.mean([rejected(s) for s in range(100)]) == pytest.approx(0.05, abs=0.04)
+
+
 def test_ica_assumption_follows_the_gaussianity_of_the_planted_source():
     for gaussian in (False, True):
         problem = ica_problem(gaussian=gaussian, seed=0)
