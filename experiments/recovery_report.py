@@ -3,7 +3,8 @@
 Usage: python experiments/recovery_report.py [--model smollm2-135m] [--layer 15] [--env-prompts 6]
        [--map-prompts 4] [--boot 20] [--out docs/nullspace/recovery-MODEL-L{layer}.json]
 Jacobian Gram matrices (per environment, mixed over traits) and layer maps are computed once and
-shared by all traits; each trait's vector is its mean difference on the train pairs.
+shared by all traits; each trait's audited vector is its mean difference on the train pairs, and
+multienv extracts one vector per environment from the trait's env_pairs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 import steerscope as ss
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_env_pairs, builtin_prompts
 from steerscope.recover.trait import layer_maps, prompt_grams, recover_trait
 
 parser = argparse.ArgumentParser()
@@ -40,15 +41,18 @@ print(f"Jacobians and maps: {time.perf_counter() - start:.0f}s", flush=True)
 rows = []
 for trait in TRAITS:
     pairs = ss.builtin_pairs(trait, "train")
+    env_pairs = builtin_env_pairs(trait)
     for method in ("ica", "sparse", "multienv", "crosslayer"):
         kwargs = {"observe": "jacobian", "k": 8} if method == "sparse" else {}
-        r = recover_trait(lm, method, pairs, args.layer, grams=grams, maps=maps, n_boot=args.boot, seed=args.seed, **kwargs)
+        r = recover_trait(lm, method, pairs, args.layer, grams=grams, maps=maps, n_boot=args.boot, seed=args.seed, env_pairs=env_pairs,
+                          **kwargs)
         row = r.to_dict() | {"trait": trait, "model": args.model}
         row.pop("direction")
         rows.append(row)
-        stab = r.stability or {}
-        print(trait, method, r.identifiable, r.class_dim, f"cos(mean diff) {r.details['cos_with_mean_diff']:.3f}",
-              f"stability {stab.get('mean_cos', float('nan')):.3f} [{stab.get('ci_low', float('nan')):.3f}, {stab.get('ci_high', float('nan')):.3f}]", flush=True)
+        agree, test = r.agreement or {}, r.assumption or {}
+        print(trait, method, f"unique {r.identifiable}", f"assumption holds {test.get('holds')} (p {test.get('p')})",
+              f"cos {agree.get('cos', float('nan')):.3f} [{agree.get('ci_low') or float('nan'):.3f}, {agree.get('ci_high') or float('nan'):.3f}]",
+              f"identifies {r.identifies}", flush=True)
 out = Path(args.out or f"docs/nullspace/recovery-{args.model}-L{args.layer}.json")
 out.parent.mkdir(parents=True, exist_ok=True)
 config = {"layer": args.layer, "env_prompts": args.env_prompts, "map_prompts": args.map_prompts, "map_targets": targets,

@@ -126,15 +126,19 @@ def test_crosslayer_carry_on_real_activations(environments):
 
 
 def test_ica_and_sparse_assumptions_on_real_activations(planted):
-    """ICA: a binary planted source is non-Gaussian, a Gaussian one is not; sparse: a 3-neuron direction
-    is sparse in the neuron basis, a dense one is not."""
+    """ICA: a binary planted source is separable, one of two planted Gaussian sources is not (Comon);
+    sparse: a 3-neuron direction is sparse in the neuron basis, a dense one is not."""
     from steerscope.recover.assumptions import sparse_energy
 
     x, labels, u, raw = planted
     rng = np.random.default_rng(2)
-    g = rng.standard_normal(len(raw))
+    g = rng.standard_normal((len(raw), 2))
     scale = np.median(np.linalg.norm(raw - raw.mean(axis=0), axis=1))
-    gaussian = recover_ica(raw + np.outer(g * scale, u), (g > 0).astype(int), n_components=16, n_null=3)
+    other = unit_vector(rng, len(u))
+    other -= (other @ u) * u
+    # two Gaussian sources of equal scale, one of them carrying the labels: they can rotate into each other
+    two = raw + np.outer(g[:, 0] * scale, u) + np.outer(g[:, 1] * scale, other / np.linalg.norm(other))
+    gaussian = recover_ica(two, (g[:, 0] > 0).astype(int), n_components=16, n_null=3)
     binary = recover_ica(x, labels, n_components=16, n_null=3)
     assert binary.assumption["holds"] and not gaussian.assumption["holds"], (binary.assumption["detail"], gaussian.assumption["detail"])
     eye = np.eye(x.shape[1])

@@ -11,8 +11,9 @@ data:
 * :func:`crosslayer_carry`: is the later layer's vector the base layer's carried by the layer map?
   The cosine of ``Φ̄ v`` with ``v′`` against what resampling the pairs gives when it is (next to
   the cosines with sign-shuffled later-layer pairs, what no relation gives);
-* :func:`ica_nongaussian`: is the matched source non-Gaussian beyond what FastICA finds in
-  Gaussian data of the same size (the calibrated null of :mod:`steerscope.recover.ica`)?
+* :func:`ica_separable`: is the matched source non-Gaussian beyond what FastICA finds in Gaussian
+  data of the same size (the calibrated null of :mod:`steerscope.recover.ica`), or the only
+  Gaussian-like one (Comon's condition)?
 * :func:`sparse_energy`: does the vector put more of its (observed) energy into its best ``k``
   atoms than random vectors do?
 
@@ -154,15 +155,22 @@ def crosslayer_carry(mean_map: np.ndarray, base: np.ndarray, later: np.ndarray, 
 
 # --- ica and sparse -------------------------------------------------------------------------------
 
-def ica_nongaussian(jarque_bera: float, threshold: float, level: float) -> AssumptionTest:
-    """The matched source's Jarque–Bera statistic against the ``1 − level`` quantile of FastICA
-    components of Gaussian data of the same size."""
-    holds = jarque_bera > threshold
-    detail = (f"the matched source's Jarque–Bera statistic {jarque_bera:.3g} "
-              + (f"exceeds {threshold:.3g}, the {1 - level:.0%} quantile of FastICA components of Gaussian data of this size: non-Gaussian"
-                 if holds else f"is within {threshold:.3g}, the {1 - level:.0%} quantile of FastICA components of Gaussian data: "
-                               "compatible with a Gaussian source"))
-    return AssumptionTest("the matched source is non-Gaussian", holds, jarque_bera, threshold, None, detail)
+def ica_separable(jarque_bera: float, threshold: float, n_gaussian_like: int, level: float) -> AssumptionTest:
+    """Comon's condition for the matched source: it is non-Gaussian, or the only Gaussian-like one.
+
+    A source is Gaussian-like when its Jarque–Bera statistic is within ``threshold``, the
+    ``1 − level`` quantile of FastICA components of Gaussian data of the same size.
+    """
+    gaussian = jarque_bera <= threshold
+    holds = not gaussian or n_gaussian_like <= 1
+    state = (f"non-Gaussian (Jarque–Bera {jarque_bera:.3g} > {threshold:.3g}, the {1 - level:.0%} quantile of FastICA components of "
+             f"Gaussian data of this size)" if not gaussian else
+             f"Gaussian-like (Jarque–Bera {jarque_bera:.3g} ≤ {threshold:.3g}, the {1 - level:.0%} quantile of FastICA components of "
+             f"Gaussian data of this size)")
+    detail = (f"the matched source is {state}, and {n_gaussian_like} of the components are Gaussian-like: "
+              + ("it is separable from the others" if holds else "it can rotate with the other Gaussian-like sources"))
+    return AssumptionTest("the matched source is non-Gaussian or the only Gaussian one", holds, jarque_bera, threshold, None, detail,
+                          {"n_gaussian_like": n_gaussian_like})
 
 
 def captured_energy(phi: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -206,10 +214,10 @@ def identifies_audited(identifiable: bool | None, assumption: Mapping[str, Any] 
                        agrees: Mapping[str, Any] | None) -> tuple[bool | None, str]:
     """``(identifies, why)``: True only when the uniqueness condition holds, the assumption test is
     not rejected, and the recovered direction agrees with the audited vector; otherwise which failed."""
-    if identifiable is False:
-        return False, "the assumption would not single out one direction even if it held"
     if assumption is not None and assumption.get("holds") is False:
         return False, f"the assumption fails on these data ({assumption['name']}: {assumption['detail']})"
+    if identifiable is False:
+        return False, "the assumption would not single out one direction even if it held"
     if agrees is not None and agrees.get("agrees") is False:
         return False, (f"unique under the assumption, but the recovered direction is not the audited vector "
                        f"(cos {agrees['cos']:.3f}, 95 % interval [{agrees['ci_low']:.3f}, {agrees['ci_high']:.3f}], bound {agrees['bound']:g})")

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from steerscope.errors import SteerscopeError
-from steerscope.recover.assumptions import ica_nongaussian
+from steerscope.recover.assumptions import ica_separable
 from steerscope.recover.registry import TraitInputs, register_recovery
 from steerscope.recover.result import Recovery, unit
 from steerscope.recover.stability import bootstrap_stability
@@ -97,7 +97,7 @@ def recover_ica(
     result = Recovery("ica", direction, identifiable, class_dim, reason, symmetry="sign and scale (sign fixed by labels)",
                       details={"n_components": k, "matched_component": matched, "label_effect": float(effects[matched]),
                                "jarque_bera": jb.tolist(), "gaussian_null_threshold": threshold, "n_gaussian_like": int(gaussian.sum()), "seed": seed},
-                      assumption=ica_nongaussian(float(jb[matched]), threshold, gauss_alpha).to_dict())
+                      assumption=ica_separable(float(jb[matched]), threshold, int(gaussian.sum()), gauss_alpha).to_dict())
     if n_boot:
         def refit(idx: np.ndarray) -> np.ndarray:
             return ica_direction(x[idx], y[idx], k, seed)
