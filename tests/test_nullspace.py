@@ -121,3 +121,29 @@ def test_cli_audit_nullspace_and_recover(model_dir, tmp_path):
         assert len(report["direction"]) == 32 and abs(np.linalg.norm(report["direction"]) - 1) < 1e-9
     bad = runner.invoke(app, ["recover", "--method", "pca", "--trait", "formality", "--layer", "1", "--out", str(tmp_path / "x"), *base])
     assert isinstance(bad.exception, SteerscopeError) and "unknown recovery method" in str(bad.exception)
+    assert "Identifies the audited vector (the mean difference of the pairs)" in (tmp_path / "sparse" / "summary.md").read_text()
+
+
+def test_cli_multienv_needs_pairs_written_in_environments(model_dir, tmp_path):
+    """One vector repeated per environment is not multi-environment recovery: a pair file without an
+    'environment' field is refused; the built-in trait's per-environment pairs are used."""
+    import steerscope.data.traits as traits
+
+    runner = CliRunner()
+    base = ["--model", str(model_dir), "--device", "cpu", "--method", "multienv", "--layer", "1", "--boot", "2", "--env-prompts", "1"]
+    pairs = traits.builtin_pairs("formality")[:12]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(p.to_json()) + "\n" for p in pairs))
+    res = runner.invoke(app, ["recover", "--dataset", str(plain), "--out", str(tmp_path / "a"), *base])
+    assert isinstance(res.exception, SteerscopeError) and "pairs written in at least 2 environments" in str(res.exception)
+    envs = tmp_path / "envs.jsonl"
+    envs.write_text("".join(json.dumps(p.to_json() | {"environment": ("in_distribution", "topic_shift")[i % 2]}) + "\n"
+                            for i, p in enumerate(pairs)))
+    res = runner.invoke(app, ["recover", "--dataset", str(envs), "--out", str(tmp_path / "b"), *base])
+    assert res.exit_code == 0, (res.output, res.exception)
+    report = json.loads((tmp_path / "b" / "recovery.json").read_text())
+    assert report["details"]["environments"] == ["in_distribution", "topic_shift"]
+    assert report["assumption"]["extra"]["pairs_per_environment"] == [6, 6]
+    res = runner.invoke(app, ["recover", "--trait", "formality", "--out", str(tmp_path / "c"), *base])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert json.loads((tmp_path / "c" / "recovery.json").read_text())["assumption"]["extra"]["pairs_per_environment"] == [24, 24, 24]
