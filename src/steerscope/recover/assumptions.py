@@ -167,7 +167,7 @@ def ica_separable(jarque_bera: float, threshold: float, n_gaussian_like: int, le
              f"Gaussian data of this size)" if not gaussian else
              f"Gaussian-like (Jarque–Bera {jarque_bera:.3g} ≤ {threshold:.3g}, the {1 - level:.0%} quantile of FastICA components of "
              f"Gaussian data of this size)")
-    detail = (f"the matched source is {state}, and {n_gaussian_like} of the components are Gaussian-like: "
+    detail = (f"the matched source is {state}; Gaussian-like components in all: {n_gaussian_like}; "
               + ("it is separable from the others" if holds else "it can rotate with the other Gaussian-like sources"))
     return AssumptionTest("the matched source is non-Gaussian or the only Gaussian one", holds, jarque_bera, threshold, None, detail,
                           {"n_gaussian_like": n_gaussian_like})
