@@ -61,3 +61,17 @@ def test_steers_names_the_readout_and_says_unknown_when_the_effect_is_undefined(
     out = steers(_steering(g, p, readout))
     assert out["status"] == status and words in out["headline"], out["headline"]
     assert any("no scorer" in f for f in out["facts"]) == (readout == "pair_margin")
+
+
+def test_recovery_fact_names_what_kept_each_method_from_identifying_the_audited_vector():
+    from steerscope.audit.answers import recovery_fact
+
+    rows = [{"method": "ica", "identifies": False, "assumption": {"holds": False}, "identifiable": False},
+            {"method": "sparse", "identifies": False, "assumption": {"holds": True}, "identifiable": False},
+            {"method": "multienv", "identifies": False, "assumption": {"holds": True}, "identifiable": True,
+             "agreement": {"agrees": False, "ci_low": 0.5, "ci_high": 0.6}},
+            {"method": "crosslayer", "identifies": None, "reason": "no later layer", "identifiable": None}]
+    assert recovery_fact(rows) == ("structural assumptions that identify the audited vector: none (ica: its assumption fails on these "
+                                   "data; sparse: not unique even if the assumption held; multienv: recovers another direction "
+                                   "(cos 0.50–0.60 with the audited vector); crosslayer: not run (no later layer))")
+    assert recovery_fact([{"method": "ica", "identifies": True}]) == "structural assumptions that identify the audited vector: ica"

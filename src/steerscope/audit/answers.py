@@ -81,13 +81,24 @@ def readout_headlines(ident: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _short_why(row: Mapping[str, Any]) -> str:
+    """Which part kept a recovery method from identifying the audited vector, in a few words."""
+    agree = row.get("agreement") or {}
+    if (row.get("assumption") or {}).get("holds") is False:
+        return "its assumption fails on these data"
+    if row.get("identifiable") is False:
+        return "not unique even if the assumption held"
+    if agree.get("agrees") is False:
+        return f"recovers another direction (cos {agree['ci_low']:.2f}–{agree['ci_high']:.2f} with the audited vector)"
+    return "undetermined" if row.get("assumption") else f"not run ({row.get('reason', '')})"
+
+
 def recovery_fact(rows: Sequence[Mapping[str, Any]]) -> str:
     """Which structural assumptions identify the audited vector (holding on the data and agreeing with
-    it), and for the others which part failed."""
+    it), and for the others which part failed (the report's recovery table has the details)."""
     identify = [r["method"] for r in rows if r.get("identifies") is True]
-    others = "; ".join(f"{r['method']}: {r.get('why') or r.get('reason', '')}" for r in rows if r.get("identifies") is not True)
-    head = ("structural assumptions that hold on these data and identify the audited vector: "
-            + (", ".join(identify) if identify else "none"))
+    others = "; ".join(f"{r['method']}: {_short_why(r)}" for r in rows if r.get("identifies") is not True)
+    head = "structural assumptions that identify the audited vector: " + (", ".join(identify) if identify else "none")
     return head + (f" ({others})" if others else "")
 
 
