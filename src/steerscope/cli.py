@@ -598,6 +598,35 @@ def audit_reachability(
         _print_written(command.run(lm))
 
 
+@app.command()
+def monitor(
+    trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt,
+    scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (monitor.json, summary.md, monitor.html)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Also show the per-token projections of these texts (text, or JSONL with 'prompt')."),
+    alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength of the ±α·v completions whose detection is measured."),
+    n_prompts: int = typer.Option(12, "--n-prompts", help="Prompts generated from (the trait's in-distribution prompts)."),
+    samples: int = typer.Option(2, "--samples", help="Sampled completions per prompt and condition."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"), seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Monitor with a steering direction: detection on held-out pairs and steered completions, tracking, drift, per-token view."""
+    from steerscope.audit.commands import MonitorCommand
+    from steerscope.data.prompts import read_prompts
+    from steerscope.monitor import MonitorSettings
+
+    inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer}, True)
+    settings = MonitorSettings(alpha, n_prompts, samples, max_new_tokens, seed=seed)
+    command = MonitorCommand(inputs, out_dir, settings, layer, tuple(read_prompts(texts)) if texts is not None else (), overwrite)
+    command.prepare()
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    with err.status(f"monitoring {command.inputs.specs[0].name}"):
+        _print_written(command.run(lm))
+
+
 def main() -> None:
     try:
         app()

@@ -97,11 +97,16 @@ class _TraitCommand:
 
     def vector(self, spec: TraitSpec, lm: LoadedModel, layer: int) -> SteeringVector:
         """The vector given for ``spec``, or its train pairs' mean difference at ``layer``."""
-        from steerscope.audit.identifiability import audit_vector
-        from steerscope.audit.inputs import given_steering_vector
+        return trait_vector(self.inputs, spec, lm, layer)
 
-        given = self.inputs.given.get(spec.name)
-        return given_steering_vector(lm, spec, given) if given is not None else audit_vector(lm, spec, layer)
+
+def trait_vector(inputs: AuditInputs, spec: TraitSpec, lm: LoadedModel, layer: int) -> SteeringVector:
+    """The vector ``inputs`` give for ``spec``, or its train pairs' mean difference at ``layer``."""
+    from steerscope.audit.identifiability import audit_vector
+    from steerscope.audit.inputs import given_steering_vector
+
+    given = inputs.given.get(spec.name)
+    return given_steering_vector(lm, spec, given) if given is not None else audit_vector(lm, spec, layer)
 
 
 @dataclass(frozen=True)
@@ -483,3 +488,60 @@ def _builtin_of_file(path: Path) -> TraitSpec | None:
     except SteerscopeError:  # not a steerscope file: it names no trait
         return None
     return builtin_spec(trait) if trait in TRAITS else None
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MonitorCommand:
+    """Monitoring with a trait's vector (:mod:`steerscope.monitor`): detection on held-out pairs and on
+    steered completions, tracking of the trait score, drift, and per-token projections of ``texts``.
+
+    ``inputs``: one trait (built-in or a user's) and, optionally, a vector given for it; ``layer``:
+    the given vector's layer, else ``layer``, else 40 % of the depth (the mean difference of the
+    train pairs is extracted there).
+    """
+
+    inputs: AuditInputs
+    out_dir: Path
+    settings: Any
+    layer: int | None = None
+    texts: tuple[str, ...] = ()
+    overwrite: bool = False
+
+    def paths(self) -> dict[str, Path]:
+        return {name: self.out_dir / name for name in ("monitor.json", "summary.md", "monitor.html")}
+
+    def prepare(self) -> None:
+        specs = check_specs(self.inputs.specs)
+        if len(specs) != 1:
+            raise SteerscopeError(f"monitoring takes one trait; {len(specs)} were given")
+        specs[0].env_prompts("in_distribution")
+        for path in self.paths().values():
+            check_output_path(path, self.overwrite)
+
+    def run(self, lm: LoadedModel) -> Written:
+        from steerscope.audit.markdown import monitor_markdown
+        from steerscope.monitor import completion_monitoring, pair_detection, token_projections, tokens_html
+
+        spec, s = self.inputs.specs[0], self.settings
+        given = self.inputs.given.get(spec.name)
+        layer = lm.check_layer(given.vector.layer if given else self.layer if self.layer is not None else default_layer(lm.n_layers))
+        vector = trait_vector(self.inputs, spec, lm, layer).directions[layer]
+        pairs = pair_detection(lm, spec.train, spec.test, layer, vector, s.n_boot, s.seed)
+        scorer = self.inputs.scorers.get(spec.name) or spec_scorer(spec, lm)
+        completions = completion_monitoring(lm, spec.env_prompts("in_distribution"), layer, vector, s, scorer)
+        texts = [{"text": t, "tokens": p.tokens, "values": p.values, "sinks": p.sinks, "mean": p.mean, "above_threshold": p.mean > pairs["threshold"]}
+                 for t, p in zip(self.texts, token_projections(lm, list(self.texts), layer, vector) if self.texts else [])]
+        report = {"model": lm.info(), "trait": spec.name, "trait_spec": spec.summary(), "layer": layer,
+                  "vector": {"source": f"given in {given.file}" if given else "mean difference of the train pairs",
+                             "norm": float(vector.norm())},
+                  "pairs": pairs, "completions": completions, "texts": texts, "settings": s.__dict__}
+        paths, markdown = self.paths(), monitor_markdown(report)
+        _write_json(paths["monitor.json"], report, self.overwrite, indent=1)
+        _write_text(paths["summary.md"], markdown, self.overwrite)
+        page = tokens_html(completions["examples"] + [t | {"condition": "your text", "prompt": ""} for t in texts], pairs["threshold"],
+                           f"{spec.name}: projection onto v at layer {layer} of {lm.name}")
+        _write_text(paths["monitor.html"], page, self.overwrite)
+        return Written(markdown, paths)
+

@@ -257,3 +257,32 @@ def reachability_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {a['component']} | {'yes' if a['breaks'] else 'no'} | {a['detail']} |" for a in report["assumptions"]]
     lines.append("")
     return "\n".join(lines)
+
+
+def monitor_markdown(report: dict[str, Any]) -> str:
+    """Summary of a monitoring run (:class:`steerscope.audit.commands.MonitorCommand`)."""
+    pairs, comp = report["pairs"], report["completions"]
+    det, drift = comp["steered_detection"], comp["drift"]
+    lines = [
+        f"# Monitoring: {report['trait']} on {report['model']['name']}, layer {report['layer']}", "",
+        f"- Direction: {report['vector']['source']} (‖v‖ = {num(report['vector']['norm'], '.3f')}); score = mean projection onto v̂ "
+        "over the completion tokens, attention sinks left out.",
+        f"- Held-out pairs ({pairs['n_pairs']}; threshold {num(pairs['threshold'], '.4g')} chosen on {pairs['n_train']} train pairs, "
+        f"train accuracy {num(pairs['train_accuracy'], '.2f')}): AUC {ci(pairs['auc'], pairs['auc_low'], pairs['auc_high'], '.3f')}, "
+        f"accuracy {ci(pairs['accuracy'], pairs['accuracy_low'], pairs['accuracy_high'], '.3f')} (95 % bootstrap over pairs).",
+        f"- Completions steered with ±{comp['alpha']:g}·v ({comp['n_prompts']} prompts × {comp['samples']} samples × "
+        f"{comp['max_new_tokens']} tokens): AUC of +α against −α {ci(det['auc'], det['ci'][0], det['ci'][1], '.3f')} "
+        "(95 % bootstrap over prompts); mean projection " + ", ".join(f"{k} {num(v, '.4g')}" for k, v in comp["mean_projection"].items()) + ".",
+    ]
+    track = comp.get("tracking")
+    if track:
+        lines.append(f"- Tracking: Spearman correlation of projection and trait score ({track['scorer']}) over all completions "
+                     f"{ci(track['spearman'], track['ci'][0], track['ci'][1], '.3f')}.")
+    else:
+        lines.append("- Tracking: no scorer, so the projection is not compared with a trait score.")
+    lines.append(f"- Drift of unsteered generations: slope {ci(drift['slope_per_token'], drift['ci'][0], drift['ci'][1], '.3g')} "
+                 "projection units per generated token.")
+    for t in report.get("texts", []):
+        lines.append(f"- Text {t['text'][:60]!r}: mean projection {num(t['mean'], '.4g')} "
+                     f"({'above' if t['above_threshold'] else 'below'} the threshold).")
+    return "\n".join(lines + [""])
