@@ -7,7 +7,9 @@
 5. ``nullspace``: the logit-Jacobian spectrum at the layer and the gain of v, for δ at the last position
    and (on fewer prompts, it costs about 20× more) for δ at every position, as the audits steer
    (:mod:`steerscope.audit.nullspace`);
-6. ``recover``: ica, sparse, multienv and crosslayer recovery; Jacobian Gram matrices (``grams/L…``)
+6. ``recover``: ica, sparse, multienv (from the trait's per-environment pairs) and crosslayer recovery,
+   each with its assumption tested on the data and its direction compared with the audited vector
+   (:mod:`steerscope.recover.assumptions`); Jacobian Gram matrices (``grams/L…``)
    and layer maps (``maps/L…``) are cells shared by traits at the same layer;
 7. ``reachability``: prompt inversion of natural and steered states (:mod:`steerscope.audit.reachability`).
 """
@@ -97,6 +99,7 @@ def _extracted_vector(a: Auditor, run: TraitRun) -> SteeringVector:
 
 
 def _given_vector(a: Auditor, run: TraitRun) -> SteeringVector:
+    """The vector given for the trait, with steerscope metadata."""
     from steerscope.audit.inputs import given_steering_vector
 
     return given_steering_vector(a.lm, a.specs[run.trait], a.given[run.trait])
