@@ -19,7 +19,8 @@ from steerscope.runstore import RunStore, open_run
 
 SMALL = {"candidate_layers": 2, "alphas": [1.0, 4.0], "calib_prompts": 3, "calib_samples": 2, "calib_tokens": 8, "id_draws": 2,
          "id_prompts": 4, "id_samples": 2, "id_tokens": 8, "ns_prompts": 4, "rec_env_prompts": 2, "rec_map_prompts": 1, "rec_boot": 3,
-         "reach_prompts": 2, "reach_positions": 3, "reach_alphas": [1.0], "reach_sweep_prompts": 1, "reach_tokens": 6, "reach_budget": 32}
+         "reach_prompts": 2, "reach_positions": 3, "reach_alphas": [1.0], "reach_sweep_prompts": 1, "reach_tokens": 6, "reach_budget": 32,
+         "mon_prompts": 2, "mon_samples": 1, "mon_tokens": 4}
 
 
 class WordScorer:

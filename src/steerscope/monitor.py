@@ -218,25 +218,27 @@ def _drift(per_token: Sequence[TokenProjections], n_prompts: int, samples: int, 
             "ci": _interval([slope([r for j in i for r in grouped[j]]) for i in idx]), "condition": "none (unsteered)"}
 
 
-def tokens_html(examples: Sequence[dict[str, Any]], threshold: float, title: str) -> str:
-    """A self-contained HTML page: each example's completion tokens coloured by projection (red above
-    the threshold, towards the trait; blue below; sinks grey), with the value on hover."""
+def token_spans_html(examples: Sequence[dict[str, Any]], threshold: float) -> str:
+    """HTML fragment: each example's completion tokens coloured by projection (red above the
+    threshold, towards the trait; blue below; sinks grey), with the value on hover."""
     values = [abs(v - threshold) for e in examples for v, s in zip(e["values"], e["sinks"]) if not s]
     scale = max(values) if values else 1.0
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "span.t{padding:1px 0;border-radius:2px;white-space:pre-wrap}"
-             ".ex{margin:1em 0;padding:.6em;border:1px solid #ddd}.meta{color:#666;font-size:90%}"
-             f"</style></head><body><h1>{html.escape(title)}</h1>"
-             f"<p class='meta'>Projection onto v̂ per token; threshold {threshold:.4g} (chosen on the train pairs). "
-             "Red: above the threshold (towards the trait), blue: below, grey: attention sinks (left out of every mean).</p>"]
+    parts = []
     for e in examples:
         spans = []
         for tok, v, sink in zip(e["tokens"], e["values"], e["sinks"]):
             strength = min(1.0, abs(v - threshold) / scale) if scale > 0 else 0.0
             colour = ("#ccc" if sink else f"rgba(220,40,40,{strength:.2f})" if v > threshold else f"rgba(40,90,220,{strength:.2f})")
-            spans.append(f"<span class='t' style='background:{colour}' title='{v:.4g}'>{html.escape(tok)}</span>")
-        parts.append(f"<div class='ex'><div class='meta'>{html.escape(str(e.get('condition', '')))} — "
-                     f"{html.escape(str(e.get('prompt', '')))}</div>{''.join(spans)}</div>")
-    parts.append("</body></html>")
+            spans.append(f"<span class='t' style='background:{colour};white-space:pre-wrap' title='{v:.4g}'>{html.escape(tok)}</span>")
+        parts.append(f"<div class='ex' style='margin:.6em 0;padding:.5em;border:1px solid #ddd'><div style='color:#666;font-size:90%'>"
+                     f"{html.escape(str(e.get('condition', '')))} — {html.escape(str(e.get('prompt', '')))}</div>{''.join(spans)}</div>")
     return "".join(parts)
+
+
+def tokens_html(examples: Sequence[dict[str, Any]], threshold: float, title: str) -> str:
+    """A self-contained HTML page of :func:`token_spans_html`."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p style='color:#666'>Projection onto v̂ per token; threshold {threshold:.4g} (chosen on "
+            "the train pairs). Red: above the threshold (towards the trait), blue: below, grey: attention sinks (left out of every "
+            f"mean).</p>{token_spans_html(examples, threshold)}</body></html>")

@@ -142,6 +142,26 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
             f"<p class='note'>{_e(ident['statement'])}</p>")
 
 
+def monitoring_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    from steerscope.monitor import token_spans_html
+
+    mon = res["monitoring"]
+    pairs, comp = mon["pairs"], mon["completions"]
+    det, drift, track = comp["steered_detection"], comp["drift"], comp.get("tracking")
+    rows = [["held-out pairs: AUC", ci(pairs["auc"], pairs["auc_low"], pairs["auc_high"], ".3f"), f"{pairs['n_pairs']} pairs"],
+            ["held-out pairs: accuracy at the train threshold", ci(pairs["accuracy"], pairs["accuracy_low"], pairs["accuracy_high"], ".3f"),
+             f"threshold {num(pairs['threshold'], '.4g')} from {pairs['n_train']} train pairs"],
+            [f"completions steered with +α·v against −α·v (α = {comp['alpha']:g}): AUC", ci(det["auc"], det["ci"][0], det["ci"][1], ".3f"),
+             f"{comp['n_prompts']} prompts × {comp['samples']} samples × {comp['max_new_tokens']} tokens"],
+            ["projection against trait score: Spearman", ci(track["spearman"], track["ci"][0], track["ci"][1], ".3f") if track else "no scorer",
+             _e(track["scorer"]) if track else ""],
+            ["drift of unsteered generations (per token)", ci(drift["slope_per_token"], drift["ci"][0], drift["ci"][1], ".3g"), ""]]
+    return ("<h3>The projection onto v̂ as a detector</h3><p class='note'>Score of a text: the mean projection of its completion "
+            "tokens onto v̂ at the audit layer (attention sinks left out); intervals are 95 % bootstrap over pairs or prompts.</p>"
+            f"{_table(['measure', 'value [95 % CI]', 'on'], rows)}<h4>Tokens coloured by projection (red: above the threshold)</h4>"
+            f"{token_spans_html(comp['examples'], pairs['threshold'])}")
+
+
 def _status(verdict: str | bool | None) -> str:
     return {"equivalent": "no", "different": "yes", "reachable": "yes", "unreachable-within-search": "no", True: "yes",
             False: "no"}.get(verdict, "unknown")

@@ -325,3 +325,26 @@ register_stage(Stage(
     answers=(Answer("reachable", "Is the steered state reachable by a prompt?", answers.reachable),),
     plots=_reachability_plots, section=report.reachability_section,
     heading=("reachability", "is the steered state reachable?")))
+
+
+# --- 8. monitoring -------------------------------------------------------------------------------
+
+def _monitor(a: Auditor, run: TraitRun) -> None:
+    from steerscope.monitor import MonitorSettings, completion_monitoring, pair_detection
+
+    def compute():
+        assert run.vector is not None  # set by the vector stage
+        spec = a.specs[run.trait]
+        settings = MonitorSettings(alpha=run.alpha, n_prompts=a.p.mon_prompts, samples=a.p.mon_samples, max_new_tokens=a.p.mon_tokens,
+                                   seed=a.seed, examples=3)
+        pairs = pair_detection(a.lm, spec.train, spec.test, run.layer, run.vector, settings.n_boot, a.seed)
+        completions = completion_monitoring(a.lm, spec.env_prompts("in_distribution"), run.layer, run.vector, settings, a.scorer(run.trait))
+        return {"pairs": pairs, "completions": completions}, None
+
+    a.cell(f"{run.trait}/monitor", "monitor", compute, run.trait)
+
+
+register_stage(Stage("monitor", {"quick": {"mon_prompts": 6, "mon_samples": 1, "mon_tokens": 16},
+                                 "full": {"mon_prompts": 12, "mon_samples": 2, "mon_tokens": 24}},
+                     _monitor, _one_cell, _single("monitoring", "monitor"), section=report.monitoring_section,
+                     heading=("monitoring", "can the vector read the trait?")))
