@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write, check_output_path
 from steerscope.models.loading import LoadedModel
+from steerscope.monitor import MonitorSettings
 from steerscope.score.base import Scorer, spec_scorer
 from steerscope.traitspec import TraitSpec, builtin_spec
 from steerscope.vectors.file import SteeringVector
@@ -504,7 +505,7 @@ class MonitorCommand:
 
     inputs: AuditInputs
     out_dir: Path
-    settings: Any
+    settings: MonitorSettings
     layer: int | None = None
     texts: tuple[str, ...] = ()
     overwrite: bool = False
@@ -536,7 +537,7 @@ class MonitorCommand:
         report = {"model": lm.info(), "trait": spec.name, "trait_spec": spec.summary(), "layer": layer,
                   "vector": {"source": f"given in {given.file}" if given else "mean difference of the train pairs",
                              "norm": float(vector.norm())},
-                  "pairs": pairs, "completions": completions, "texts": texts, "settings": s.__dict__}
+                  "pairs": pairs, "completions": completions, "texts": texts, "settings": asdict(s)}
         paths, markdown = self.paths(), monitor_markdown(report)
         _write_json(paths["monitor.json"], report, self.overwrite, indent=1)
         _write_text(paths["summary.md"], markdown, self.overwrite)
