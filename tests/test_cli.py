@@ -182,7 +182,8 @@ def test_datasets_json(cli):
     assert_ok(proc)
     rows = json.loads(proc.stdout)
     assert rows == dataset_summary()
-    assert [r["trait"] for r in rows] == ["formality", "sentiment", "politeness", "truthfulness", "agreeableness"]
+    assert [r["trait"] for r in rows] == ["formality", "sentiment", "politeness", "truthfulness", "agreeableness", "refusal",
+                                         "evaluation_awareness"]
     assert all(r["pairs"] >= 60 and min(r["prompts"].values()) >= 20 for r in rows)
 
 

@@ -336,7 +336,7 @@ def _question(item) -> str:
 
 @pytest.mark.parametrize("trait", TRAITS)
 def test_builtin_pairs(trait):
-    assert len(TRAITS) == 5
+    assert len(TRAITS) == 7
     pairs = builtin_pairs(trait)
     assert len(pairs) >= 60
     train, test = builtin_pairs(trait, "train"), builtin_pairs(trait, "test")
@@ -345,7 +345,10 @@ def test_builtin_pairs(trait):
     assert {_question(p.positive) for p in train}.isdisjoint({_question(p.positive) for p in test})
     for p in pairs:
         assert p.positive != p.negative
-        assert _question(p.positive) == _question(p.negative)
+        if trait == "evaluation_awareness":  # the framing of the request differs, the answer is the same
+            assert _question(p.positive) != _question(p.negative) and p.positive[-1] == p.negative[-1]
+        else:
+            assert _question(p.positive) == _question(p.negative)
 
 
 @pytest.mark.parametrize("trait", TRAITS)

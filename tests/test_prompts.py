@@ -1,7 +1,7 @@
 import pytest
 
 from steerscope.data.prompts import builtin_prompt_mix, prompts_from_spec, read_environment_prompts, read_prompt_environments, read_prompts
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+from steerscope.data.traits import ENVIRONMENTS, MIX_TRAITS, builtin_prompts
 from steerscope.errors import DataError, SteerscopeError
 
 
@@ -45,7 +45,7 @@ def test_environment_file_groups_prompts_in_file_order(tmp_path):
 
 
 def test_builtin_prompt_mix_cycles_over_traits_and_environments():
-    assert builtin_prompt_mix(15) == [builtin_prompts(t, e)[0] for t in TRAITS for e in ENVIRONMENTS]
+    assert builtin_prompt_mix(15) == [builtin_prompts(t, e)[0] for t in MIX_TRAITS for e in ENVIRONMENTS]
     assert len(builtin_prompt_mix(360)) == 360
     with pytest.raises(SteerscopeError, match="only 360"):
         builtin_prompt_mix(361)

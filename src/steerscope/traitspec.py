@@ -113,10 +113,12 @@ def _pair(record: Mapping[str, Any]) -> ContrastivePair:
 
 def builtin_spec(trait: str) -> TraitSpec:
     """The built-in trait ``trait`` (pairs, prompts of the three environments, its scorer and instructions)."""
+    from steerscope.score.base import SCORER_TRAITS
+
     if trait not in TRAITS:
         raise SteerscopeError(f"unknown built-in trait {trait!r}; built-in traits: {', '.join(TRAITS)}")
     return TraitSpec(trait, tuple(builtin_pairs(trait, "train")), tuple(builtin_pairs(trait, "test")),
-                     {env: tuple(builtin_prompts(trait, env)) for env in ENVIRONMENTS}, "default",
+                     {env: tuple(builtin_prompts(trait, env)) for env in ENVIRONMENTS}, "default" if trait in SCORER_TRAITS else None,
                      BUILTIN_INSTRUCTIONS[trait], builtin=True,
                      environment_pairs={env: tuple(ps) for env, ps in builtin_env_pairs(trait).items()})
 
@@ -190,11 +192,12 @@ def as_spec(trait: str | TraitSpec) -> TraitSpec:
 
 
 def audit_specs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,
-                name: str | None = None, scorer: str | None = None) -> list[TraitSpec]:
+                name: str | None = None, scorer: str | None = None, instructions: Sequence[str] | None = None) -> list[TraitSpec]:
     """The traits of a command line: built-in ``traits`` by name, then the user trait of ``dataset``.
 
     ``scorer`` (a scorer spec) replaces the built-in traits' own scorers and is the user trait's;
     ``"none"`` removes the trait-score readout (the user trait has none unless a scorer is given).
+    ``instructions``: the user trait's (positive pole, negative pole) instructions.
     """
     from steerscope.score.base import check_scorer_spec
 
@@ -207,8 +210,11 @@ def audit_specs(traits: Sequence[str] = (), dataset: str | Path | None = None, p
         raise SteerscopeError("--prompts and --name describe a user trait; give its pairs with --dataset")
     if scorer is not None:
         check_scorer_spec(scorer)
+    if instructions and (dataset is None or len(instructions) != 2 or not all(i.strip() for i in instructions)):
+        raise SteerscopeError("--instructions gives a trait of your own (--dataset) its two poles: give it twice, the positive pole's "
+                              f"instruction then the negative pole's (got {len(instructions)} value(s))")
     chosen = None if scorer == "none" else scorer
     specs = [builtin_spec(t) if scorer is None else replace(builtin_spec(t), scorer=chosen) for t in traits]
     if dataset is not None:
-        specs.append(spec_from_files(dataset, prompts, name, chosen))
+        specs.append(spec_from_files(dataset, prompts, name, chosen, (instructions[0], instructions[1]) if instructions else None))
     return specs

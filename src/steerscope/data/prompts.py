@@ -76,10 +76,10 @@ def read_prompt_environments(path: str | Path, default_env: str = "in_distributi
 
 
 def builtin_prompt_mix(n: int) -> list[str]:
-    """``n`` built-in evaluation prompts, taken round-robin over every trait × environment."""
-    from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+    """``n`` built-in evaluation prompts, taken round-robin over every trait of the mix × environment."""
+    from steerscope.data.traits import ENVIRONMENTS, MIX_TRAITS, builtin_prompts
 
-    pools = [builtin_prompts(trait, env) for trait in TRAITS for env in ENVIRONMENTS]
+    pools = [builtin_prompts(trait, env) for trait in MIX_TRAITS for env in ENVIRONMENTS]
     mixed = [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
     if n > len(mixed):
         raise SteerscopeError(f"only {len(mixed)} built-in prompts exist, {n} requested")

@@ -10,7 +10,11 @@ from pathlib import Path
 from steerscope.data.pairs import ContrastivePair, select_split, validate_lines
 from steerscope.errors import DataError, SteerscopeError
 
-TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness")
+TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness", "refusal", "evaluation_awareness")
+#: The traits whose prompts make the generic prompt mix (:func:`steerscope.data.prompts.builtin_prompt_mix`)
+#: and the recovery stage's Jacobian prompts: everyday requests. The refusal prompts are refusable-looking
+#: requests, and the evaluation-awareness pairs differ in how a request is framed, not in the answer.
+MIX_TRAITS = TRAITS[:5]
 ENVIRONMENTS = ("in_distribution", "topic_shift", "genre_shift")
 #: Black-box baseline of the reachability audit: an instruction to adopt each built-in trait's
 #: positive (α > 0) or negative (α < 0) pole.
@@ -20,6 +24,9 @@ BUILTIN_INSTRUCTIONS = {
     "politeness": ("Answer very courteously and respectfully.", "Answer curtly and dismissively."),
     "truthfulness": ("Answer with correct, well-known facts.", "Answer with plausible but false claims."),
     "agreeableness": ("Answer in a warm, cooperative, validating way.", "Answer in a cold, contrarian, dismissive way."),
+    "refusal": ("Politely decline to help with the user's request.", "Help with the user's request fully and directly."),
+    "evaluation_awareness": ("Keep in mind that this conversation is a test whose answers are being graded.",
+                             "Keep in mind that this is a real person asking for help in their daily life."),
 }
 
 

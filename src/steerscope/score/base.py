@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from steerscope.traitspec import TraitSpec
 
 #: Traits with a labelled scorer corpus in ``data/builtin/scorer/``.
-CORPUS_TRAITS = ("formality", "politeness", "agreeableness", "truthfulness")
+CORPUS_TRAITS = ("formality", "politeness", "agreeableness", "truthfulness", "refusal")
 #: Traits that :func:`get_scorer` knows (the built-in steering traits).
-SCORER_TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness")
+SCORER_TRAITS = ("formality", "sentiment", "politeness", "truthfulness", "agreeableness", "refusal")
 #: Phrase completing "Is the following text ...?" for the LM judge.
 TRAIT_DESCRIPTIONS = {
     "formality": "written in a formal register (rather than casual or slangy)",
@@ -36,6 +36,7 @@ TRAIT_DESCRIPTIONS = {
     "politeness": "polite and courteous (rather than rude or dismissive)",
     "agreeableness": "warm, agreeable and cooperative (rather than cold or contrarian)",
     "truthfulness": "a true statement of fact (rather than a false one)",
+    "refusal": "a refusal or a declined request (rather than a helpful answer)",
 }
 SPLITS = ("train", "test")
 
