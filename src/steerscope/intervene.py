@@ -7,6 +7,10 @@ An edit acts on the output of decoder block ℓ (the layer convention of
 * :class:`Ablate` — ``h' = h − (h·û)û`` (directional ablation, ``û = u/‖u‖``);
 * :class:`Clamp` — ``h' = h + (c − h·û)û`` (the projection on ``û`` set to ``c``).
 
+Ablate and Clamp can leave attention sinks alone (``skip_sinks``): a sink's state is one or two
+orders of magnitude larger than a token's, and its projection on a trait direction can be too, so
+that editing it changes the model through the sink rather than through the trait.
+
 Vectors may be ``[d]`` (shared by all rows) or ``[B, d]`` (one per batch row), and ``α``/``c``
 scalars or ``[B]``, so that many conditions run as the rows of one batched call. Positions are
 absolute sequence positions (of the whole padded sequence, also across KV-cached calls); the
@@ -54,17 +58,21 @@ class Add:
 
 @dataclass(frozen=True)
 class Ablate:
-    """Project ``direction`` (``[d]`` or ``[B, d]``, any norm) out of the hidden state."""
+    """Project ``direction`` (``[d]`` or ``[B, d]``, any norm) out of the hidden state; with
+    ``skip_sinks``, attention-sink positions (:func:`sink_positions`) are left as they are."""
 
     direction: torch.Tensor
+    skip_sinks: bool = False
 
 
 @dataclass(frozen=True)
 class Clamp:
-    """Set the projection of the hidden state on unit ``direction`` to ``value`` (scalar or ``[B]``)."""
+    """Set the projection of the hidden state on unit ``direction`` to ``value`` (scalar or ``[B]``);
+    ``skip_sinks`` as for :class:`Ablate`."""
 
     direction: torch.Tensor
     value: Scalar = 0.0
+    skip_sinks: bool = False
 
 
 Edit = Union[Add, Ablate, Clamp]
@@ -106,6 +114,15 @@ def _vec(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(1, 1, -1) if v.ndim == 1 else v.unsqueeze(1)
 
 
+def sink_positions(h: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: positions whose state norm exceeds :data:`~steerscope.capture.SINK_RATIO` × the
+    median norm of their row in this call (attention sinks; never a single new token of a cached call)."""
+    from steerscope.capture import SINK_RATIO
+
+    norms = h.norm(dim=-1)
+    return norms > SINK_RATIO * norms.median(dim=1, keepdim=True).values
+
+
 def _apply(edit: Edit, h: torch.Tensor) -> torch.Tensor:
     batch = h.shape[0]
     if isinstance(edit, Add):
@@ -113,9 +130,8 @@ def _apply(edit: Edit, h: torch.Tensor) -> torch.Tensor:
     unit = _vec(edit.direction, h)
     unit = unit / unit.norm(dim=-1, keepdim=True)
     proj = (h * unit).sum(dim=-1, keepdim=True)
-    if isinstance(edit, Ablate):
-        return h - proj * unit
-    return h + (_rows(edit.value, batch, h) - proj) * unit
+    edited = h - proj * unit if isinstance(edit, Ablate) else h + (_rows(edit.value, batch, h) - proj) * unit
+    return torch.where(sink_positions(h).unsqueeze(-1), h, edited) if edit.skip_sinks else edited
 
 
 def _edit_rows(edit: Edit) -> int | None:
