@@ -20,7 +20,9 @@ from steerscope.runstore import RunStore, open_run
 SMALL = {"candidate_layers": 2, "alphas": [1.0, 4.0], "calib_prompts": 3, "calib_samples": 2, "calib_tokens": 8, "id_draws": 2,
          "id_prompts": 4, "id_samples": 2, "id_tokens": 8, "ns_prompts": 4, "rec_env_prompts": 2, "rec_map_prompts": 1, "rec_boot": 3,
          "reach_prompts": 2, "reach_positions": 3, "reach_alphas": [1.0], "reach_sweep_prompts": 1, "reach_tokens": 6, "reach_budget": 32,
-         "mon_prompts": 2, "mon_samples": 1, "mon_tokens": 4}
+         "mon_prompts": 2, "mon_samples": 1, "mon_tokens": 4, "se_doses": [2.0], "se_prompts": 2, "se_samples": 1, "se_tokens": 4,
+         "se_capability": 6, "rob_prompts": 2, "rob_samples": 1, "rob_tokens": 4, "rob_boot": 4, "rob_halves": 2, "rob_curve": [4],
+         "rob_draws": 1}
 
 
 class WordScorer:
@@ -31,6 +33,13 @@ class WordScorer:
 
     def __call__(self, texts):
         return np.array([sum(t.count(w) for w in ("please", "thank", "good")) + 0.05 * len(t.split()) for t in texts], float)
+
+
+def word_scorers(*extra: str) -> dict:
+    """A WordScorer for every built-in trait (the off-target readouts) and for ``extra`` traits."""
+    from steerscope.data.traits import TRAITS
+
+    return {t: WordScorer() for t in (*TRAITS, *extra)}
 
 
 def small_config(traits=("formality",)):
@@ -66,7 +75,7 @@ def main() -> None:
     config = small_config(traits)
     store, _ = open_run(folder, config, "test", "worker")
     with store:
-        Auditor(lm, store, config, scorers={t: WordScorer() for t in traits}).run()
+        Auditor(lm, store, config, scorers=word_scorers(*traits)).run()
         store.log("finished")
         write_outputs(store)
 

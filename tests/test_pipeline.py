@@ -15,7 +15,7 @@ from steerscope.runstore import STORE_NAME, RunStore
 pytest.importorskip("matplotlib")
 WORKER = Path(__file__).with_name("_resume_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-from _resume_worker import WordScorer, small_config  # noqa: E402
+from _resume_worker import small_config, word_scorers  # noqa: E402
 
 
 def _default_sigint() -> None:
@@ -45,7 +45,7 @@ def test_reference_run_has_every_stage_and_answer(reference):
     results = json.loads((reference / "results.json").read_text())
     assert results["config"]["traits"] == ["formality", "sentiment"]
     for trait, res in results["traits"].items():
-        assert set(res["answers"]) == {"steers", "identifiable", "reachable"}
+        assert set(res["answers"]) == {"steers", "identifiable", "reachable", "side_effects"}
         assert all(a["status"] in ("yes", "no", "unknown", "mixed") and a["headline"] for a in res["answers"].values())
         assert res["strength"]["alpha"] in (1.0, 4.0)
         assert [r["method"] for r in res["recovery"]] == ["ica", "sparse", "multienv", "crosslayer"]
@@ -95,7 +95,7 @@ def test_auditor_reads_every_cell_back_without_recomputing(reference, tmp_path):
     config = small_config(["formality", "sentiment"])
     with RunStore.open(reference) as store:
         before = store.count()
-        Auditor(tiny_model("llama", n_layers=6), store, config, scorers={"formality": WordScorer(), "sentiment": WordScorer()},
+        Auditor(tiny_model("llama", n_layers=6), store, config, scorers=word_scorers(),
                 on_cell=lambda key, cached: seen.append(cached)).run()
         assert store.count() == before
     assert seen and all(seen)
@@ -224,14 +224,15 @@ def test_report_renders_in_a_real_browser_without_errors_and_opens_on_the_answer
         shot = tmp_path / "first-screen.png"
         page.screenshot(path=str(shot))
         cards = page.locator("#summary .card")
-        assert cards.count() == 6  # two traits × three questions
-        for i in range(3):
+        assert cards.count() == 8  # two traits × four questions
+        for i in range(4):
             box = cards.nth(i).bounding_box()
             assert box is not None and box["y"] + 40 < 900, "the answers must be on the first screen"
         text = page.locator("#summary").inner_text()
         assert "Does the vector steer?" in text and "Is it identifiable?" in text and "reachable by a prompt" in text
+        assert "What else does it change?" in text
         broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
-        assert broken == 0 and page.evaluate("document.images.length") == 12
+        assert broken == 0 and page.evaluate("document.images.length") == 16
         browser.close()
     assert problems == []
     assert all(u.startswith(("file:", "data:")) for u in requests), "the report must not reach the network"
@@ -273,7 +274,7 @@ def test_cli_audit_ctrl_c_then_the_same_command_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["resumed"] and "resuming" in again.stderr and f"{done} cells already done" in again.stderr
-    assert set(summary["answers"]["sentiment"]) == {"steers", "identifiable", "reachable"}
+    assert set(summary["answers"]["sentiment"]) == {"steers", "identifiable", "reachable", "side_effects"}
     with RunStore.open(folder, readonly=True) as store:
         assert [e["kind"] for e in store.events()] == ["created", "interrupted", "resumed", "finished"]
 
@@ -309,7 +310,7 @@ def test_a_registered_stage_reaches_the_plan_the_results_and_the_report(referenc
     shutil.copytree(reference, copy)
     with RunStore.open(copy) as store:
         before = store.count()
-        Auditor(tiny_model("llama", n_layers=6), store, config, scorers={"formality": WordScorer(), "sentiment": WordScorer()}).run()
+        Auditor(tiny_model("llama", n_layers=6), store, config, scorers=word_scorers()).run()
         assert store.count() == before + 2
         write_outputs(store)
     results = json.loads((copy / "results.json").read_text())

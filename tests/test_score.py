@@ -326,7 +326,7 @@ def test_default_kind_per_trait(monkeypatch):
         monkeypatch.setitem(SCORERS, kind, lambda trait, kind=kind, **kwargs: (kind, trait, kwargs))
     assert {t: get_scorer(t)[0] for t in SCORER_TRAITS} == {
         "formality": "embedding", "sentiment": "lexicon", "politeness": "embedding",
-        "truthfulness": "embedding", "agreeableness": "embedding",
+        "truthfulness": "embedding", "agreeableness": "embedding", "refusal": "embedding",
     }
     assert get_scorer("formality", x=1) == ("embedding", "formality", {"x": 1})
 

@@ -15,7 +15,7 @@ from steerscope.score.base import check_scorer_spec, scorer_from_spec
 from steerscope.traitspec import TraitSpec, audit_specs, builtin_spec, pair_questions, spec_from_files, split_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _resume_worker import SMALL, WordScorer  # noqa: E402
+from _resume_worker import SMALL, word_scorers  # noqa: E402
 
 
 def _chat(question: str, answer: str) -> list[dict[str, str]]:
@@ -143,12 +143,12 @@ def test_user_trait_runs_end_to_end_and_resumes_only_with_the_same_data(tmp_path
     folder = tmp_path / "run"
     store, _ = open_run(folder, config, "test", "cmd")
     with store:
-        Auditor(tiny_model("llama", n_layers=6), store, config, [spec], scorers={"pirate": WordScorer()}).run()
+        Auditor(tiny_model("llama", n_layers=6), store, config, [spec], scorers=word_scorers("pirate")).run()
         store.log("finished")
         written = write_outputs(store)
     results = json.loads(written["results"].read_text())
     assert list(results["traits"]) == ["pirate"]
-    assert set(results["traits"]["pirate"]["answers"]) == {"steers", "identifiable", "reachable"}
+    assert set(results["traits"]["pirate"]["answers"]) == {"steers", "identifiable", "reachable", "side_effects"}
     assert results["traits"]["pirate"]["identifiability"]["config"]["n_pairs"] <= len(spec.test)
     html = written["report"].read_text()
     assert "pairs from pirate.jsonl (18 train / 6 held-out" in html and f"content SHA-256 {spec.digest()[:16]}" in html
@@ -206,8 +206,8 @@ def test_a_given_vector_is_audited_instead_of_an_extracted_one(tmp_path):
     store, _ = open_run(tmp_path / "run", config, "test", "cmd")
     with store:
         with pytest.raises(SteerscopeError, match="give the same --vector file"):
-            Auditor(lm, store, config, scorers={"formality": WordScorer()})
-        Auditor(lm, store, config, scorers={"formality": WordScorer()}, given=given).run()
+            Auditor(lm, store, config, scorers=word_scorers())
+        Auditor(lm, store, config, scorers=word_scorers(), given=given).run()
         store.log("finished")
         written = write_outputs(store)
     res = json.loads(written["results"].read_text())["traits"]["formality"]
@@ -248,12 +248,12 @@ def test_python_api_runs_an_audit_of_an_adapter_style_vector(tmp_path):
     with pytest.raises(SteerscopeError, match="holds layers \\[1, 3\\]; pass --layer"):
         steerscope.audit.run(lm, "formality", tmp_path / "x", vector=directions)
     assert not (tmp_path / "x").exists()
-    results = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers={"formality": WordScorer()})
+    results = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers=word_scorers())
     res = results["traits"]["formality"]
     assert res["layer_selection"]["chosen"] == 1 and res["vector"]["metadata"]["method"] == "given (python)"
     assert res["vector"]["norm"] == pytest.approx(float(directions[1].norm()), rel=1e-6)
     assert (tmp_path / "run" / "report.html").is_file()
-    again = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers={"formality": WordScorer()})
+    again = steerscope.audit.run(lm, "formality", tmp_path / "run", vector=directions, layer=1, scorers=word_scorers())
     assert again == results  # resumed from the store: nothing recomputed differs
 
 

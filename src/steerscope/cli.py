@@ -255,6 +255,9 @@ DatasetOpt = typer.Option(None, "--dataset", help="Your own trait: a JSONL pair 
 PromptsOpt = typer.Option(None, "--prompts", help="Evaluation prompts of the --dataset trait (text, or JSONL with 'prompt' and "
                           "optional 'env'); default: the pairs' questions.")
 NameOpt = typer.Option(None, "--name", help="Name of the --dataset trait in the report (default: the file's stem).")
+InstructionsOpt = typer.Option(None, "--instructions", help="Your trait's poles as instructions, given twice: the positive pole's, then "
+                               "the negative pole's (the robustness audit's supporting/opposing instructions, the reachability "
+                               "audit's black-box baseline).")
 ScorerOpt = typer.Option(None, "--scorer", help="Trait-score readout: vader, builtin:TRAIT, probe:LABELLED.jsonl, judge:DESCRIPTION, "
                          "hf:PATH[:LABEL], or none (the pair margin and the next-token distribution carry the audit; "
                          "default: each built-in trait's own scorer, none for --dataset).")
@@ -281,7 +284,7 @@ def _given(**values: Any) -> dict[str, Any]:
 def audit(
     ctx: typer.Context,
     trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
-    vector: Optional[Path] = VectorOpt, layer: Optional[int] = VectorLayerOpt,
+    vector: Optional[Path] = VectorOpt, layer: Optional[int] = VectorLayerOpt, instructions: Optional[list[str]] = InstructionsOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (run.sqlite, results.json, report.html, "
                                            "vector files, plots/). Run the same command again to resume."),
     quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
@@ -309,7 +312,8 @@ def audit(
         raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
-    inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer})
+    inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer,
+                                   "instructions": instructions})
     config = prepare_audit(audit_config(model, inputs.specs, "full" if full else "quick", seed, target_effect, max_ppl_ratio, dtype, inputs.given))
     store, resumed = open_run(out_dir, config, __version__, " ".join(["steerscope", *sys.argv[1:]]))
     with store:
@@ -563,6 +567,7 @@ def audit_reachability(
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer "
                                         "(instead of --vector); also selects the scorer and the instruction baseline."),
     dataset: Optional[Path] = DatasetOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
+    instructions: Optional[list[str]] = InstructionsOpt,
     alpha: float = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, "
                                         "or 40 % of the depth with --trait)."),
@@ -589,12 +594,67 @@ def audit_reachability(
     sizes = command_profile(quick)
     settings = sizes.reachability(seed, budget, adversarial_exhaustive=exhaustive_next, **_given(
         positions=positions, sweep_prompts=sweep_prompts, max_new_tokens=max_new_tokens, alphas=tuple(parse_alphas(alphas)) if alphas is not None else None))
-    inputs = _audit_inputs([trait] if trait else None, {"dataset": dataset, "name": name, "scorer": scorer}, True)
+    inputs = _audit_inputs([trait] if trait else None, {"dataset": dataset, "name": name, "scorer": scorer, "instructions": instructions}, True)
     command = ReachabilityCommand(out_dir, alpha, settings, n_prompts or sizes.reach_prompts, vector, inputs, layer, capture_layer,
                                   tuple(read_prompts(prompts_file)) if prompts_file is not None else None, allow_model_mismatch, overwrite)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
     with err.status(f"inverting {command.n_prompts} prompts × {settings.positions} positions"):
+        _print_written(command.run(lm))
+
+
+def _effect_command(kind: str, trait, user: dict[str, Any], out_dir: Path, alpha: float, quick: bool, seed: int, overwrite: bool):
+    """A side-effect or robustness command, prepared (inputs checked before the model loads)."""
+    from steerscope.audit.effect_commands import RobustnessCommand, SideEffectsCommand
+    from steerscope.audit.profiles import command_profile
+
+    cls = SideEffectsCommand if kind == "side-effects" else RobustnessCommand
+    command = cls(_audit_inputs(trait, user, True), out_dir, command_profile(quick), alpha, user.get("layer"), seed, overwrite)
+    command.prepare()
+    return command
+
+
+EffectAlphaOpt = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v (the audit's calibrated α, or your own).")
+
+
+@audit_app.command("side-effects")
+def audit_side_effects(
+    trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt,
+    scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (side_effects.json, summary.md, side_effects.png)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
+    alpha: float = EffectAlphaOpt, seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """What else does it change? Off-target matrix, fluency, drift, capability, dose curve, add / clamp / ablate."""
+    user = {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer}
+    command = _effect_command("side-effects", trait, user, out_dir, alpha, quick, seed, overwrite)
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    with err.status(f"side effects of {command.spec.name}"):
+        _print_written(command.run(lm))
+
+
+@audit_app.command("robustness")
+def audit_robustness(
+    trait: Optional[list[str]] = TraitsOpt, dataset: Optional[Path] = DatasetOpt, prompts: Optional[Path] = PromptsOpt, name: Optional[str] = NameOpt,
+    scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (robustness.json, summary.md, robustness.png)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
+    alpha: float = EffectAlphaOpt, seed: int = typer.Option(0, "--seed"), instructions: Optional[list[str]] = InstructionsOpt,
+    quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+) -> None:
+    """Does it hold up? Opposing and supporting instructions, environments, paraphrases, layer profile, stability of the vector."""
+    user = {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer,
+            "instructions": instructions}
+    command = _effect_command("robustness", trait, user, out_dir, alpha, quick, seed, overwrite)
+    lm = _load(model, device, dtype, cache_dir, layers_path)
+    with err.status(f"robustness of {command.spec.name}"):
         _print_written(command.run(lm))
 
 

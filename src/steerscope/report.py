@@ -25,12 +25,12 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color
 main{max-width:1100px;margin:0 auto;padding:20px 28px 60px}
 h1{font-size:24px;margin:4px 0}h2{font-size:20px;margin:34px 0 8px;border-bottom:1px solid #d5d9de;padding-bottom:4px}
 h3{font-size:16px;margin:22px 0 6px}.sub{color:#56606b;margin:0 0 14px}
-.cards{display:grid;grid-template-columns:repeat(3,1fr);gap:12px;margin:8px 0 4px}
+.cards{display:grid;grid-template-columns:repeat(2,1fr);gap:12px;margin:8px 0 4px}
 .card{background:#fff;border:1px solid #d5d9de;border-left:6px solid #8a939c;border-radius:6px;padding:10px 14px}
 .card h3{margin:0 0 6px;font-size:15px}.card p{margin:0 0 6px}.card ul{margin:0;padding-left:18px;font-size:13px;color:#3b444d}
-.yes{border-left-color:#2e7d32}.no{border-left-color:#c62828}.unknown,.mixed{border-left-color:#b7791f}
+.yes,.none{border-left-color:#2e7d32}.no,.some{border-left-color:#c62828}.unknown,.mixed{border-left-color:#b7791f}
 .badge{display:inline-block;font-weight:600;font-size:12px;padding:1px 8px;border-radius:10px;color:#fff;background:#8a939c}
-.badge.yes{background:#2e7d32}.badge.no{background:#c62828}.badge.unknown,.badge.mixed{background:#b7791f}
+.badge.yes,.badge.none{background:#2e7d32}.badge.no,.badge.some{background:#c62828}.badge.unknown,.badge.mixed{background:#b7791f}
 .trait{font-weight:600;margin:16px 0 4px}
 table{border-collapse:collapse;background:#fff;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid #d5d9de;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eef0f3}

@@ -1,4 +1,4 @@
-"""The three questions a user asks of a steering vector, answered in plain words from a trait's
+"""The four questions a user asks of a steering vector, answered in plain words from a trait's
 audit results (see :func:`steerscope.audit.pipeline.assemble`).
 
 1. *Does it steer?* The identifiability audit's v-vs-unsteered comparison (held-out prompts, paired
@@ -10,12 +10,16 @@ audit results (see :func:`steerscope.audit.pipeline.assemble`).
    Jacobian cannot see at 10⁻³), and which structural assumptions recover a unique direction.
 3. *Is the steered state reachable by a prompt?* The reachability verdict, with the best-found
    distance against the natural noise floor and the steering displacement.
+4. *What else does it change?* Off-target effects on every other trait's readouts flagged at the
+   audited strength, the capability change, fluency and drift on neutral prompts, and which edit
+   (add, clamp, ablate) is the most specific (:mod:`steerscope.side_effects`, :mod:`steerscope.edits`).
 
 Each answer has a ``status`` (a short label used for colour), a ``headline`` sentence and ``facts``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,4 +159,64 @@ def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
     else:
         status, headline = "no", (f"No prompt found: the steered state stays {num(s['median_steered_over_noise'], '.3g')}× "
                                   "the noise floor away from every prompt state the search reached (an upper bound, not a proof).")
+    return {"status": status, "headline": headline, "facts": facts}
+
+
+def _effect(row: Mapping[str, Any]) -> str:
+    return f"{row['trait']} {row['readout'].replace('_', ' ')} g = {ci(row['g'], row['g_low'], row['g_high'], '.2f')}"
+
+
+def _edits_fact(edits: Mapping[str, Any] | None) -> str | None:
+    if not edits or "not_run" in edits:
+        return None
+    if "error" in edits:
+        return f"add / clamp / ablate comparison not run: {edits['error']}"
+    parts = [f"{k}: {edits[k]['most_specific']} moves the other readouts least (mean |g| "
+             + ", ".join(f"{n} {num(e['off_target_mean_abs_g'], '.2f')}" for n, e in edits[k]["edits"].items()) + ")"
+             for k in ("induce", "remove") if edits.get(k)]
+    return "at equal on-target effect — " + "; ".join(parts) if parts else None
+
+
+def _power(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The range of the smallest |g| the off-target readouts could detect (80 % power), when known."""
+    values = [r["detectable_g"] for r in rows if r.get("detectable_g") is not None]
+    return f"; each could detect |g| of {min(values):.2f}–{max(values):.2f} with 80 % power" if values else ""
+
+
+def side_effects(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What else the vector changes at the audited strength: flagged off-target effects (paired test
+    significant after Holm across the off-target readouts, and |g| ≥ 0.2) and the capability change."""
+    se = result["side_effects"]
+    others = [r for r in se["matrix"] if r["trait"] != se["target"]]
+    flagged = [r for r in others if r.get("flagged")]
+    cap = se["capability"]
+    change = cap["doses"]["1"]["change"]
+    cap_moved = change["low"] > 0 or change["high"] < 0
+    flu, kl = se["fluency"]["1"], se["kl"]["1"]
+    largest = se.get("largest_off_target")
+    capability = (f"capability accuracy {cap['accuracy_unsteered']:.0%} → {cap['doses']['1']['accuracy']:.0%} "
+                  f"(change {ci(change['mean'], change['low'], change['high'], '+.2f')}, {cap['n_items']} items)")
+    facts = [f"largest off-target effect: {_effect(largest)}" if largest else "no off-target readout had a defined effect",
+             f"{len(flagged)} of {len(others)} off-target readouts flagged (paired test, Holm-adjusted p < 0.05 across them, and "
+             f"|g| ≥ {se['min_effect']:g}){_power(others)}", capability,
+             f"on neutral prompts: perplexity ratio {ci(flu['ppl_ratio']['mean'], flu['ppl_ratio']['low'], flu['ppl_ratio']['high'], '.2f')}, "
+             f"next-token KL {ci(kl['mean'], kl['low'], kl['high'], '.3g')} nats"]
+    edits = _edits_fact(se.get("edits"))
+    if edits:
+        facts.append(edits)
+    framing = (se.get("edits") or {}).get("framing")
+    if framing and framing.get("closed_by_v"):
+        by_v, by_r = framing["closed_by_v"], framing["closed_by_random"]
+        facts.append(f"ablating v̂ closes {ci(by_v['mean'], by_v['low'], by_v['high'], '.0%')} of the framing gap between the pairs' two "
+                     f"sides (random directions: {ci(by_r['mean'], by_r['low'], by_r['high'], '.0%')})")
+    if flagged or cap_moved:
+        named = "; ".join(_effect(r) for r in sorted(flagged, key=lambda r: -abs(r["g"]))[:3])
+        status = "some"
+        headline = (f"At α = {se['alpha']:g} it also moves {named}" if flagged else f"At α = {se['alpha']:g} no other trait moves") + \
+                   (f"; {capability}." if cap_moved else ".")
+    elif any(r.get("g") is None for r in others) or not math.isfinite(change["mean"]):
+        status, headline = "unknown", "Undetermined: some off-target effects or the capability change are undefined."
+    else:
+        status, headline = "none", (f"No off-target effect detected at α = {se['alpha']:g} and no capability change detected "
+                                    "(not flagged is not proof of none: see the intervals).")
     return {"status": status, "headline": headline, "facts": facts}

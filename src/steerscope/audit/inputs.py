@@ -46,14 +46,14 @@ class AuditInputs:
 
 def audit_inputs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,
                  name: str | None = None, scorer: str | None = None, vector: str | Path | None = None,
-                 layer: int | None = None) -> AuditInputs:
+                 layer: int | None = None, instructions: Sequence[str] | None = None) -> AuditInputs:
     """Read and check everything a command line names before the model loads: the trait specs
     (:func:`~steerscope.traitspec.audit_specs`), a ``--vector`` file (:func:`given_vectors`), and the
     scorers that need no model (``probe:`` and ``hf:``), so that a bad corpus or classifier fails
     before the run starts."""
     from steerscope.traitspec import audit_specs
 
-    specs = audit_specs(traits, dataset, prompts, name, scorer)
+    specs = audit_specs(traits, dataset, prompts, name, scorer, instructions)
     given = given_vectors(specs, vector, layer)
     ahead = {s.name: scorer_from_spec(s.scorer, s.name) for s in specs if s.scorer and s.scorer.partition(":")[0] in ("probe", "hf")}
     return AuditInputs(specs, given, ahead)
@@ -99,10 +99,10 @@ def check_prompt_supply(spec: TraitSpec, settings: Mapping[str, Any]) -> None:
 
 def command_inputs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,
                    name: str | None = None, scorer: str | None = None, vector: str | Path | None = None,
-                   layer: int | None = None) -> AuditInputs:
+                   layer: int | None = None, instructions: Sequence[str] | None = None) -> AuditInputs:
     """:func:`audit_inputs` of a single-audit command, where ``layer`` picks the layer of a ``vector``
     file and, without one, is the command's own layer (checked against the model later)."""
-    return audit_inputs(traits, dataset, prompts, name, scorer, vector, layer if vector is not None else None)
+    return audit_inputs(traits, dataset, prompts, name, scorer, vector, layer if vector is not None else None, instructions)
 
 
 def _check_fits(given: GivenVector, lm: LoadedModel) -> None:

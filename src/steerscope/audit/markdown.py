@@ -286,3 +286,73 @@ def monitor_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Text {t['text'][:60]!r}: mean projection {num(t['mean'], '.4g')} "
                      f"({'above' if t['above_threshold'] else 'below'} the threshold).")
     return "\n".join(lines + [""])
+
+
+def _g_cell(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "—"
+    if row.get("g") is None:
+        return "undefined"
+    return ci(row["g"], row["g_low"], row["g_high"], ".2f") + (" ⚑" if row.get("flagged") else "")
+
+
+def _interval_cell(x: dict[str, Any], fmt: str = ".3g") -> str:
+    return ci(x["mean"], x["low"], x["high"], fmt)
+
+
+def side_effects_markdown(report: dict[str, Any]) -> str:
+    """Summary of a side-effect audit (:class:`steerscope.audit.effect_commands.SideEffectsCommand`)."""
+    from steerscope.audit.answers import side_effects
+
+    se = report["side_effects"]
+    answer = side_effects({"side_effects": se})
+    doses = [f"{m:g}" for m in se["multiples"]]
+    lines = [f"# What else does it change? {report['trait']} on {report['model']['name']}, layer {report['layer']}, α = {report['alpha']:g}",
+             "", f"**{answer['headline']}**", ""] + [f"- {f}" for f in answer["facts"]]
+    lines += ["", "## Off-target matrix (Hedges' g [95 % CI]; ⚑ flagged: Holm-adjusted p < 0.05 across the off-target readouts and "
+              f"|g| ≥ {se['min_effect']:g})", "", "| trait | readout | n | " + " | ".join(f"{d}·α" for d in doses) + " | detectable |g| |",
+              "|---|---|---|" + "---|" * (len(doses) + 1)]
+    lines += [f"| {r['trait']} | {r['readout'].replace('_', ' ')} | {r['n']} | " + " | ".join(_g_cell(r["doses"][d]) for d in doses)
+              + f" | {num(r.get('detectable_g'), '.2f')} |" for r in se["matrix"]]
+    cap = se["capability"]
+    lines += ["", f"## Dose, fluency, drift, capability ({cap['n_items']} items, unsteered accuracy {cap['accuracy_unsteered']:.0%})", "",
+              "| dose | perplexity ratio | 3-gram repetition | neutral KL (nats) | capability change |", "|---|---|---|---|---|"]
+    lines += [f"| {d}·α | {_interval_cell(se['fluency'][d]['ppl_ratio'], '.2f')} | {_interval_cell(se['fluency'][d]['repetition'], '.2f')} | "
+              f"{_interval_cell(se['kl'][d])} | {_interval_cell(cap['doses'][d]['change'], '+.2f')} |" for d in doses]
+    return "\n".join(lines + [""])
+
+
+def robustness_markdown(report: dict[str, Any]) -> str:
+    """Summary of a robustness audit (:class:`steerscope.audit.effect_commands.RobustnessCommand`)."""
+    rb = report["robustness"]
+    lines = [f"# Does it hold up? {report['trait']} on {report['model']['name']}, layer {report['layer']}, α = {report['alpha']:g}", "",
+             "Hedges' g [95 % CI] of steered against unsteered (⚑: paired t-test p < 0.05 and |g| ≥ 0.2).", ""]
+    ins = rb["instructions"]
+    if "not_run" in ins:
+        lines.append(f"- Instructions: not run ({ins['not_run']}).")
+    for readout in ("pair_margin", "trait_score"):
+        part = ins.get(readout)
+        if part:
+            kept = part["retained_under_opposing"]
+            lines.append(f"- {readout.replace('_', ' ')}: steering g without an instruction {_g_cell(part['steering']['none'])}, under the "
+                         f"opposing one {_g_cell(part['steering']['opposing'])}, under the supporting one "
+                         f"{_g_cell(part['steering']['supporting'])}; the opposing instruction alone {_g_cell(part['instruction_alone']['opposing'])}, "
+                         f"the supporting one alone {_g_cell(part['instruction_alone']['supporting'])}; retained under opposition "
+                         f"{num(kept['ratio'], '.2f')} [{num(kept['low'], '.2f')}, {num(kept['high'], '.2f')}] ({kept['status']}).")
+    env = rb["environments"]
+    lines.append("- Environments (steering g): " + "; ".join(f"{e} pair margin {_g_cell(r)}" for e, r in env["pair_margin"].items())
+                 + "".join(f"; {e} trait score {_g_cell(r)}" for e, r in env["trait_score"].items()) + ".")
+    if env.get("paraphrase"):
+        para = env["paraphrase"]
+        lines.append(f"- Paraphrased prompts: g {_g_cell(para['paraphrased'])} against {_g_cell(para['original'])} on the originals.")
+    lay = rb["layers"]
+    lines += ["", f"## Layer profile at relative dose {num(lay['relative_dose'], '.3g')} (audited layer {lay['audited_layer']})", "",
+              "| layer | α | pair-margin g | neutral KL (nats) |", "|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {num(r['alpha'], '.3g')} | {_g_cell(r['effect'])} | {_interval_cell(r['kl'])} |" for r in lay["rows"]]
+    st = rb["stability"]
+    lines += ["", f"## Stability ({st['of']}, {st['n_pairs']} pairs)", "",
+              f"- Cosine with bootstrap resamples {_interval_cell(st['bootstrap_cos'], '.3f')}; between disjoint halves "
+              f"{_interval_cell(st['split_half_cos'], '.3f')}.",
+              "- Learning curve: " + "; ".join(f"{c['n_pairs']} pairs: cos {num(c['cos_with_full']['mean'], '.3f')}, g "
+                                             + "/".join(num(g, '.2f') for g in c["g"]) for c in st["learning_curve"]) + "."]
+    return "\n".join(lines + [""])

@@ -117,6 +117,17 @@ class Auditor:
             self._scorers[trait] = spec_scorer(self.specs[trait], self.lm)
         return self._scorers[trait]
 
+    def readout_scorer(self, trait: str) -> Scorer | None:
+        """The scorer of ``trait`` as an off-target readout: the audited trait's own, else the built-in
+        trait's (given in ``scorers`` or built on first use); None when it has none."""
+        if trait in self.specs:
+            return self.scorer(trait)
+        if trait not in self._scorers:
+            from steerscope.traitspec import builtin_spec
+
+            self._scorers[trait] = spec_scorer(builtin_spec(trait), self.lm)
+        return self._scorers[trait]
+
     def cell(self, key: str, stage: str, compute: Callable[[], tuple[Any, bytes | None]], trait: str | None = None) -> Cell:
         """Cell ``key`` read back from the store, or computed (payload made JSON-safe) and committed."""
         cached = self.store.get(key) is not None

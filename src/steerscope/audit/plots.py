@@ -310,3 +310,56 @@ def plot_paper(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bo
     cfg = report["config"]
     fig.suptitle(f"paper protocol: {cfg['trait']} layer {cfg['layer']}")
     return _save(fig, path, overwrite)
+
+
+def plot_dose_curve(result: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Dose–benefit–cost: the on-target pair-margin effect, the largest off-target effect (|g|), the
+    capability change, the perplexity ratio and the neutral KL against the dose multiple of α
+    (the audited strength, multiple 1, marked)."""
+    plt = _pyplot()
+    doses = [f"{m:g}" for m in result["multiples"]]
+    xs = [float(d) for d in doses]
+    target = next(r for r in result["matrix"] if r["trait"] == result["target"] and r["readout"] == "pair_margin")
+    off = [max((abs(_f(r["doses"][d]["g"])) for r in result["matrix"] if r["trait"] != result["target"]), default=math.nan) for d in doses]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    ax.plot(xs, [_f(target["doses"][d]["g"]) for d in doses], marker="o", label=f"{result['target']} pair margin g")
+    _ci_bars(ax, xs, [_f(target["doses"][d]["g_low"]) for d in doses], [_f(target["doses"][d]["g_high"]) for d in doses])
+    ax.plot(xs, off, marker="s", label="largest off-target |g|")
+    ax.set_ylabel("Hedges' g")
+    ax.set_title("benefit and off-target")
+    cap = result["capability"]["doses"]
+    axes[1].plot(xs, [cap[d]["change"]["mean"] for d in doses], marker="o", color="tab:red")
+    _ci_bars(axes[1], xs, [cap[d]["change"]["low"] for d in doses], [cap[d]["change"]["high"] for d in doses])
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    axes[1].set_ylabel("capability accuracy change")
+    axes[1].set_title(f"capability ({result['capability']['n_items']} items)")
+    axes[2].plot(xs, [result["fluency"][d]["ppl_ratio"]["mean"] for d in doses], marker="o", label="perplexity ratio")
+    axes[2].plot(xs, [1 + result["kl"][d]["mean"] for d in doses], marker="s", label="1 + neutral KL (nats)")
+    axes[2].set_title("fluency and drift (neutral prompts)")
+    for a in axes:
+        a.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+        a.set_xscale("log", base=2)
+        a.set_xlabel(f"dose (multiple of α = {result['alpha']:g})")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    return _save(fig, path, overwrite)
+
+
+def plot_layer_profile(profile: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Held-out pair-margin effect and neutral KL of each layer's vector at equal relative dose."""
+    plt = _pyplot()
+    rows = profile["rows"]
+    xs = [r["layer"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(xs, [_f(r["effect"]["g"]) for r in rows], marker="o", label="pair-margin g")
+    _ci_bars(ax, xs, [_f(r["effect"]["g_low"]) for r in rows], [_f(r["effect"]["g_high"]) for r in rows])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Hedges' g")
+    ax.axvline(profile["audited_layer"], color="grey", linestyle=":", linewidth=1)
+    twin = ax.twinx()
+    twin.plot(xs, [r["kl"]["mean"] for r in rows], marker="s", color="tab:red", label="neutral KL")
+    twin.set_ylabel("KL (nats)", color="tab:red")
+    ax.set_title(f"layer profile at relative dose {profile['relative_dose']:.3g}")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path, overwrite)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from steerscope.audit.pipeline import Auditor, StoredRun
 
 #: Modules whose import registers the built-in stages.
-BUILTIN_STAGE_MODULES = ("steerscope.audit.stages",)
+BUILTIN_STAGE_MODULES = ("steerscope.audit.stages", "steerscope.audit.effect_stages")
 
 
 @dataclass

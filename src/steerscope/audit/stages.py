@@ -29,7 +29,7 @@ from steerscope.audit.calibrate import candidate_layers, choose_strength, layer_
 from steerscope.audit.pipeline import Auditor, StoredRun, bytes_to_arrays, stored_direction, tensors_to_bytes
 from steerscope.audit.profiles import crosslayer_targets, threshold_prompts
 from steerscope.audit.registry import Answer, Stage, TraitRun, register_stage
-from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts
+from steerscope.data.traits import ENVIRONMENTS, MIX_TRAITS, builtin_prompts
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.traitspec import TraitSpec
@@ -47,7 +47,7 @@ def _single(key: str, suffix: str):
     return lambda stored, trait: {key: stored.payload(f"{trait}/{suffix}")}
 
 
-def _plot(name: str, draw, select=lambda res: res):
+def one_plot(name: str, draw, select=lambda res: res):
     """``plots`` of a stage that draws one PNG ``{trait}_{name}.png`` from (part of) the trait's results."""
     def write(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
         path = folder / f"{trait}_{name}.png"
@@ -152,7 +152,7 @@ register_stage(Stage(
      "full": {"alphas": (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0), "calib_prompts": 12, "calib_samples": 3, "calib_tokens": 24}},
     _calibrate, lambda settings: 1 + len(settings["alphas"]), _assemble_strength,
     answers=(Answer("steers", "Does the vector steer?", answers.steers),),
-    plots=_plot("calibration", plots.plot_calibration), section=report.strength_section))
+    plots=one_plot("calibration", plots.plot_calibration), section=report.strength_section))
 
 
 # --- 4. identifiability --------------------------------------------------------------------------
@@ -178,7 +178,7 @@ register_stage(Stage(
      "full": {"id_draws": 4, "id_prompts": 12, "id_samples": 3, "id_tokens": 24, "id_pairs": None, "id_class_draws": 200,
               "id_class_ratios": (0.25, 0.5, 1.0)}},
     _identifiability, _one_cell, _single("identifiability", "identifiability"),
-    plots=_plot("effect_ratio", plots.plot_effect_ratio, lambda res: res["identifiability"]),
+    plots=one_plot("effect_ratio", plots.plot_effect_ratio, lambda res: res["identifiability"]),
     section=report.identifiability_section, heading=("identifiability", "is it identifiable?")))
 
 
@@ -201,7 +201,7 @@ def _nullspace(a: Auditor, run: TraitRun) -> None:
 
 register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 1}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
                      _nullspace, _one_cell,
-                     _single("nullspace", "nullspace"), plots=_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
+                     _single("nullspace", "nullspace"), plots=one_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
                      section=report.nullspace_section))
 
 
@@ -224,7 +224,7 @@ def _grams(a: Auditor, layer: int) -> dict[str, list[np.ndarray]]:
     def compute():
         arrays = {}
         for env in ENVIRONMENTS:
-            prompts = [builtin_prompts(t, env)[i] for i in range(a.p.rec_env_prompts) for t in TRAITS][: a.p.rec_env_prompts]
+            prompts = [builtin_prompts(t, env)[i] for i in range(a.p.rec_env_prompts) for t in MIX_TRAITS][: a.p.rec_env_prompts]
             for i, g in enumerate(prompt_grams(a.lm, prompts, layer)):
                 arrays[f"{env}/{i}"] = g
         return {"layer": layer, "environments": list(ENVIRONMENTS), "prompts_per_env": a.p.rec_env_prompts}, tensors_to_bytes(arrays)
@@ -244,7 +244,7 @@ def _maps(a: Auditor, layer: int) -> dict[int, list[np.ndarray]]:
     target = targets[0]
 
     def compute():
-        prompts = [builtin_prompts(t, "in_distribution")[0] for t in TRAITS][: a.p.rec_map_prompts]
+        prompts = [builtin_prompts(t, "in_distribution")[0] for t in MIX_TRAITS][: a.p.rec_map_prompts]
         maps = layer_maps(a.lm, prompts, layer, [target])
         return {"layer": layer, "target": target}, tensors_to_bytes({f"{target}/{i}": m for i, m in enumerate(maps[target])})
 
@@ -289,7 +289,7 @@ register_stage(Stage(
     {"quick": {"rec_env_prompts": 2, "rec_map_prompts": 1, "rec_boot": 10}, "full": {"rec_env_prompts": 6, "rec_map_prompts": 4, "rec_boot": 20}},
     _recovery, lambda settings: len(RECOVERY_METHODS), _assemble_recovery,
     answers=(Answer("identifiable", "Is it identifiable?", answers.identifiable),),
-    plots=_plot("stability", plots.plot_stability, lambda res: res["recovery"]), section=report.recovery_section))
+    plots=one_plot("stability", plots.plot_stability, lambda res: res["recovery"]), section=report.recovery_section))
 
 
 # --- 7. reachability -----------------------------------------------------------------------------
@@ -311,8 +311,8 @@ def _reachability(a: Auditor, run: TraitRun) -> None:
 
 
 def _reachability_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
-    return (_plot("positions", plots.plot_reachability_positions, lambda r: r["reachability"])(trait, res, folder)
-            | _plot("alpha_sweep", plots.plot_reachability_sweep, lambda r: r["reachability"])(trait, res, folder))
+    return (one_plot("positions", plots.plot_reachability_positions, lambda r: r["reachability"])(trait, res, folder)
+            | one_plot("alpha_sweep", plots.plot_reachability_sweep, lambda r: r["reachability"])(trait, res, folder))
 
 
 register_stage(Stage(
