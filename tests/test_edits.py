@@ -76,3 +76,18 @@ def test_ablation_and_clamp_can_leave_attention_sinks_alone():
     assert clamped[0, 0, 0] == 400.0 and clamped[0, 1:, 0].tolist() == [5.0, 5.0, 5.0]
     step = torch.full((1, 1, 3), 50.0)  # one new token of a cached call is never a sink
     assert _apply(Ablate(u, skip_sinks=True), step)[0, 0, 0] == 0
+
+
+def test_the_answer_distributions_are_those_that_score_the_answer():
+    from steerscope.edits import _answer_logp
+    from steerscope.encoding import encode_item
+    from steerscope.likelihood import completion_logprobs
+
+    lm = tiny_model("llama")
+    items = [p.positive for p in _framed(("test question one", "my friend needs"))] + [_framed(("a much longer framing of it", "x"))[0].negative]
+    logps = _answer_logp(lm, items, None)
+    for item, logp in zip(items, logps):
+        enc = encode_item(lm.tokenizer, item)
+        answer = torch.tensor(enc.ids[enc.span[0]:enc.span[1]])
+        assert logp.shape[0] == len(answer)
+        assert float(logp.gather(1, answer[:, None]).sum()) == pytest.approx(float(completion_logprobs(lm, [item])[0]), abs=1e-4)

@@ -21,19 +21,19 @@ more than any steering does).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 
-from steerscope.capture import forward
 from steerscope.data.pairs import ContrastivePair
 from steerscope.divergence import kl_js
 from steerscope.encoding import encode_item, pad_batch
 from steerscope.errors import SteerscopeError
 from steerscope.intervene import Ablate, Add, Clamp, Edit, Steering
-from steerscope.likelihood import pair_margins
+from steerscope.likelihood import logits_tail, pair_margins
 from steerscope.models.loading import LoadedModel
 from steerscope.side_effects import Readout, mean_interval, paired_effect
 from steerscope.stats import cluster_bootstrap
@@ -141,17 +141,18 @@ def _parameter(edit: Edit) -> dict[str, float]:
 
 
 def _answer_logp(lm: LoadedModel, items: Sequence[Any], steering: Steering | None) -> list[torch.Tensor]:
-    """Per item, the next-token log-probabilities ``[n, V]`` at the positions predicting its answer tokens."""
+    """Per item, the next-token log-probabilities ``[n, V]`` at the positions predicting its answer
+    tokens (logits kept only for the answer span: a 262k vocabulary makes full-width logits large)."""
     encoded = [encode_item(lm.tokenizer, item) for item in items]
     batch = pad_batch([e.ids for e in encoded], lm.tokenizer.pad_token_id, "left")
     width = batch.input_ids.shape[1]
-    with steering if steering is not None else torch.no_grad(), torch.inference_mode():
-        logits = forward(lm, batch).logits.float()
+    with steering if steering is not None else nullcontext(), torch.inference_mode():
+        logits = logits_tail(lm, batch, max(len(e.ids) - e.span[0] + 1 for e in encoded))
+    offset = width - logits.shape[1]  # full-width position of the tail's first logit
     out = []
     for row, e in enumerate(encoded):
-        offset = width - len(e.ids)
-        start, end = e.span
-        out.append(torch.log_softmax(logits[row, offset + start - 1: offset + end - 1].double(), dim=-1).cpu())
+        start, end = (width - len(e.ids) + p - offset for p in e.span)
+        out.append(torch.log_softmax(logits[row, start - 1:end - 1].double(), dim=-1).cpu())
     return out
 
 

@@ -40,19 +40,22 @@ pre{background:#fff;border:1px solid #d5d9de;padding:8px;overflow-x:auto;font-si
 """
 
 
-def _e(x: Any) -> str:
+def esc(x: Any) -> str:
+    """``x`` as HTML-escaped text."""
     return escape(str(x))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table: ``header`` escaped, the cells of ``rows`` inserted as they are (HTML)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _img(path: Path, alt: str) -> str:
+def html_image(path: Path, alt: str) -> str:
+    """The PNG at ``path`` embedded as a data URI."""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -63,13 +66,13 @@ def summary_section(results: Mapping[str, Any]) -> str:
     questions = [(a.key, a.question) for stage in stages() for a in stage.answers]
     parts = ['<section id="summary">']
     for trait, res in results["traits"].items():
-        parts.append(f'<div class="trait">{_e(trait)} — layer {res["layer_selection"]["chosen"]}, α = {res["strength"]["alpha"]:g}</div>')
+        parts.append(f'<div class="trait">{esc(trait)} — layer {res["layer_selection"]["chosen"]}, α = {res["strength"]["alpha"]:g}</div>')
         parts.append('<div class="cards">')
         for key, question in questions:
             ans = res["answers"][key]
-            facts = "".join(f"<li>{_e(f)}</li>" for f in ans["facts"])
-            parts.append(f'<div class="card {_e(ans["status"])}"><h3>{_e(question)} <span class="badge {_e(ans["status"])}">'
-                         f'{_e(ans["status"])}</span></h3><p>{_e(ans["headline"])}</p><ul>{facts}</ul></div>')
+            facts = "".join(f"<li>{esc(f)}</li>" for f in ans["facts"])
+            parts.append(f'<div class="card {esc(ans["status"])}"><h3>{esc(question)} <span class="badge {esc(ans["status"])}">'
+                         f'{esc(ans["status"])}</span></h3><p>{esc(ans["headline"])}</p><ul>{facts}</ul></div>')
         parts.append("</div>")
     parts.append("</section>")
     return "".join(parts)
@@ -77,36 +80,36 @@ def summary_section(results: Mapping[str, Any]) -> str:
 
 def layer_selection_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     sel = res["layer_selection"]
-    layers = _table(["layer", "held-out accuracy", "separation (mean/sd)", "‖v‖"],
+    layers = html_table(["layer", "held-out accuracy", "separation (mean/sd)", "‖v‖"],
                     [[r["layer"], num(r["accuracy"], ".2f"), num(r["separation"], ".2f"), num(r["norm"])] for r in sel["rows"]])
-    return f"<h3>Layer selection</h3><p class='note'>{_e(sel['rule'])}; {sel['n_train']} train / {sel['n_test']} held-out pairs.</p>{layers}"
+    return f"<h3>Layer selection</h3><p class='note'>{esc(sel['rule'])}; {sel['n_train']} train / {sel['n_test']} held-out pairs.</p>{layers}"
 
 
 def strength_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     st = res["strength"]
     on_margin = st.get("readout") == "pair_margin"
-    grid = _table(["α", "mean pair margin" if on_margin else "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
+    grid = html_table(["α", "mean pair margin" if on_margin else "mean score", "g vs α = 0 [95 % CI]", "perplexity ratio [95 % CI]", "coherent", "reaches target"],
                   [[f"{r['alpha']:g}" + (" ◀" if r["alpha"] == st["alpha"] else ""), num(r["mean_score"]), ci(r["g"], r["g_low"], r["g_high"], ".2f"),
                     ci(r["ppl_ratio"], r["ppl_ratio_low"], r["ppl_ratio_high"], ".2f"), r["coherent"], r["reaches_target"]] for r in st["rows"]])
-    examples = _table(["α", "example completions (first sample of the first prompts)"],
-                      [[a, "<br>".join(_e(t) for t in texts)] for a, texts in st["examples"].items() if a in ("0", f"{st['alpha']:g}")])
+    examples = html_table(["α", "example completions (first sample of the first prompts)"],
+                      [[a, "<br>".join(esc(t) for t in texts)] for a, texts in st["examples"].items() if a in ("0", f"{st['alpha']:g}")])
     effect = ("No scorer: the effect is the teacher-forced pair margin of every held-out pair (the identifiability audit reads "
               "the first of them too); the perplexity comes from " if on_margin else "")
-    return (f"<h3>Strength calibration</h3><p class='note'>{_e(st['reason'])}. Baseline: mean {'pair margin' if on_margin else 'score'} "
+    return (f"<h3>Strength calibration</h3><p class='note'>{esc(st['reason'])}. Baseline: mean {'pair margin' if on_margin else 'score'} "
             f"{num(st['baseline']['mean_score'])}, perplexity {num(st['baseline']['perplexity'])}; {effect}{len(st['prompts'])} prompts × "
             f"{st['samples']} samples × {st['max_new_tokens']} tokens, disjoint from the audit prompts.</p>{grid}"
-            f"{_img(plots['calibration'], 'calibration')}{examples}")
+            f"{html_image(plots['calibration'], 'calibration')}{examples}")
 
 
 def _readout_table(result: Mapping[str, Any]) -> str:
     scalar = result["kind"] == "scalar"
-    rows = [[_e(name), ci(r.get("efficacy"), r.get("efficacy_low"), r.get("efficacy_high"), ".2f") if scalar else num(r.get("js_over_margin")),
+    rows = [[esc(name), ci(r.get("efficacy"), r.get("efficacy_low"), r.get("efficacy_high"), ".2f") if scalar else num(r.get("js_over_margin")),
              num(r.get("p_equivalent")), num(r.get("p_different")), num(r.get("p_different_holm"))] for name, r in result["conditions"].items()]
     plan = result["planning"]
     head = ["condition", "efficacy [90 % CI]" if scalar else "JS(v, w) / JS(v, (1 − δ)v)", "TOST p", "difference p", "difference p (Holm)"]
-    return (f"<h4>{_e(result['readout'])}: <span class='badge {_status(result['verdict'])}'>{_e(result['verdict'])}</span></h4>"
-            f"<p>{_e(result['reason'])}.</p>{_table(head, rows)}<p class='note'>resolution at n = {plan['n']}: "
-            f"±{num(plan['resolution'])} {_e(plan['units'])}; n ≈ {_e(plan['prompts_needed'] or 'too many')} for 80 % power at "
+    return (f"<h4>{esc(result['readout'])}: <span class='badge {_status(result['verdict'])}'>{esc(result['verdict'])}</span></h4>"
+            f"<p>{esc(result['reason'])}.</p>{html_table(head, rows)}<p class='note'>resolution at n = {plan['n']}: "
+            f"±{num(plan['resolution'])} {esc(plan['units'])}; n ≈ {esc(plan['prompts_needed'] or 'too many')} for 80 % power at "
             f"δ = {result['delta']:g}.</p>")
 
 
@@ -118,14 +121,14 @@ def _class_table(classes: Mapping[str, Any]) -> str:
     for readout in ("pair_margin", "distribution"):
         for ratio, c in (classes.get(readout) or {}).items():
             rows.append([readout, ratio, ci(c["fraction"], c["low"], c["high"], ".2f"), c["n"], num(c.get("predicted"), ".2f")])
-    return _table(["readout", "‖u‖/‖v‖", "share of v + u within δ [95 % CI]", "draws", "first-order prediction"], rows)
+    return html_table(["readout", "‖u‖/‖v‖", "share of v + u within δ [95 % CI]", "draws", "first-order prediction"], rows)
 
 
 def _scorer_validity(scorer: Mapping[str, Any] | None, accuracy: float | None) -> str:
     if scorer is None:
         return ("<h3>Scorer</h3><p>None was given: there is no trait-score readout, and the effect against the unsteered model "
                 "is read on the held-out pair margin; the pair margin and the next-token distribution carry the audit.</p>")
-    return (f"<h3>Scorer validity</h3><p>{_e(scorer['name'])}: held-out accuracy {num(accuracy, '.2f')} "
+    return (f"<h3>Scorer validity</h3><p>{esc(scorer['name'])}: held-out accuracy {num(accuracy, '.2f')} "
             f"(trait-score verdicts need ≥ 0.7).</p>")
 
 
@@ -134,12 +137,12 @@ def identifiability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -
     cfg, scorer = ident["config"], ident["scorer"]
     tables = "".join(_readout_table(r) for r in ident["readouts"].values())
     return (f"<h3>v against v + u (u ⊥ v), per readout</h3><p class='note'>{cfg['n_draws']} orthogonal draws (seeds "
-            f"{_e(cfg['draw_seeds'])}), {cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, "
+            f"{esc(cfg['draw_seeds'])}), {cfg['n_prompts']} held-out prompts × {cfg['samples_per_prompt']} samples, "
             f"{cfg['n_pairs']} held-out pairs, α = {cfg['alpha']:g} at every position, δ = {cfg['delta']:g}, level {cfg['level']:g}; "
             f"dose controls (1 − 2δ)·v and 0.5·v, gradient control v+grad.</p>{tables}"
             f"<h3>Size of the equivalence class</h3>{_class_table(ident['class_size'])}"
-            f"{_scorer_validity(scorer, ident.get('scorer_accuracy'))}{_img(plots['effect_ratio'], 'effect ratio')}"
-            f"<p class='note'>{_e(ident['statement'])}</p>")
+            f"{_scorer_validity(scorer, ident.get('scorer_accuracy'))}{html_image(plots['effect_ratio'], 'effect ratio')}"
+            f"<p class='note'>{esc(ident['statement'])}</p>")
 
 
 def monitoring_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
@@ -154,11 +157,11 @@ def monitoring_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str
             [f"completions steered with +α·v against −α·v (α = {comp['alpha']:g}): AUC", ci(det["auc"], det["ci"][0], det["ci"][1], ".3f"),
              f"{comp['n_prompts']} prompts × {comp['samples']} samples × {comp['max_new_tokens']} tokens"],
             ["projection against trait score: Spearman", ci(track["spearman"], track["ci"][0], track["ci"][1], ".3f") if track else "no scorer",
-             _e(track["scorer"]) if track else ""],
+             esc(track["scorer"]) if track else ""],
             ["drift of unsteered generations (per token)", ci(drift["slope_per_token"], drift["ci"][0], drift["ci"][1], ".3g"), ""]]
     return ("<h3>The projection onto v̂ as a detector</h3><p class='note'>Score of a text: the mean projection of its completion "
             "tokens onto v̂ at the audit layer (attention sinks left out); intervals are 95 % bootstrap over pairs or prompts.</p>"
-            f"{_table(['measure', 'value [95 % CI]', 'on'], rows)}<h4>Tokens coloured by projection (red: above the threshold)</h4>"
+            f"{html_table(['measure', 'value [95 % CI]', 'on'], rows)}<h4>Tokens coloured by projection (red: above the threshold)</h4>"
             f"{token_spans_html(comp['examples'], pairs['threshold'])}")
 
 
@@ -190,7 +193,7 @@ def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         rows.append([readout, " / ".join(f"{100 * v:.1f} %" for v in s["inert_fraction"].values()),
                      " / ".join(str(v) for v in s["effective_rank"].values()), num(s["condition"])])
     cov = entry["covariance"]["last_token"]
-    spectrum = _table(["readout", "inert fraction @ " + " / ".join(entry["logits"]["stacked"]["inert_fraction"]),
+    spectrum = html_table(["readout", "inert fraction @ " + " / ".join(entry["logits"]["stacked"]["inert_fraction"]),
                        "effective rank", "condition σmax/σmin"], rows)
     gain = entry["logits"].get("vector_gain") or {}
     return (f"<h3>Null space of the logit Jacobian at layer {layer}</h3><p class='note'>Exact autograd Jacobians over "
@@ -198,33 +201,33 @@ def nullspace_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
             f"{num(gain.get('gain_v'))} (average direction {num(gain.get('random_mean'))}). {_all_positions_note(ns, entry)}"
             f"Activation covariance (a different object): low-variance "
             f"fraction {' / '.join(f'{100 * v:.1f} %' for v in cov['low_variance_fraction'].values())} over {cov['n_samples']} "
-            f"last-token states.</p>{spectrum}{_img(plots['spectra'], 'spectra')}")
+            f"last-token states.</p>{spectrum}{html_image(plots['spectra'], 'spectra')}")
 
 
 def recovery_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     def row(r: Mapping[str, Any]) -> list[str]:
         agree, test = r.get("agreement") or {}, r.get("assumption") or {}
-        return [_e(r["method"]), f'<span class="badge {_status(r.get("identifies"))}">{_e(r.get("identifies"))}</span>', _e(r.get("why", "")),
-                _e(r["identifiable"]), _e(r["class_dim"]), _e(test.get("holds")) + (f": {_e(test['detail'])}" if test else ""),
+        return [esc(r["method"]), f'<span class="badge {_status(r.get("identifies"))}">{esc(r.get("identifies"))}</span>', esc(r.get("why", "")),
+                esc(r["identifiable"]), esc(r["class_dim"]), esc(test.get("holds")) + (f": {esc(test['detail'])}" if test else ""),
                 ci(agree.get("cos"), agree.get("ci_low"), agree.get("ci_high"), ".3f") if agree else "n/a",
                 ci(r["stability"]["mean_cos"], r["stability"]["ci_low"], r["stability"]["ci_high"], ".3f") if r.get("stability") else "n/a",
-                _e(r["reason"])]
+                esc(r["reason"])]
 
-    recov = _table(["method", "identifies the audited vector", "why", "unique if the assumption held", "class dim",
+    recov = html_table(["method", "identifies the audited vector", "why", "unique if the assumption held", "class dim",
                     "assumption holds on the data", "cos with the audited vector [95 % CI]", "stability: mean cos [CI]", "uniqueness"],
                    [row(r) for r in res["recovery"]])
     audited = next((r["agreement"]["audited"] for r in res["recovery"] if r.get("agreement")), "the audited vector")
-    note = (f"<p class='note'>A method identifies the audited vector ({_e(audited)}) only when its uniqueness condition holds, its "
+    note = (f"<p class='note'>A method identifies the audited vector ({esc(audited)}) only when its uniqueness condition holds, its "
             f"assumption is not rejected on the data (level 0.05), and the lower end of the cosine's interval exceeds 0.9.</p>")
-    return f"<h3>Recovery under structural assumptions</h3>{note}{recov}{_img(plots['stability'], 'stability')}"
+    return f"<h3>Recovery under structural assumptions</h3>{note}{recov}{html_image(plots['stability'], 'stability')}"
 
 
 def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     r = res["reachability"]
     s, th = r["summary"], r["threshold"]
     adv, rand, beh = r["adversarial"], r["random_control"], r["behaviour"]
-    facts = _table(["quantity", "value"], [
-        ["verdict", f'<span class="badge {_status(s["verdict"])}">{_e(s["verdict"])}</span>'],
+    facts = html_table(["quantity", "value"], [
+        ["verdict", f'<span class="badge {_status(s["verdict"])}">{esc(s["verdict"])}</span>'],
         ["natural states recovered exactly", f"{100 * s['natural_exact_recovery']:.0f} % of {s['n_positions']} positions"],
         ["noise floor / ε / median margin Δ", f"{num(th['noise'])} / {num(th['epsilon'])} / {num(th['margin_median'])}"],
         ["median best-found steered distance", f"{num(s['median_steered_distance'])} ({num(s['median_steered_over_noise'])} × noise floor)"],
@@ -234,33 +237,33 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
                                      f"position {adv['i'] + 1}: {num(adv['next']['distance'])}"],
     ])
     cols = [(side, name, v) for side in ("white_box", "black_box") for name, v in beh[side].items()]
-    behaviour = _table(["evaluation", "generation from", "trait score", "KL from steered (nats/token)"],
-                       [[side.replace("_", "-"), _e(name), num(v["trait_score"]), num(v["kl_from_steered"])] for side, name, v in cols])
-    assumptions = _table(["component", "breaks real-analyticity", "detail"], [[_e(a["component"]), _e(a["breaks"]), _e(a["detail"])] for a in r["assumptions"]])
-    return (f"<h3>Prompt inversion of natural and steered states</h3>{facts}{_img(plots['positions'], 'positions')}"
-            f"{_img(plots['alpha_sweep'], 'alpha sweep')}<h3>Behaviour: white-box steering and black-box prompting, kept apart</h3>{behaviour}"
-            f"<h3>Assumptions of the theory</h3>{assumptions}<p class='note'>{_e(r['statement'])}</p>")
+    behaviour = html_table(["evaluation", "generation from", "trait score", "KL from steered (nats/token)"],
+                       [[side.replace("_", "-"), esc(name), num(v["trait_score"]), num(v["kl_from_steered"])] for side, name, v in cols])
+    assumptions = html_table(["component", "breaks real-analyticity", "detail"], [[esc(a["component"]), esc(a["breaks"]), esc(a["detail"])] for a in r["assumptions"]])
+    return (f"<h3>Prompt inversion of natural and steered states</h3>{facts}{html_image(plots['positions'], 'positions')}"
+            f"{html_image(plots['alpha_sweep'], 'alpha sweep')}<h3>Behaviour: white-box steering and black-box prompting, kept apart</h3>{behaviour}"
+            f"<h3>Assumptions of the theory</h3>{assumptions}<p class='note'>{esc(r['statement'])}</p>")
 
 
 def reproduction_section(results: Mapping[str, Any], store: RunStore) -> str:
     run = store.run
     timings = store.timings()
     total = sum(timings.values()) or 1.0
-    times = _table(["stage", "wall seconds", "share"], [[_e(k), f"{v:.1f}", f"{100 * v / total:.0f} %"] for k, v in timings.items()])
-    events = _table(["at (UTC)", "event", "detail"], [[_e(e["at"]), _e(e["kind"]), _e(e["detail"] or "")] for e in store.events()])
+    times = html_table(["stage", "wall seconds", "share"], [[esc(k), f"{v:.1f}", f"{100 * v / total:.0f} %"] for k, v in timings.items()])
+    events = html_table(["at (UTC)", "event", "detail"], [[esc(e["at"]), esc(e["kind"]), esc(e["detail"] or "")] for e in store.events()])
     model = results["model"]
-    return (f"<h2>Reproduction</h2><p>steerscope {_e(run['version'])}; model {_e(model['name'])} ({_e(model['model_type'])}, "
-            f"{model['n_layers']} layers, d = {model['d_model']}, {_e(model['dtype'])}), fingerprint <code>{_e(run['model_fingerprint'])}</code>; "
-            f"configuration hash <code>{_e(run['config_hash'])}</code>.</p><pre>{_e(run['command'])}</pre>"
-            f"<h3>Configuration and seeds</h3><pre>{_e(json.dumps(run['config'], indent=1))}</pre>"
+    return (f"<h2>Reproduction</h2><p>steerscope {esc(run['version'])}; model {esc(model['name'])} ({esc(model['model_type'])}, "
+            f"{model['n_layers']} layers, d = {model['d_model']}, {esc(model['dtype'])}), fingerprint <code>{esc(run['model_fingerprint'])}</code>; "
+            f"configuration hash <code>{esc(run['config_hash'])}</code>.</p><pre>{esc(run['command'])}</pre>"
+            f"<h3>Configuration and seeds</h3><pre>{esc(json.dumps(run['config'], indent=1))}</pre>"
             f"<h3>Time per stage (summed over stored cells; work lost to an interruption is not counted)</h3>{times}<h3>Run events</h3>{events}")
 
 
 def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Path]], store: RunStore) -> str:
     """The report page (a string of HTML); ``plots``: trait → plot name → PNG path."""
     cfg = results["config"]
-    body = [f"<h1>steerscope audit: {_e(', '.join(cfg['traits']))} on {_e(results['model']['name'])}</h1>",
-            f"<p class='sub'>{_e(cfg['profile'])} profile, seed {cfg['seed']}; the three answers first, the evidence below "
+    body = [f"<h1>steerscope audit: {esc(', '.join(cfg['traits']))} on {esc(results['model']['name'])}</h1>",
+            f"<p class='sub'>{esc(cfg['profile'])} profile, seed {cfg['seed']}; the three answers first, the evidence below "
             "(green: yes, red: no, amber: undetermined or mixed).</p>",
             summary_section(results)]
     for trait, res in results["traits"].items():
@@ -268,7 +271,7 @@ def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Pat
         body += trait_sections(trait, res, plots[trait])
     body.append(reproduction_section(results, store))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-            f"<title>steerscope audit: {_e(', '.join(cfg['traits']))}</title><style>{_CSS}</style></head>"
+            f"<title>steerscope audit: {esc(', '.join(cfg['traits']))}</title><style>{_CSS}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>")
 
 
@@ -284,12 +287,12 @@ def provenance_note(trait: str, cfg: Mapping[str, Any]) -> str:
                 f"{spec.get('split_rule', 'splits as given')}), prompts from {spec.get('prompts_from', '?')}")
     prompts = ", ".join(f"{n} {env}" for env, n in spec["prompts"].items())
     scorer = {"default": "the trait's built-in one", None: "none"}.get(spec.get("scorer"), spec.get("scorer"))
-    parts = [f"{_e(trait)}: {_e(data)}; evaluation prompts: {_e(prompts)}; scorer: {_e(scorer)}; "
-             f"content SHA-256 {_e(spec['digest'][:16])}…."]
+    parts = [f"{esc(trait)}: {esc(data)}; evaluation prompts: {esc(prompts)}; scorer: {esc(scorer)}; "
+             f"content SHA-256 {esc(spec['digest'][:16])}…."]
     given = cfg.get("given_vectors", {}).get(trait)
     if given is not None:
-        parts.append(f" Vector: given in {_e(given['file'])} ({_e(given['source'])}), layer {given['layer']}, not extracted; "
-                     f"{_e(given['note'])}.")
+        parts.append(f" Vector: given in {esc(given['file'])} ({esc(given['source'])}), layer {given['layer']}, not extracted; "
+                     f"{esc(given['note'])}.")
     return f"<p class='note'>{''.join(parts)}</p>"
 
 
@@ -301,7 +304,7 @@ def trait_sections(trait: str, res: Mapping[str, Any], plots: Mapping[str, Path]
     for stage in stages():
         if stage.heading is not None:
             anchor, title = stage.heading
-            parts.append(f"<h2 id='{_e(trait)}-{_e(anchor)}'>{_e(trait)}: {_e(title)}</h2>")
+            parts.append(f"<h2 id='{esc(trait)}-{esc(anchor)}'>{esc(trait)}: {esc(title)}</h2>")
         if stage.section is not None:
             parts.append(stage.section(res, plots))
     return parts

@@ -11,7 +11,6 @@ registered after the built-in stages of :mod:`steerscope.audit.stages`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -21,9 +20,8 @@ from steerscope.audit.pipeline import Auditor, StoredRun
 from steerscope.audit.profiles import Profile
 from steerscope.audit.registry import Answer, Stage, TraitRun, register_stage
 from steerscope.audit.stages import one_plot
-from steerscope.robustness import PARTS
-from steerscope.side_effects import Readout, readout_specs
-
+from steerscope.robustness import PARTS, RobustnessSettings
+from steerscope.side_effects import Readout, SideEffectSettings, readout_specs
 
 
 def readouts(a: Auditor) -> list[Readout]:
@@ -34,10 +32,8 @@ def readouts(a: Auditor) -> list[Readout]:
 
 # --- 9. side effects -----------------------------------------------------------------------------
 
-def side_effect_settings(p: Profile, alpha: float, seed: int):
+def side_effect_settings(p: Profile, alpha: float, seed: int) -> SideEffectSettings:
     """The side-effect settings of profile ``p`` at strength ``alpha``."""
-    from steerscope.side_effects import SideEffectSettings
-
     return SideEffectSettings(alpha=alpha, doses=tuple(p.se_doses), n_prompts=p.se_prompts, samples=p.se_samples,
                               max_new_tokens=p.se_tokens, n_capability=p.se_capability, n_pairs=p.se_pairs, seed=seed)
 
@@ -82,10 +78,8 @@ register_stage(Stage(
 
 # --- 10. robustness ------------------------------------------------------------------------------
 
-def robustness_settings(p: Profile, alpha: float, seed: int):
+def robustness_settings(p: Profile, alpha: float, seed: int) -> RobustnessSettings:
     """The robustness settings of profile ``p`` at strength ``alpha``."""
-    from steerscope.robustness import RobustnessSettings
-
     return RobustnessSettings(alpha=alpha, n_prompts=p.rob_prompts, samples=p.rob_samples, max_new_tokens=p.rob_tokens,
                               stability_boot=p.rob_boot, halves=p.rob_halves, curve_sizes=tuple(p.rob_curve), curve_draws=p.rob_draws,
                               n_pairs=p.rob_pairs, seed=seed)
@@ -116,10 +110,6 @@ def _assemble_robustness(stored: StoredRun, trait: str) -> dict[str, Any]:
     return {"robustness": {part: stored.payload(f"{trait}/robustness/{part}") for part in PARTS}}
 
 
-def _robustness_plots(trait: str, res: Mapping[str, Any], folder):
-    return one_plot("layer_profile", plots.plot_layer_profile, lambda r: r["robustness"]["layers"])(trait, res, folder)
-
-
 register_stage(Stage(
     "robustness",
     {"quick": {"rob_prompts": 6, "rob_samples": 1, "rob_tokens": 16, "rob_layers": "candidates", "rob_boot": 20, "rob_halves": 5,
@@ -127,4 +117,4 @@ register_stage(Stage(
      "full": {"rob_prompts": 12, "rob_samples": 2, "rob_tokens": 24, "rob_layers": "all", "rob_boot": 100, "rob_halves": 20,
               "rob_curve": (4, 8, 16, 32), "rob_draws": 5, "rob_pairs": None}},
     _robustness, lambda settings: len(PARTS), _assemble_robustness,
-    plots=_robustness_plots, section=effects_report.robustness_section, heading=("robustness", "does it hold up?")))
+    plots=one_plot("layer_profile", plots.plot_layer_profile, lambda r: r["robustness"]["layers"]), section=effects_report.robustness_section, heading=("robustness", "does it hold up?")))

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.formatting import ci, num
-from steerscope.report import _e, _img, _table
+from steerscope.report import esc, html_image, html_table
 
 
 def _g(row: Mapping[str, Any] | None) -> str:
     if not row:
         return ""
     if row.get("g") is None:
-        return f"undefined ({_e(row.get('error', ''))})"
+        return f"undefined ({esc(row.get('error', ''))})"
     mark = " ⚑" if row.get("flagged") else ""
     return f"{ci(row['g'], row['g_low'], row['g_high'], '.2f')}{mark}"
 
@@ -25,9 +25,9 @@ def _interval(x: Mapping[str, Any], fmt: str = ".3g") -> str:
 
 def _matrix(se: Mapping[str, Any]) -> str:
     doses = [f"{m:g}" for m in se["multiples"]]
-    rows = [[("<b>" + _e(r["trait"]) + "</b>") if r["trait"] == se["target"] else _e(r["trait"]), _e(r["readout"].replace("_", " ")),
-             f"{r['n']} {_e(r['unit'])}s"] + [_g(r["doses"][d]) for d in doses] + [num(r.get("detectable_g"), ".2f")] for r in se["matrix"]]
-    return _table(["readout trait", "readout", "n"] + [f"g at {d}·α" for d in doses] + ["detectable |g| at α"], rows)
+    rows = [[("<b>" + esc(r["trait"]) + "</b>") if r["trait"] == se["target"] else esc(r["trait"]), esc(r["readout"].replace("_", " ")),
+             f"{r['n']} {esc(r['unit'])}s"] + [_g(r["doses"][d]) for d in doses] + [num(r.get("detectable_g"), ".2f")] for r in se["matrix"]]
+    return html_table(["readout trait", "readout", "n"] + [f"g at {d}·α" for d in doses] + ["detectable |g| at α"], rows)
 
 
 def _costs(se: Mapping[str, Any]) -> str:
@@ -37,7 +37,7 @@ def _costs(se: Mapping[str, Any]) -> str:
     rows = [[f"{d}·α = {float(d) * se['alpha']:.3g}", num(r, ".3g"), _interval(se["fluency"][d]["ppl_ratio"], ".2f"),
              _interval(se["fluency"][d]["repetition"], ".2f"), _interval(se["kl"][d]), f"{cap['doses'][d]['accuracy']:.0%}",
              _interval(cap["doses"][d]["change"], "+.2f")] for d, r in zip(doses, rel)]
-    return _table(["dose", "relative dose ‖αv‖/‖h‖", "perplexity ratio", "3-gram repetition", "neutral KL (nats)", "capability accuracy",
+    return html_table(["dose", "relative dose ‖αv‖/‖h‖", "perplexity ratio", "3-gram repetition", "neutral KL (nats)", "capability accuracy",
                    "change"], rows)
 
 
@@ -45,22 +45,22 @@ def _edits(edits: Mapping[str, Any] | None) -> str:
     if not edits:
         return ""
     if "not_run" in edits:
-        return (f"<p class='note'>Add / clamp / ablate comparison: {_e(edits['not_run'])} (the full profile and "
+        return (f"<p class='note'>Add / clamp / ablate comparison: {esc(edits['not_run'])} (the full profile and "
                 "<code>steerscope audit side-effects</code> run it).</p>")
     if "error" in edits:
-        return f"<p class='note'>Add / clamp / ablate comparison not run: {_e(edits['error'])}</p>"
+        return f"<p class='note'>Add / clamp / ablate comparison not run: {esc(edits['error'])}</p>"
     out = []
     for kind, title in (("induce", "Inducing the trait: the audited addition against a clamp"),
                         ("remove", "Removing the trait: ablation against a subtraction")):
         comp = edits.get(kind)
         if not comp:
             continue
-        rows = [[_e(name), _e(", ".join(f"{k} {v:.4g}" for k, v in e["parameter"].items()) or "—"),
+        rows = [[esc(name), esc(", ".join(f"{k} {v:.4g}" for k, v in e["parameter"].items()) or "—"),
                  num(e["readouts"][edits["target"]]["shift"], ".3g"), num(e["off_target_mean_abs_g"], ".3f"),
                  num(e["off_target_max_abs_g"], ".3f")] for name, e in comp["edits"].items()]
-        out.append(f"<h4>{_e(title)} (on-target shift {num(comp['on_target_shift'], '.3g')} nats; most specific: "
-                   f"{_e(comp['most_specific'])})</h4>"
-                   + _table(["edit", "parameter", "on-target pair-margin shift", "mean |g| off target", "largest |g| off target"], rows))
+        out.append(f"<h4>{esc(title)} (on-target shift {num(comp['on_target_shift'], '.3g')} nats; most specific: "
+                   f"{esc(comp['most_specific'])})</h4>"
+                   + html_table(["edit", "parameter", "on-target pair-margin shift", "mean |g| off target", "largest |g| off target"], rows))
     return "".join(out)
 
 
@@ -88,48 +88,48 @@ def side_effects_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
             f"samples × {se['max_new_tokens']} tokens; perplexity of steered completions under the unsteered model relative to the "
             f"unsteered completions; KL(unsteered ‖ steered) per token on the prompts' reference responses; capability: "
             f"{cap['n_items']} multiple-choice items (unsteered {cap['accuracy_unsteered']:.0%}, chance {cap['chance']:.0%}; "
-            f"{_e(cap['rule'])}), paired bootstrap CI over items.</p>{_costs(se)}{_img(plots['dose'], 'dose curve')}"
+            f"{esc(cap['rule'])}), paired bootstrap CI over items.</p>{_costs(se)}{html_image(plots['dose'], 'dose curve')}"
             f"{_edits(se.get('edits'))}{_framing((se.get('edits') or {}).get('framing'))}")
 
 
 def _instructions(part: Mapping[str, Any]) -> str:
     if "not_run" in part:
-        return f"<p class='note'>Not run: {_e(part['not_run'])}</p>"
+        return f"<p class='note'>Not run: {esc(part['not_run'])}</p>"
     rows = []
     for readout in ("pair_margin", "trait_score"):
         r = part.get(readout)
         if not r:
             continue
         for name in ("none", "supporting", "opposing"):
-            rows.append([_e(readout.replace("_", " ")), _e(name), _e(part["instructions"][name] or "—"), _g(r["steering"][name]),
+            rows.append([esc(readout.replace("_", " ")), esc(name), esc(part["instructions"][name] or "—"), _g(r["steering"][name]),
                          _g(r["instruction_alone"].get(name)) if name != "none" else "—"])
         kept = r["retained_under_opposing"]
-        rows.append([_e(readout.replace("_", " ")), "retained under opposing", "", f"{num(kept['ratio'], '.2f')} [{num(kept['low'], '.2f')}, "
-                     f"{num(kept['high'], '.2f')}] → {_e(kept['status'])}", ""])
-    return _table(["readout", "instruction", "text", "steering effect g (steered vs unsteered, same instruction)",
+        rows.append([esc(readout.replace("_", " ")), "retained under opposing", "", f"{num(kept['ratio'], '.2f')} [{num(kept['low'], '.2f')}, "
+                     f"{num(kept['high'], '.2f')}] → {esc(kept['status'])}", ""])
+    return html_table(["readout", "instruction", "text", "steering effect g (steered vs unsteered, same instruction)",
                    "instruction alone g (vs none)"], rows)
 
 
 def _environments(part: Mapping[str, Any]) -> str:
-    rows = [[_e(env), "pair margin", _g(r)] for env, r in part["pair_margin"].items()]
-    rows += [[_e(env), "trait score", _g(r)] for env, r in part["trait_score"].items()]
+    rows = [[esc(env), "pair margin", _g(r)] for env, r in part["pair_margin"].items()]
+    rows += [[esc(env), "trait score", _g(r)] for env, r in part["trait_score"].items()]
     para = part.get("paraphrase")
     if para:
         kept = para["retained"]
         rows += [["original prompts", "trait score", _g(para["original"])], ["paraphrased prompts", "trait score", _g(para["paraphrased"])],
                  ["paraphrased / original shift", "", f"{num(kept['ratio'], '.2f')} [{num(kept['low'], '.2f')}, {num(kept['high'], '.2f')}]"]]
-    note = f"<p class='note'>{_e(part['why_no_scores'])}</p>" if part.get("why_no_scores") else ""
-    return note + _table(["environment", "readout", "steering effect g"], rows)
+    note = f"<p class='note'>{esc(part['why_no_scores'])}</p>" if part.get("why_no_scores") else ""
+    return note + html_table(["environment", "readout", "steering effect g"], rows)
 
 
 def _stability(st: Mapping[str, Any]) -> str:
     curve = "; ".join(f"{c['n_pairs']} pairs: cos {num(c['cos_with_full']['mean'], '.3f')}, g "
                       + "/".join(num(g, '.2f') for g in c["g"]) for c in st["learning_curve"])
-    return (f"<p>Stability of {_e(st['of'])} ({st['n_pairs']} pairs): cosine with bootstrap resamples "
+    return (f"<p>Stability of {esc(st['of'])} ({st['n_pairs']} pairs): cosine with bootstrap resamples "
             f"{ci(st['bootstrap_cos']['mean'], st['bootstrap_cos']['low'], st['bootstrap_cos']['high'], '.3f')}, between disjoint "
             f"halves {ci(st['split_half_cos']['mean'], st['split_half_cos']['low'], st['split_half_cos']['high'], '.3f')}. "
             f"Learning curve (pair-margin g on the held-out pairs at displacement norm {num(st['displacement_norm'], '.3g')}): "
-            f"{_e(curve)}.</p>")
+            f"{esc(curve)}.</p>")
 
 
 def robustness_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
@@ -143,5 +143,5 @@ def robustness_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str
             f"<h3>Environments and paraphrases</h3>{_environments(rb['environments'])}"
             f"<h3>Layer profile</h3><p class='note'>Each layer's mean-difference vector at relative dose "
             f"{num(layers['relative_dose'], '.3g')} (the audited one in bold): held-out pair-margin effect and next-token KL on "
-            f"neutral text.</p>{_table(['layer', 'α', 'pair-margin g', 'neutral KL (nats)'], rows)}"
-            f"{_img(plots['layer_profile'], 'layer profile')}<h3>Stability of the vector</h3>{_stability(rb['stability'])}")
+            f"neutral text.</p>{html_table(['layer', 'α', 'pair-margin g', 'neutral KL (nats)'], rows)}"
+            f"{html_image(plots['layer_profile'], 'layer profile')}<h3>Stability of the vector</h3>{_stability(rb['stability'])}")
