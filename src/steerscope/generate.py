@@ -91,6 +91,14 @@ def generate(
     return outputs
 
 
+def generate_paired(lm: LoadedModel, prompts: Sequence[Item], config: GenerationConfig, conditions: Sequence[Steering | None],
+                    batch_size: int = 16) -> list[list[str]]:
+    """The completions of ``prompts`` under each of ``conditions`` (shared steering or None), each
+    condition generated from the same seed: common random numbers, so that two conditions that act
+    alike give the same text and differences between them come from the steering, not from sampling."""
+    return [generate(lm, prompts, config, steering=c, batch_size=batch_size) for c in conditions]
+
+
 def generate_from_ids(
     lm: LoadedModel,
     rows: Sequence[Sequence[int]],

@@ -2,8 +2,8 @@
 file per trait, the plots, and ``report.html`` — one self-contained page (CSS inline, plots
 embedded as PNG data URIs, no script, no network) that reads offline.
 
-The page opens with the three answers per trait (does it steer, is it identifiable, is the steered
-state reachable), then the details, the controls, the scorer validity, and the configuration,
+The page opens with the four answers per trait (does it steer, is it identifiable, is the steered
+state reachable, what else does it change), then the details, the controls, the scorer validity, and the configuration,
 seeds, versions and stage timings needed to reproduce the run.
 """
 
@@ -263,8 +263,8 @@ def render_html(results: Mapping[str, Any], plots: Mapping[str, Mapping[str, Pat
     """The report page (a string of HTML); ``plots``: trait → plot name → PNG path."""
     cfg = results["config"]
     body = [f"<h1>steerscope audit: {esc(', '.join(cfg['traits']))} on {esc(results['model']['name'])}</h1>",
-            f"<p class='sub'>{esc(cfg['profile'])} profile, seed {cfg['seed']}; the three answers first, the evidence below "
-            "(green: yes, red: no, amber: undetermined or mixed).</p>",
+            f"<p class='sub'>{esc(cfg['profile'])} profile, seed {cfg['seed']}; the answers first, the evidence below "
+            "(green: yes, or no side effect detected; red: no, or side effects; amber: undetermined or mixed).</p>",
             summary_section(results)]
     for trait, res in results["traits"].items():
         body.append(provenance_note(trait, cfg))

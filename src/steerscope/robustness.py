@@ -3,7 +3,8 @@ layers, and is the vector itself stable?
 
 Effects are paired steered-against-unsteered comparisons (:func:`steerscope.side_effects.paired_effect`):
 on the trait's teacher-forced pair margin of its held-out pairs (deterministic, always) and, where
-the trait has a scorer, on the trait score of sampled completions (unit: prompt).
+the trait has a scorer, on the trait score of sampled completions (unit: prompt; steered and
+unsteered completions from the same seed).
 
 * **instructions** (steering against prompting): a system instruction asking for the trait's own
   pole (*supporting*) or the opposite pole (*opposing*), with and without ``+α·v``. The *retained*
@@ -35,8 +36,8 @@ from steerscope.data.evalsets import NeutralItem
 from steerscope.data.pairs import ContrastivePair
 from steerscope.divergence import condition_divergences
 from steerscope.errors import SteerscopeError
-from steerscope.generate import GenerationConfig, generate
-from steerscope.intervene import steer_rows
+from steerscope.generate import GenerationConfig, generate_paired
+from steerscope.intervene import steer
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
 from steerscope.side_effects import mean_interval, paired_effect
@@ -141,14 +142,13 @@ def _instruction_summary(data: Mapping[str, tuple[np.ndarray, np.ndarray]], unit
 
 def _score_instruction_effects(lm, layer, vector, alpha, prompts, poles, scorer, s) -> dict[str, Any]:
     names = list(poles)
-    rows = [_with_system(p, poles[n]) for n in names for _ in (0, 1) for p in prompts for _ in range(s.samples)]
-    alphas = [a for _ in names for a in (0.0, alpha) for _ in prompts for _ in range(s.samples)]
     v = vector.detach().float()
-    texts = generate(lm, rows, s.generation, steering=steer_rows(lm, [{layer: v} if a else None for a in alphas], alphas))
-    scores = np.asarray(scorer(texts), dtype=float).reshape(len(names), 2, len(prompts), s.samples).mean(axis=3)
-    return _instruction_summary({n: (scores[k, 1], scores[k, 0]) for k, n in enumerate(names)}, "prompt", s) | {
-        "examples": {f"{n}/{'steered' if j else 'unsteered'}": texts[(2 * k + j) * len(prompts) * s.samples]
-                     for k, n in enumerate(names) for j in (0, 1)}}
+    blocks = {(n, a): generate_paired(lm, [_with_system(p, poles[n]) for p in prompts for _ in range(s.samples)], s.generation,
+                                      [steer(lm, {layer: v}, a) if a else None])[0]
+              for n in names for a in (0.0, alpha)}
+    scores = {key: np.asarray(scorer(texts), dtype=float).reshape(len(prompts), s.samples).mean(axis=1) for key, texts in blocks.items()}
+    return _instruction_summary({n: (scores[(n, alpha)], scores[(n, 0.0)]) for n in names}, "prompt", s) | {
+        "examples": {f"{n}/{'steered' if a else 'unsteered'}": blocks[(n, a)][0] for n in names for a in (0.0, alpha)}}
 
 
 def instruction_robustness(lm: LoadedModel, layer: int, vector: torch.Tensor, instructions: tuple[str, str],
@@ -163,11 +163,10 @@ def instruction_robustness(lm: LoadedModel, layer: int, vector: torch.Tensor, in
 
 
 def _score_effect(lm, layer, vector, prompts, scorer, s) -> dict[str, Any]:
-    rows = [p for _ in (0, 1) for p in prompts for _ in range(s.samples)]
-    alphas = [a for a in (0.0, s.alpha) for _ in prompts for _ in range(s.samples)]
-    v = vector.detach().float()
-    texts = generate(lm, rows, s.generation, steering=steer_rows(lm, [{layer: v} if a else None for a in alphas], alphas))
-    scores = np.asarray(scorer(texts), dtype=float).reshape(2, len(prompts), s.samples).mean(axis=2)
+    """Trait scores of the prompts' completions unsteered and steered (the same seed for both), and their paired effect."""
+    rows = [p for p in prompts for _ in range(s.samples)]
+    texts = generate_paired(lm, rows, s.generation, [None, steer(lm, {layer: vector.detach().float()}, s.alpha)])
+    scores = np.stack([np.asarray(scorer(t), dtype=float).reshape(len(prompts), s.samples).mean(axis=1) for t in texts])
     return paired_effect(scores[1], scores[0], s.n_boot, s.seed) | {"scores": scores}
 
 

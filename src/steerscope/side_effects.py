@@ -19,7 +19,9 @@ Hedges' g with a 95 % cluster-bootstrap interval (:func:`paired_effect`):
   taking the shortest choice;
 * **dose–benefit–cost**: each of the above, and the on-target pair-margin effect, at multiples of α.
 
-Steering adds ``m·α·v`` at every position of layer ℓ. Every forward pass is batched over conditions.
+Steering adds ``m·α·v`` at every position of layer ℓ. Teacher-forced passes are batched over
+conditions; sampled completions of every condition come from the same seed (common random
+numbers), so a condition that changes nothing gives the unsteered text itself.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from steerscope.data.pairs import ContrastivePair
 from steerscope.divergence import condition_divergences
 from steerscope.encoding import encode_item, encode_prompt
 from steerscope.errors import SteerscopeError
-from steerscope.generate import GenerationConfig, generate
-from steerscope.intervene import steer_rows
+from steerscope.generate import GenerationConfig, generate_paired
+from steerscope.intervene import steer, steer_rows
 from steerscope.likelihood import encoded_logprobs, perplexities
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
@@ -174,20 +176,18 @@ class Completions:
 
 def neutral_completions(lm: LoadedModel, layer: int, vector: torch.Tensor, items: Sequence[NeutralItem],
                         s: SideEffectSettings) -> Completions:
-    """Sampled completions of the first ``s.n_prompts`` neutral prompts, unsteered and at every dose, in one call."""
+    """Sampled completions of the first ``s.n_prompts`` neutral prompts, unsteered and at every dose,
+    every dose from the same seed (:func:`~steerscope.generate.generate_paired`)."""
     if len(items) < s.n_prompts:
         raise SteerscopeError(f"side effects asked for {s.n_prompts} neutral prompts, {len(items)} are available")
     prompts = [i.prompt for i in items[: s.n_prompts]]
     doses = (0.0, *s.multiples)
-    rows = [p for _ in doses for p in prompts for _ in range(s.samples)]
+    rows = [p for p in prompts for _ in range(s.samples)]
     v = vector.detach().float()
-    steering = steer_rows(lm, [{layer: v} if m else None for m in doses for _ in prompts for _ in range(s.samples)],
-                          [m * s.alpha for m in doses for _ in prompts for _ in range(s.samples)], "all")
-    texts = generate(lm, rows, GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=True, temperature=0.8, seed=s.seed),
-                     steering=steering)
-    per = len(prompts) * s.samples
-    return Completions(prompts, {f"{m:g}": [texts[k * per + p * s.samples: k * per + (p + 1) * s.samples] for p in range(len(prompts))]
-                                 for k, m in enumerate(doses)})
+    config = GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=True, temperature=0.8, seed=s.seed)
+    texts = generate_paired(lm, rows, config, [steer(lm, {layer: v}, m * s.alpha) if m else None for m in doses])
+    return Completions(prompts, {f"{m:g}": [block[p * s.samples:(p + 1) * s.samples] for p in range(len(prompts))]
+                                 for m, block in zip(doses, texts)})
 
 
 def _row_means(x: np.ndarray) -> np.ndarray:

@@ -139,7 +139,8 @@ def robustness_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str
              _g(r["effect"]), _interval(r["kl"])] for r in layers["rows"]]
     return ("<h3>Steering against prompting</h3><p class='note'>A system instruction toward the steered pole (supporting) or the "
             "other (opposing), with and without the vector. Retained: the steering shift under the opposing instruction over the "
-            f"shift without one (≥ 0.5 over the whole CI: holds).</p>{_instructions(rb['instructions'])}"
+            "shift without one (≥ 0.5 over the whole CI: holds). Hedges' g [95 % CI] throughout this part; ⚑: paired t-test "
+            f"p < 0.05 and |g| ≥ 0.2.</p>{_instructions(rb['instructions'])}"
             f"<h3>Environments and paraphrases</h3>{_environments(rb['environments'])}"
             f"<h3>Layer profile</h3><p class='note'>Each layer's mean-difference vector at relative dose "
             f"{num(layers['relative_dose'], '.3g')} (the audited one in bold): held-out pair-margin effect and next-token KL on "

@@ -1,4 +1,4 @@
-"""The whole audit of a trait, from contrastive pairs to the three answers, as resumable cells.
+"""The whole audit of a trait, from contrastive pairs to the four answers, as resumable cells.
 
 The stages are those of :mod:`steerscope.audit.registry` (the built-in ones in
 :mod:`steerscope.audit.stages`: layer selection, vector, strength calibration, identifiability,
