@@ -315,7 +315,7 @@ def plot_paper(report: Mapping[str, Any], path: str | os.PathLike, overwrite: bo
 def plot_dose_curve(result: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Dose–benefit–cost: the on-target pair-margin effect, the largest off-target effect (|g|), the
     capability change, the perplexity ratio and the neutral KL against the dose multiple of α
-    (the audited strength, multiple 1, marked)."""
+    (the audited strength, multiple 1, marked; its relative dose ‖αv‖/mean‖h‖ in the axis label)."""
     plt = _pyplot()
     doses = [f"{m:g}" for m in result["multiples"]]
     xs = [float(d) for d in doses]
@@ -337,10 +337,12 @@ def plot_dose_curve(result: Mapping[str, Any], path: str | os.PathLike, overwrit
     axes[2].plot(xs, [result["fluency"][d]["ppl_ratio"]["mean"] for d in doses], marker="o", label="perplexity ratio")
     axes[2].plot(xs, [1 + result["kl"][d]["mean"] for d in doses], marker="s", label="1 + neutral KL (nats)")
     axes[2].set_title("fluency and drift (neutral prompts)")
+    rel = result.get("relative_doses")
+    unit = f"; relative dose {rel[result['multiples'].index(1.0)]:.3g} at α" if rel else ""
     for a in axes:
         a.axvline(1.0, color="grey", linestyle=":", linewidth=1)
         a.set_xscale("log", base=2)
-        a.set_xlabel(f"dose (multiple of α = {result['alpha']:g})")
+        a.set_xlabel(f"dose (multiple of α = {result['alpha']:g}{unit})")
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
     return _save(fig, path, overwrite)
