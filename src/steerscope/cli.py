@@ -309,7 +309,7 @@ def audit(
     from steerscope.runstore import open_run
 
     if not (trait or dataset) or out_dir is None:
-        raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability)")
+        raise SteerscopeError("steerscope audit needs --trait or --dataset, and --out (or a subcommand: identifiability, nullspace, reachability, side-effects, robustness)")
     if quick and full:
         raise SteerscopeError("choose one of --quick and --full")
     inputs = _audit_inputs(trait, {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer,
