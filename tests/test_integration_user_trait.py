@@ -70,7 +70,7 @@ def test_a_user_trait_goes_from_pair_file_to_report(tmp_path):
     results = json.loads(written["results"].read_text())
     pirate = results["traits"]["pirate"]
     assert results["config"]["trait_specs"]["pirate"]["digest"] == spec.digest()
-    assert {a["status"] for a in pirate["answers"].values()} <= {"yes", "no", "unknown", "mixed"}
+    assert {a["status"] for a in pirate["answers"].values()} <= {"yes", "no", "unknown", "mixed", "some", "none"}
     assert pirate["identifiability"]["scorer"]["name"] == "judge:smollm2-135m"
     # The judge model is the audited model: steering toward pirate speech should raise its own verdict.
     assert pirate["strength"]["rows"][-1]["mean_score"] > pirate["strength"]["baseline"]["mean_score"]
@@ -107,6 +107,6 @@ def test_a_gguf_control_vector_is_audited_on_smollm2(tmp_path):
     res = json.loads(written["results"].read_text())["traits"]["formality"]
     assert res["layer_selection"]["chosen"] == 12 and res["vector"]["metadata"]["method"] == "given (gguf)"
     assert res["vector"]["norm"] == pytest.approx(made.norm(12), rel=1e-6)
-    assert {a["status"] for a in res["answers"].values()} <= {"yes", "no", "unknown", "mixed"}
+    assert {a["status"] for a in res["answers"].values()} <= {"yes", "no", "unknown", "mixed", "some", "none"}
     assert res["identifiability"]["vector"]["norm"] == pytest.approx(made.norm(12), rel=1e-6)
     assert "formality.gguf" in written["report"].read_text()
