@@ -566,8 +566,7 @@ def audit_reachability(
                                           ".gguf, a safetensors or .pt tensor dict, or .npy."),
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer "
                                         "(instead of --vector); also selects the scorer and the instruction baseline."),
-    dataset: Optional[Path] = DatasetOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt,
-    instructions: Optional[list[str]] = InstructionsOpt,
+    dataset: Optional[Path] = DatasetOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt, instructions: Optional[list[str]] = InstructionsOpt,
     alpha: float = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, "
                                         "or 40 % of the depth with --trait)."),
