@@ -99,3 +99,26 @@ def test_stability_is_exact_for_identical_pairs_and_lower_for_varied_ones(steere
     assert varied["displacement_norm"] == pytest.approx(2.0 * float(torch.as_tensor(extract(lm, train, [1]).directions[1]).norm()), rel=1e-4)
     with pytest.raises(SteerscopeError, match="at least 4 train pairs"):
         vector_stability(lm, train[:3], test, 1, s)
+
+
+def test_an_instruction_that_removes_the_vectors_first_order_effect_weakens_it():
+    """A vector built from the plain pairs' margin gradient, made orthogonal to every pair's gradient
+    under the opposing instruction: it moves the margin without the instruction and (to first order)
+    not with it, so the retained share comes out "weakened" through the real computation."""
+    from steerscope.audit.readouts import margin_gradient
+
+    lm = tiny_model("llama", d_model=64)
+    pairs = planted_pairs("happy", "sad", 0, 0, n=12)
+
+    def grads(ps):
+        return np.stack([margin_gradient(lm, 1, torch.zeros(lm.d_model), 0.0, [p, p]) for p in ps])
+
+    basis, _ = np.linalg.qr(grads(instructed_pairs(pairs, "please be sad")).T)
+    g = grads(pairs).mean(0)
+    v = g - basis @ (basis.T @ g)
+    out = instruction_robustness(lm, 1, torch.tensor(v / np.linalg.norm(v), dtype=torch.float32), ("please be happy", "please be sad"),
+                                 pairs, [], None, RobustnessSettings(alpha=0.05, n_boot=500))
+    margin = out["pair_margin"]
+    assert margin["steering"]["none"]["flagged"] and margin["steering"]["none"]["g"] > 0.2
+    kept = margin["retained_under_opposing"]
+    assert kept["status"] == "weakened" and kept["high"] < 0.5
