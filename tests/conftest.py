@@ -1,7 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from steerscope.testing import tiny_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fuzzing  # noqa: E402,F401  (registers the hypothesis profiles)
 
 torch.set_num_threads(2)
 
@@ -38,3 +44,24 @@ def smollm2():
     if not is_installed(spec):
         pytest.skip(f"{spec.name} is not installed: {spec.install_hint}")
     return ss.load_model("smollm2-135m", device="cpu")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print how many generated cases each fuzzed input surface received."""
+    from fuzzing import CASES
+
+    if CASES:
+        terminalreporter.write_line("fuzz cases per input surface: " + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under ``--hypothesis-profile ci``, a fuzzed surface with fewer than 500 cases fails the run."""
+    from hypothesis import settings
+
+    from fuzzing import CASES, CI_CASES
+
+    short = {k: v for k, v in CASES.items() if v < CI_CASES}
+    if settings.get_current_profile_name() == "ci" and short and exitstatus == 0:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"fuzz surfaces below {CI_CASES} cases under the ci profile: {short}")
+        session.exitstatus = 1
