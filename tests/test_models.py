@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -127,3 +129,23 @@ def test_cache_root_honours_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("STEERSCOPE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert builtin.cache_root() == tmp_path / "x" / "steerscope"
+
+
+def test_converted_models_are_keyed_by_the_transformers_release(monkeypatch, tmp_path):
+    assert builtin.transformers_key("5.24.0") == "transformers5.24"
+    assert builtin.transformers_key("4.57.1+local") == "transformers4.57"
+    current = converted_dir("tiny", tmp_path)
+    monkeypatch.setattr(builtin, "transformers_key", lambda: "transformers4.57")
+    assert converted_dir("tiny", tmp_path) != current and converted_dir("tiny", tmp_path).parent == current.parent
+
+
+def test_third_party_progress_bars_are_dropped_and_other_output_kept(capsys):
+    from tqdm import tqdm
+
+    from steerscope.models.loading import _without_progress_bars
+
+    with _without_progress_bars():
+        for _ in tqdm(range(50), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        print("a warning the user should see", file=sys.stderr)
+    assert capsys.readouterr().err == "a warning the user should see\n"

@@ -21,6 +21,10 @@ DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "STEERSCOPE_CACHE"
 # Bump when the layout of a converted model directory changes.
 _CACHE_FORMAT = "v1"
+# A converted folder is written by one transformers release and read by another only if both share
+# this much of the version: tokenizer and config files are not readable across major releases
+# (a 5.x tokenizer names the class ``TokenizersBackend``, which 4.x lacks).
+_VERSION_KEY_PARTS = 2
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,19 @@ def is_installed(spec: BuiltinModel) -> bool:
     return True
 
 
+def transformers_key(version: str | None = None) -> str:
+    """The part of the transformers version a converted model depends on, e.g. ``transformers5.24``."""
+    version = version or metadata.version("transformers")
+    return "transformers" + ".".join(version.split("+")[0].split(".")[:_VERSION_KEY_PARTS])
+
+
 def converted_dir(name: str, cache_dir: Path | None = None) -> Path:
-    """Folder holding the safetensors conversion of built-in model ``name``."""
-    return (cache_dir or cache_root()) / "models" / f"{name}-{_CACHE_FORMAT}"
+    """Folder holding the safetensors conversion of built-in model ``name`` by this transformers release.
+
+    Keyed by the cache layout and :func:`transformers_key`, so installing another transformers
+    converts the model again instead of failing to read files written by another release.
+    """
+    return (cache_dir or cache_root()) / "models" / f"{name}-{_CACHE_FORMAT}-{transformers_key()}"
 
 
 def convert_to_cache(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,8 +140,27 @@ def _from_pretrained(
     return model, tokenizer
 
 
+# A tqdm progress-bar frame, e.g. "Converting ...:  40%|####      | 109/272 [00:01<00:02, 70.1it/s]".
+_PROGRESS_FRAME = re.compile(r"\d+/\d+ \[[^\]]*\]")
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """Drop the tqdm bars a third-party step prints on stderr; pass on everything else it printed."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        kept = [line for line in re.split(r"[\r\n]", buffer.getvalue()) if line.strip() and not _PROGRESS_FRAME.search(line)]
+        if kept:
+            sys.stderr.write("\n".join(kept) + "\n")
+
+
 def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    return _from_pretrained(str(path.parent), dtype, False, gguf_file=path.name)
+    # transformers de-quantises GGUF tensors under its own tqdm bar, which its progress-bar switch does not reach.
+    with _without_progress_bars():
+        return _from_pretrained(str(path.parent), dtype, False, gguf_file=path.name)
 
 
 def _unknown_model(name: str) -> SteerscopeError:
