@@ -101,6 +101,26 @@ def test_chunking_does_not_change_the_jacobian(tiny_models):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_long_graphs_take_fewer_backward_rows_per_pass(tiny_models, monkeypatch):
+    import steerscope.jacobian as jac
+
+    lm = tiny_models["llama"]
+    ids = encode_prompt(lm.tokenizer, "what is the weather like today my good friend")
+    full = head_jacobian(lm, ids, 2, position=0, spread=True).jz
+    passes = []
+    grad = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        passes.append(kwargs["grad_outputs"].shape[0])
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(jac, "ROW_TOKENS", 4 * len(ids))  # 4 rows per pass over the whole prompt
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    chunked = head_jacobian(lm, ids, 2, position=0, spread=True).jz
+    assert passes == [4] * (lm.d_model // 4)
+    assert torch.allclose(full, chunked, atol=1e-6)
+
+
 def test_layer_map_matches_finite_differences_and_chain_rule(gpt2_64):
     lm = gpt2_64
     ids = lm.tokenizer(PROMPT)["input_ids"]

@@ -149,3 +149,28 @@ def test_third_party_progress_bars_are_dropped_and_other_output_kept(capsys):
             pass
         print("a warning the user should see", file=sys.stderr)
     assert capsys.readouterr().err == "a warning the user should see\n"
+
+
+def test_texts_longer_than_the_context_are_refused_in_every_pass(tiny_models):
+    from steerscope.capture import capture
+    from steerscope.generate import GenerationConfig, generate
+    from steerscope.jacobian import head_jacobian
+    from steerscope.likelihood import continuation_logprobs
+
+    lm = tiny_models["gpt2"]  # learned positions: 256 (a longer pass fails inside the embedding)
+    assert lm.context_length == 256
+    long_ids = lm.tokenizer("good " * 300)["input_ids"]
+    assert len(long_ids) > 256
+    calls = {
+        "capture": lambda: capture(lm, ["good " * 300], [1]),
+        "generate": lambda: generate(lm, ["good " * 250], config=GenerationConfig(max_new_tokens=40)),
+        "likelihood": lambda: continuation_logprobs(lm, long_ids[:200], long_ids[200:]),
+        "jacobian": lambda: head_jacobian(lm, long_ids, 1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SteerscopeError, match="exceeds the context of .*256 tokens") as info:
+            call()
+        assert "\n" not in str(info.value) and "good good" in str(info.value), name
+    with pytest.raises(SteerscopeError, match="plus 40 to generate"):
+        calls["generate"]()
+    generate(lm, ["good " * 200], config=GenerationConfig(max_new_tokens=4))  # within the context: runs

@@ -25,6 +25,8 @@ Position = Literal["last", "mean", "all"]
 
 def forward(lm: LoadedModel, batch: Batch, **kwargs) -> Any:
     """Run the model on a padded batch with explicit position ids (so padding does not shift them)."""
+    longest = int(batch.attention_mask.sum(dim=1).argmax())
+    lm.check_context(batch.input_ids[longest][batch.attention_mask[longest].bool()].tolist())
     batch = batch.to(lm.device)
     return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs)
 

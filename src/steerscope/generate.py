@@ -45,6 +45,7 @@ class GenerationConfig:
 
 def _generate_batch(lm: LoadedModel, rows: Sequence[list[int]], config: GenerationConfig, steering: Steering | None) -> list[str]:
     tok = lm.tokenizer
+    lm.check_context(max(rows, key=len), extra=config.max_new_tokens)
     batch = pad_batch(rows, tok.pad_token_id, "left").to(lm.device)
     kwargs = dict(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens or None, do_sample=config.do_sample, pad_token_id=tok.pad_token_id)
     if config.do_sample:

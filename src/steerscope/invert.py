@@ -48,15 +48,6 @@ def _run(lm: LoadedModel, layer: int, **kwargs) -> torch.Tensor:
     return out[layer].float()
 
 
-def check_context(lm: LoadedModel, n_tokens: int) -> None:
-    """Raise if ``n_tokens`` exceeds the model's context length (when the config states one)."""
-    config = getattr(lm.model, "config", None)
-    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
-                  if isinstance(getattr(config, k, None), int)), None)
-    if limit is not None and n_tokens > limit:
-        raise SteerscopeError(f"prompt has {n_tokens} tokens but {lm.name} has a context of {limit} tokens")
-
-
 def hidden_states(lm: LoadedModel, ids: Sequence[int], layer: int) -> torch.Tensor:
     """``[T, d]`` float32 states of ``ids`` at layer ℓ from one unpadded full-sequence pass.
 
@@ -65,7 +56,7 @@ def hidden_states(lm: LoadedModel, ids: Sequence[int], layer: int) -> torch.Tens
     layer = lm.check_layer(layer)
     if not ids:
         raise SteerscopeError("cannot compute states of an empty token sequence")
-    check_context(lm, len(ids))
+    lm.check_context(ids)
     x = torch.tensor([list(ids)], device=lm.device)
     with torch.inference_mode():
         return _run(lm, layer, input_ids=x, attention_mask=torch.ones_like(x), position_ids=torch.arange(len(ids), device=lm.device)[None],
@@ -138,7 +129,7 @@ def score_candidates(lm: LoadedModel, layer: int, prefix: Sequence[int], candida
                      batch_size: int = 256) -> torch.Tensor:
     """``[B]`` distances ``‖h_ℓ(prefix ⊕ c)_t − target‖₂`` (``t = len(prefix)``, ``target`` ``[d]``), batched over a KV cache."""
     layer = lm.check_layer(layer)
-    check_context(lm, len(prefix) + 1)
+    lm.check_context([*prefix, 0])
     state = _Prefix(lm, layer, prefix)
     cand = torch.as_tensor(list(candidates), dtype=torch.long)
     return torch.cat([_distances(state.states(chunk), target) for chunk in cand.split(batch_size)])
@@ -371,7 +362,8 @@ def invert(
         raise SteerscopeError(f"target must have shape [T, {lm.d_model}], got {tuple(target.shape)}")
     if len(prefix) > target.shape[0]:
         raise SteerscopeError(f"the given prefix ({len(prefix)} tokens) is longer than the target ({target.shape[0]} positions)")
-    check_context(lm, target.shape[0])
+    if lm.context_length is not None and target.shape[0] > lm.context_length:
+        raise SteerscopeError(f"the target has {target.shape[0]} positions but {lm.name} has a context of {lm.context_length} tokens")
     target = target.detach().float().cpu()
     embed = embedding_space(lm)
     weight, scale = embed

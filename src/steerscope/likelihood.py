@@ -80,6 +80,7 @@ def pair_margins(lm: LoadedModel, pairs: Sequence[ContrastivePair], steering: St
 def continuation_logprobs(lm: LoadedModel, prompt: Sequence[int], cont: Sequence[int], steering: Steering | None = None) -> torch.Tensor:
     """``[L, V]`` log-probabilities of the next token at each of the ``L = len(cont)`` continuation
     positions after token ids ``prompt`` (teacher-forced, one unpadded row)."""
+    lm.check_context([*prompt, *cont])
     x = torch.tensor([list(prompt) + list(cont)], device=lm.device)
     with torch.inference_mode(), steering if steering is not None else nullcontext():
         logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0].float()

@@ -35,7 +35,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate_from_ids
 from steerscope.intervene import Add, Steering, steer
 from steerscope.likelihood import continuation_logprobs
-from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, check_context, hidden_states, invert
+from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, hidden_states, invert
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
@@ -238,7 +238,7 @@ def run_reachability(
     seqs = [encode_prompt(lm.tokenizer, p) for p in prompts]
     calib = [encode_prompt(lm.tokenizer, p) for p in calibration_prompts]
     for ids in seqs + calib:
-        check_context(lm, len(ids))
+        lm.check_context(ids)
     threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.positions)
     per_prompt: list[dict[str, Any]] = []
     rows_all, nearest = [], []

@@ -7,7 +7,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,6 +75,29 @@ class LoadedModel:
                 f"layer {layer} is out of range for {self.name}: valid layers are 0..{self.n_layers - 1}"
             )
         return idx
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model's position scheme allows, when its config states one."""
+        config = getattr(self.model, "config", None)
+        for key in ("max_position_embeddings", "n_positions"):
+            if isinstance(getattr(config, key, None), int):
+                return getattr(config, key)
+        return None
+
+    def check_context(self, ids: Sequence[int], extra: int = 0) -> None:
+        """Raise if the token ids ``ids`` plus ``extra`` tokens to generate exceed :attr:`context_length`.
+
+        The message quotes the start of the text, so the user can find which one is too long.
+        """
+        limit = self.context_length
+        if limit is None or len(ids) + extra <= limit:
+            return
+        start = " ".join(self.tokenizer.decode(list(ids)[:64], skip_special_tokens=True).split())
+        plus = f" plus {extra} to generate" if extra else ""
+        raise SteerscopeError(
+            f"a text of {len(ids)} tokens{plus} (starting {start[:60]!r}) exceeds the context of {self.name}, "
+            f"{limit} tokens; shorten it{' or generate fewer tokens' if extra else ''}")
 
     def info(self) -> dict:
         """JSON-serialisable description recorded in every artifact."""
