@@ -87,6 +87,13 @@ def test_resume_after_interruption_gives_identical_results(reference_one, tmp_pa
         assert [e["kind"] for e in store.events()] == ["created", "resumed", "finished"]
 
 
+def test_two_uninterrupted_runs_write_byte_identical_results(reference_one, tmp_path):
+    """Determinism: a second run from scratch, in a fresh process, writes the same bytes."""
+    again = _worker(tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "results.json").read_bytes() == (reference_one / "results.json").read_bytes()
+
+
 def test_auditor_reads_every_cell_back_without_recomputing(reference, tmp_path):
     from steerscope.audit.pipeline import Auditor
     from steerscope.testing import tiny_model

@@ -78,7 +78,7 @@ class LMJudgeScorer:
         return self.question.format(text=text, description=TRAIT_DESCRIPTIONS.get(self.trait, self.trait))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from steerscope.capture import forward
+        from steerscope.likelihood import logits_tail
 
         items = check_texts(texts)
         out = np.zeros(len(items), dtype=np.float64)
@@ -91,7 +91,7 @@ class LMJudgeScorer:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
                 batch = pad_batch([encoded[i] for i in chunk], pad_id, "left")
-                logits = forward(self.lm, batch).logits[:, -1, :].float()
+                logits = logits_tail(self.lm, batch, 1)[:, -1, :].float()  # [B, V]: one position, not [B, T, V]
                 logp = torch.log_softmax(logits, dim=-1)
                 margin = (logp[:, self.yes_id] - logp[:, self.no_id]).double().cpu().numpy()
                 out[chunk] = margin
