@@ -10,15 +10,17 @@ seeds, versions and stage timings needed to reproduce the run.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write
 from steerscope.formatting import ci, num
-from steerscope.runstore import RunStore
+from steerscope.runstore import RunStore, RunStoreError, one_line
 
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -322,22 +324,49 @@ def trait_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, P
 
 
 def write_outputs(store: RunStore) -> dict[str, Path]:
-    """(Re)write every derived file of the run folder from the store; returns name → path."""
+    """(Re)write every derived file of the run folder from the store; returns name → path.
+
+    Each file is written atomically and ``results.json`` and ``report.html`` come last, so that a
+    kill or a failure leaves each complete or absent. A write that fails (full disk, read-only
+    folder) and a store whose cells cannot be read back raise a :class:`SteerscopeError`.
+    """
+    folder = store.folder
+    try:
+        _remove_temporaries(folder)
+        return _write_outputs(store)
+    except OSError as exc:
+        fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "free space"}.get(exc.errno or 0, "make the folder writable")
+        where = f" ({exc.filename})" if exc.filename and not str(exc.filename).endswith(".tmp") else ""  # not a temporary name
+        raise SteerscopeError(f"could not write the outputs of {folder}: {exc.strerror or one_line(exc)}{where}; the run store is "
+                              f"intact: {fix} and run the same command again") from exc
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as exc:
+        raise RunStoreError(f"{store.path} holds cells that cannot be read back ({type(exc).__name__}: {one_line(exc)}); "
+                            "it was left untouched") from exc
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Temporary files of the outputs (``.NAME.*.tmp``) that a process killed while writing them left."""
+    for pattern in (".results.json.*.tmp", ".report.html.*.tmp", ".vector_*.safetensors.*.tmp", "plots/.*.png.*.tmp"):
+        for tmp in folder.glob(pattern):
+            tmp.unlink(missing_ok=True)
+
+
+def _write_outputs(store: RunStore) -> dict[str, Path]:
     from steerscope.audit.pipeline import assemble, stored_direction
     from steerscope.vectors.file import SteeringVector
 
     results = assemble(store)
     folder = store.folder
-    written = {"results": atomic_write(folder / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1, allow_nan=False)),
-                                       overwrite=True)}
-    plots = {}
+    text = json.dumps(results, indent=1, allow_nan=False)
+    files, plots = {}, {}
     for trait, res in results["traits"].items():
         cell = store.get(f"{trait}/vector")
         assert cell is not None  # assemble() has read its payload
         vec = SteeringVector({res["vector"]["layer"]: stored_direction(cell)}, res["vector"]["metadata"])
-        written[f"vector_{trait}"] = vec.save(folder / f"vector_{trait}.safetensors", overwrite=True)
+        files[f"vector_{trait}"] = vec.save(folder / f"vector_{trait}.safetensors", overwrite=True)
         plots[trait] = trait_plots(trait, res, folder / "plots")
-        written |= {f"{trait}_{k}": v for k, v in plots[trait].items()}
+        files |= {f"{trait}_{k}": v for k, v in plots[trait].items()}
     html = render_html(results, plots, store)
+    written = {"results": atomic_write(folder / "results.json", lambda tmp: tmp.write_text(text), overwrite=True)} | files
     written["report"] = atomic_write(folder / "report.html", lambda tmp: tmp.write_text(html, encoding="utf-8"), overwrite=True)
     return written
