@@ -270,3 +270,16 @@ def test_parse_positions():
 
 def test_relative_dose():
     assert relative_dose(-4.0, 2.0, 16.0) == 0.5
+
+
+def test_a_strength_that_overflows_the_models_dtype_is_refused(tiny_models):
+    from steerscope.errors import SteerscopeError
+    from steerscope.intervene import Add, Steering
+
+    lm = tiny_models["llama"]
+    v = torch.ones(lm.d_model)
+    with pytest.raises(SteerscopeError, match="not finite in float32"):
+        Steering(lm, {1: Add(v, 1e300)})
+    with pytest.raises(SteerscopeError, match="not finite"):
+        Steering(lm, {1: Add(v, torch.tensor([1.0, float("nan")]))})
+    Steering(lm, {1: Add(v, 1e30)})  # large but finite in float32

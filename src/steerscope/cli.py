@@ -9,9 +9,10 @@ unexpected internal error; 130 interrupted (Ctrl-C; a run folder keeps every fin
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, TypeVar, cast
+from typing import Any, Callable, Literal, NoReturn, Optional, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -37,6 +38,29 @@ DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto.")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 (default), float64, bfloat16 or float16.")
 CacheOpt = typer.Option(None, "--cache-dir", help="Where built-in models are converted (default: $STEERSCOPE_CACHE or ~/.cache/steerscope).")
 LayersPathOpt = typer.Option(None, "--layers-path", help="Dotted path of the decoder-block list, if discovery fails.")
+SeedOpt = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed, 0 to 2**32 - 1.")
+BatchOpt = typer.Option(16, "--batch-size", min=1, help="Texts per forward pass.")
+
+
+def _finite(value: float) -> float:
+    """A float option's value, refused when NaN or infinite."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def _position_spec(value: str) -> str:
+    """A --positions value as :func:`steerscope.intervene.parse_positions` reads it, with ``last-K`` bounded to 64 bits."""
+    from steerscope.intervene import parse_positions
+
+    if parse_positions(value)[1] >= 2**63:
+        raise typer.BadParameter(f"last-K needs K below 2**63, got {value!r}")
+    return value
+
+
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when the option was not given (0 is a value, not a missing option)."""
+    return default if value is None else value
 
 
 def _load(model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str]):
@@ -130,7 +154,7 @@ def extract(
     method: str = typer.Option("mean_diff", "--method", help="mean_diff, pca or probe (or a registered method)."),
     position: str = typer.Option("mean", "--position", help="mean (over each completion) or last (its last token)."),
     split: Optional[str] = typer.Option("train", "--split", help="Pairs of this split only ('all' for every pair)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = BatchOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -159,27 +183,25 @@ def generate(
     vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Steering vector (.safetensors)."),
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="Strength α in a' = a + α·v."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Steer only these layers of the vector."),
-    positions: str = typer.Option("all", "--positions", help="all, prompt, generated, last or last-K."),
+    positions: str = typer.Option("all", "--positions", help="all, prompt, generated, last or last-K.", callback=_position_spec),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", "-n"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
-    temperature: float = typer.Option(1.0, "--temperature"),
+    temperature: float = typer.Option(1.0, "--temperature", callback=_finite),
     top_p: float = typer.Option(1.0, "--top-p"),
     chat: str = typer.Option("auto", "--chat", help="auto (use the chat template if the model has one), always or never."),
     compare: bool = typer.Option(False, "--compare", help="Also generate unsteered, in the same batch."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = BatchOpt,
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
 ) -> None:
     """Generate completions, steered with a vector or not."""
-    from steerscope.generate import GenerationConfig, SteerRequest, generate_steered
-    from steerscope.vectors import SteeringVector
+    from steerscope.generate import SteerRequest, generate_steered
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p, seed=seed,
-                              chat=_choice(chat, ("auto", "always", "never"), "--chat"))
-    vec = SteeringVector.load(vector) if vector is not None else None
+    config = _generation_config(max_new_tokens, sample, temperature, top_p, seed, chat)
+    vec = _steering_vector(vector, alpha)
     request = SteerRequest(vec, alpha, _layers(layer) if layer else None, positions, compare, allow_model_mismatch) if vec is not None else None
     lm = _load(model, device, dtype, cache_dir, layers_path)
     run = generate_steered(lm, prompts, config, request, batch_size=batch_size, progress=True)
@@ -194,6 +216,35 @@ def generate(
             out.print(f"[dim]steered (α={alpha:g}):[/dim] " + output["completion"].strip(), highlight=False)
         else:
             out.print(output["completion"].strip(), markup=False, highlight=False)
+
+
+#: The lowest --temperature with --sample: below it sampling picks the most likely token anyway (a logit gap
+#: of 0.01 is a probability ratio of e^100), and far below it logits / T overflow float32.
+MIN_TEMPERATURE = 1e-4
+
+
+def _generation_config(max_new_tokens: int, sample: bool, temperature: float, top_p: float, seed: int, chat: str):
+    """generate's decoding options, checked before the model loads."""
+    from steerscope.generate import GenerationConfig
+
+    if sample and temperature < MIN_TEMPERATURE:
+        raise SteerscopeError(f"--temperature must be at least {MIN_TEMPERATURE:g} with --sample, got {temperature:g} "
+                              "(leave out --sample for greedy decoding)")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p, seed=seed,
+                              chat=_choice(chat, ("auto", "always", "never"), "--chat"))
+    config.validate()
+    return config
+
+
+def _steering_vector(path: Optional[Path], alpha: float):
+    """generate's --vector (None without one), checked with its --alpha before the model loads."""
+    from steerscope.vectors import SteeringVector
+
+    if path is None:
+        return None
+    vec = SteeringVector.load(path)
+    vec.check_alpha(alpha)
+    return vec
 
 
 Choice = TypeVar("Choice", bound=str)
@@ -289,7 +340,7 @@ def audit(
                                            "vector files, plots/). Run the same command again to resume."),
     quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): about 4 minutes per trait on 2 CPU cores with smollm2-135m."),
     full: bool = typer.Option(False, "--full", help="The full profile: paper-scale sample sizes (all candidate layers, 64 null-space prompts, 8 reachability prompts; much slower)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     target_effect: float = typer.Option(0.8, "--target-effect", help="Strength calibration: the Hedges' g the smallest chosen α must reach."),
     max_ppl_ratio: float = typer.Option(2.0, "--max-ppl-ratio", help="Strength calibration: the largest allowed perplexity ratio "
                                         "(steered text under the unsteered model, relative to unsteered text)."),
@@ -429,7 +480,7 @@ def audit_identifiability(
     until_conclusive: bool = typer.Option(False, "--until-conclusive", help="Add --n-prompts prompts per look until conclusive."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Prompt budget of --until-conclusive (α spent linearly)."),
     protocol: str = typer.Option("audit", "--protocol", help="audit (default) or paper: the seed paper's own protocol and metrics."),
-    seed: int = typer.Option(0, "--seed"), quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    seed: int = SeedOpt, quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values: also run the α sweep "
                                           "(v and v+perp at each α; writes alpha_sweep.png)."),
     all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
@@ -504,7 +555,7 @@ def recover(
     components: Optional[int] = typer.Option(None, "--components", help="ica: number of components."),
     tol: float = typer.Option(1e-3, "--tol", help="Relative gain tolerance of the remaining class dimension."),
     boot: Optional[int] = typer.Option(None, "--boot", help="Bootstrap resamples for stability (default: the full profile's)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -518,9 +569,9 @@ def recover(
     from steerscope.data.prompts import read_environment_prompts
 
     sizes = command_profile(False)
-    command = RecoverCommand(method, out_dir, layer, trait, dataset, env_prompts or sizes.rec_env_prompts,
+    command = RecoverCommand(method, out_dir, layer, trait, dataset, _or(env_prompts, sizes.rec_env_prompts),
                              read_environment_prompts(environments) if environments is not None else None,
-                             _numbers(later, int, "--later-layers") if later else (), boot or sizes.rec_boot, seed,
+                             _numbers(later, int, "--later-layers") if later else (), _or(boot, sizes.rec_boot), seed,
                              {"tol": tol, "n_components": components, "dictionary": dictionary, "k": k, "observe": observe}, overwrite)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
@@ -530,7 +581,7 @@ def recover(
 
 @bench_app.command("recovery")
 def bench_recovery(
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     boot: int = typer.Option(5, "--boot", help="Bootstrap resamples per case."),
     output: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
     overwrite: bool = typer.Option(False, "--overwrite"),
@@ -559,6 +610,14 @@ def bench_recovery(
         raise typer.Exit(1)
 
 
+ReachPositionsOpt = typer.Option("user", "--positions", help="Searched tokens: user (the user's words; default), all, last:N or A:B "
+                                 "(token indices of the templated prompt); at most --max-positions of them (the last).")
+MaxPositionsOpt = typer.Option(None, "--max-positions", help="At most this many searched positions per prompt (default: the profile's).")
+BudgetOpt = typer.Option(None, "--budget", help="Gradient-guided candidates per position (natural and steered states alike).")
+MaxCandidatesOpt = typer.Option(None, "--max-candidates", help="Candidates per position in all, fallback scan included (default: the profile's).")
+ExhaustiveOpt = typer.Option(False, "--exhaustive", help="Scan the whole vocabulary where the gradient search finds nothing (certified per position).")
+
+
 @audit_app.command("reachability")
 def audit_reachability(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
@@ -574,13 +633,13 @@ def audit_reachability(
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a "
                                                 "'prompt' field (default: the trait's evaluation prompts)."),
     n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts audited (default: the profile's)."),
-    positions: Optional[int] = typer.Option(None, "--positions", help="Searched positions per prompt (the last ones)."),
+    positions: str = ReachPositionsOpt, max_positions: Optional[int] = MaxPositionsOpt,
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values of the sweep (default: the profile's)."),
     sweep_prompts: Optional[int] = typer.Option(None, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
-    budget: Optional[int] = typer.Option(None, "--budget", help="Candidates per position for steered states (no exhaustive fallback)."),
+    budget: Optional[int] = BudgetOpt, max_candidates: Optional[int] = MaxCandidatesOpt, exhaustive: bool = ExhaustiveOpt,
     exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the adversarial construction."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"), overwrite: bool = typer.Option(False, "--overwrite"),
-    seed: int = typer.Option(0, "--seed"), quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
+    seed: int = SeedOpt, quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -591,14 +650,14 @@ def audit_reachability(
     from steerscope.audit.sweep import parse_alphas
     from steerscope.data.prompts import read_prompts
     sizes = command_profile(quick)
-    settings = sizes.reachability(seed, budget, adversarial_exhaustive=exhaustive_next, **_given(
-        positions=positions, sweep_prompts=sweep_prompts, max_new_tokens=max_new_tokens, alphas=tuple(parse_alphas(alphas)) if alphas is not None else None))
+    settings = sizes.reachability(seed, budget, max_candidates, exhaustive, adversarial_exhaustive=exhaustive_next, positions=positions, **_given(
+        max_positions=max_positions, sweep_prompts=sweep_prompts, max_new_tokens=max_new_tokens, alphas=tuple(parse_alphas(alphas)) if alphas is not None else None))
     inputs = _audit_inputs([trait] if trait else None, {"dataset": dataset, "name": name, "scorer": scorer, "instructions": instructions}, True)
-    command = ReachabilityCommand(out_dir, alpha, settings, n_prompts or sizes.reach_prompts, vector, inputs, layer, capture_layer,
+    command = ReachabilityCommand(out_dir, alpha, settings, _or(n_prompts, sizes.reach_prompts), vector, inputs, layer, capture_layer,
                                   tuple(read_prompts(prompts_file)) if prompts_file is not None else None, allow_model_mismatch, overwrite)
     command.prepare()
     lm = _load(model, device, dtype, cache_dir, layers_path)
-    with err.status(f"inverting {command.n_prompts} prompts × {settings.positions} positions"):
+    with err.status(f"inverting {command.n_prompts} prompts × up to {settings.max_positions} positions"):
         _print_written(command.run(lm))
 
 
@@ -622,7 +681,7 @@ def audit_side_effects(
     scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (side_effects.json, summary.md, side_effects.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
-    alpha: float = EffectAlphaOpt, seed: int = typer.Option(0, "--seed"),
+    alpha: float = EffectAlphaOpt, seed: int = SeedOpt,
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
@@ -642,7 +701,7 @@ def audit_robustness(
     scorer: Optional[str] = ScorerOpt, vector: Optional[Path] = VectorOpt,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (robustness.json, summary.md, robustness.png)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Layer ℓ (default: 40 % of the depth); with --vector, the file's layer."),
-    alpha: float = EffectAlphaOpt, seed: int = typer.Option(0, "--seed"), instructions: Optional[list[str]] = InstructionsOpt,
+    alpha: float = EffectAlphaOpt, seed: int = SeedOpt, instructions: Optional[list[str]] = InstructionsOpt,
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
@@ -667,7 +726,7 @@ def monitor(
     alpha: float = typer.Option(2.0, "--alpha", "-a", help="Strength of the ±α·v completions whose detection is measured."),
     n_prompts: int = typer.Option(12, "--n-prompts", help="Prompts generated from (the trait's in-distribution prompts)."),
     samples: int = typer.Option(2, "--samples", help="Sampled completions per prompt and condition."),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"), seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"), seed: int = SeedOpt,
     overwrite: bool = typer.Option(False, "--overwrite"),
     model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
     cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
@@ -686,12 +745,35 @@ def monitor(
         _print_written(command.run(lm))
 
 
+def _fail(message: str, status: int = 2) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
+#: click's base exception (bad option values, unknown options, missing arguments), whichever click typer
+#: uses: typer >= 0.2x vendors its own as ``typer._click``.
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage(exc: Any) -> str:
+    """A click error (a bad option value, an unknown option, a missing argument) as one line."""
+    ctx = getattr(exc, "ctx", None)
+    return " ".join(exc.format_message().split()) + (f" (see '{ctx.command_path} --help')" if ctx is not None else "")
+
+
 def main() -> None:
+    """The ``steerscope`` command: bad input of any kind, option values included, ends in one ``error:`` line and exit status 2."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except _CLICK_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help has been printed
+            sys.exit(2)
+        _fail(_usage(exc), getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        _fail("aborted", 1)
     except SteerscopeError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)

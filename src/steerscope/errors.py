@@ -20,3 +20,18 @@ class DataError(SteerscopeError):
 
 class VectorFileError(SteerscopeError):
     """A steering-vector file is unreadable, invalid, or does not fit the model."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for quoting bad input in a one-line message: at most ``limit`` characters."""
+    try:
+        text = " ".join(repr(value).split("\n"))
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit, a self-nested list
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message (its type's name when empty), at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -28,6 +28,8 @@ nested, the inner one edits first.
 
 from __future__ import annotations
 
+import math
+
 import operator
 import re
 from collections.abc import Mapping, Sequence
@@ -146,12 +148,17 @@ def _edit_rows(edit: Edit) -> int | None:
     return sizes.pop() if sizes else None
 
 
-def _check_edit(edit: Edit, d_model: int) -> None:
+def _check_edit(edit: Edit, d_model: int, dtype: torch.dtype) -> None:
     vec = edit.vector if isinstance(edit, Add) else edit.direction
     if not isinstance(vec, torch.Tensor) or vec.ndim not in (1, 2) or vec.shape[-1] != d_model:
         raise SteerscopeError(f"steering vector must have shape [{d_model}] or [B, {d_model}], got {tuple(getattr(vec, 'shape', ()))}")
     if not torch.isfinite(vec).all():
         raise SteerscopeError("steering vector contains NaN or Inf")
+    if isinstance(edit, Add):
+        alpha = torch.as_tensor(edit.alpha, dtype=torch.float64)
+        largest = float(alpha.abs().max()) * float(vec.abs().max()) if alpha.numel() else 0.0
+        if not math.isfinite(largest) or largest > torch.finfo(dtype).max:
+            raise SteerscopeError(f"α·v is not finite in {str(dtype).removeprefix('torch.')} (largest |α|·|v_i| = {largest:.3g}); use a smaller α")
     if not isinstance(edit, Add) and bool((vec.norm(dim=-1) == 0).any()):
         raise SteerscopeError("ablation/clamp direction has zero norm")
 
@@ -189,7 +196,7 @@ class Steering:
         for layer, group in edits.items():
             group = [group] if isinstance(group, (Add, Ablate, Clamp)) else list(group)
             for edit in group:
-                _check_edit(edit, lm.d_model)
+                _check_edit(edit, lm.d_model, lm.dtype)
             self.edits[lm.check_layer(layer)] = group
         sizes = {s for g in self.edits.values() for s in map(_edit_rows, g) if s is not None}
         if len(sizes) > 1:

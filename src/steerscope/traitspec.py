@@ -25,13 +25,13 @@ from steerscope.data.pairs import ContrastivePair, read_pairs_file
 from steerscope.data.prompts import read_prompt_environments
 from steerscope.data.traits import (BUILTIN_INSTRUCTIONS, ENVIRONMENTS, TRAITS, builtin_env_pairs, builtin_pairs, builtin_prompts,
                                      group_by_environment)
-from steerscope.errors import SteerscopeError
+from steerscope.errors import SteerscopeError, shown
 
 #: Layer selection and the held-out readouts need at least this many pairs in each split.
 MIN_PAIRS_PER_SPLIT = 2
 TEST_SHARE = 0.25
 SPLIT_RULE = "pairs without a split: ordered by SHA-256 of their JSON, the first 25 % (at least 2) are test"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class TraitSpec:
     environment_pairs: Mapping[str, tuple[ContrastivePair, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise SteerscopeError(f"trait name {self.name!r}: use 1–64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        if not _NAME.fullmatch(self.name):
+            raise SteerscopeError(f"trait name {shown(self.name)}: use 1–64 letters, digits, '_', '-' or '.', starting with a letter or digit")
         for split, pairs in (("train", self.train), ("test", self.test)):
             if len(pairs) < MIN_PAIRS_PER_SPLIT:
                 raise SteerscopeError(f"trait {self.name!r} has {len(pairs)} {split} pair(s); at least {MIN_PAIRS_PER_SPLIT} are needed")

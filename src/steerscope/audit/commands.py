@@ -11,6 +11,7 @@ options into these objects and prints what they return.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from steerscope.audit.identifiability import IdentifiabilitySettings
 from steerscope.audit.paper import PaperSettings
 from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
-from steerscope.audit.reachability import AuditSettings
+from steerscope.audit.reachability import AuditSettings, parse_window
 from steerscope.audit.inputs import AuditInputs, check_specs
 from steerscope.data.traits import ENVIRONMENTS, TRAITS, builtin_prompts, check_traits
 from steerscope.errors import SteerscopeError
@@ -48,6 +49,21 @@ def _check_outputs(paths: Mapping[str, Path], overwrite: bool) -> None:
     for path in paths.values():
         check_output_path(path, overwrite)
     _pyplot()
+
+
+def check_finite(value: float | None, option: str, nonzero: bool = False) -> None:
+    """SteerscopeError unless ``value`` (an option's; None: not given) is finite (and non-zero when ``nonzero``)."""
+    if value is not None and not math.isfinite(value):
+        raise SteerscopeError(f"{option} must be a finite number, got {value:g}")
+    if nonzero and value == 0:
+        raise SteerscopeError(f"{option} must be non-zero")
+
+
+def check_counts(**counts: int | None) -> None:
+    """SteerscopeError unless each count (keyword: the option, ``_`` for ``-``; None: not given) is at least 1."""
+    for name, count in counts.items():
+        if count is not None and count < 1:
+            raise SteerscopeError(f"--{name.replace('_', '-')} must be at least 1, got {count}")
 
 
 def _write_json(path: Path, data: Any, overwrite: bool, indent: int = 2) -> None:
@@ -81,6 +97,7 @@ class _TraitCommand:
     def prepare(self) -> None:
         from steerscope.audit.identifiability import evaluation_prompts
 
+        check_finite(getattr(self, "alpha", None), "--alpha")
         check_specs(self.inputs.specs)
         for spec in self.inputs.specs:
             evaluation_prompts(spec, self.settings.env, self.settings.n_prompts)
@@ -286,6 +303,13 @@ class NullspaceCommand:
     def prepare(self) -> None:
         if len(self.specs) + (self.vector is not None) > 1:
             raise SteerscopeError("give at most one of --trait, --dataset or --vector")
+        if not self.prompts or not self.layers or not self.positions:
+            raise SteerscopeError("the null-space audit needs at least one prompt, one layer and one position")
+        if not self.tolerances or not all(0 < t < 1 for t in self.tolerances):
+            raise SteerscopeError(f"--tolerances must be relative tolerances in (0, 1), got {list(self.tolerances)}")
+        check_counts(chunk=self.chunk)
+        if self.all_positions < 0:
+            raise SteerscopeError(f"--all-positions must be 0 (off) or a number of prompts, got {self.all_positions}")
         _check_outputs(self.paths(), self.overwrite)
 
     def _vectors(self, lm: LoadedModel, layers: Sequence[int]) -> Mapping[int, torch.Tensor] | None:
@@ -353,6 +377,10 @@ class RecoverCommand:
             raise SteerscopeError("give exactly one of --trait or --dataset")
         if self.trait is not None:
             check_traits([self.trait])
+        check_counts(env_prompts=self.env_prompts, boot=self.boot, k=self.options.get("k"), components=self.options.get("n_components"))
+        tol = self.options.get("tol")
+        if tol is not None and not (math.isfinite(tol) and tol > 0):
+            raise SteerscopeError(f"--tol must be a positive number, got {tol:g}")
         for path in self.paths().values():
             check_output_path(path, self.overwrite)
 
@@ -441,6 +469,10 @@ class ReachabilityCommand:
             raise SteerscopeError("the reachability audit takes one trait: give --trait or --dataset, not both")
         if self.vector is None and self.spec is None:
             raise SteerscopeError("give --vector, --trait or --dataset")
+        check_finite(self.alpha, "--alpha")
+        s = self.settings
+        check_counts(n_prompts=self.n_prompts, max_positions=s.max_positions, sweep_prompts=s.sweep_prompts, max_new_tokens=s.max_new_tokens)
+        parse_window(s.positions)
         _check_outputs(self.paths(), self.overwrite)
 
     def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], TraitSpec | None]:
@@ -518,6 +550,7 @@ class MonitorCommand:
         if len(specs) != 1:
             raise SteerscopeError(f"monitoring takes one trait; {len(specs)} were given")
         specs[0].env_prompts("in_distribution")
+        check_finite(self.settings.alpha, "--alpha")
         for path in self.paths().values():
             check_output_path(path, self.overwrite)
 

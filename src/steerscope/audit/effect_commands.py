@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerscope.audit.commands import Written, _check_outputs, _write_json, _write_text, trait_vector
+from steerscope.audit.commands import Written, _check_outputs, _write_json, _write_text, check_finite, trait_vector
 from steerscope.audit.inputs import AuditInputs, check_specs
 from steerscope.audit.profiles import Profile, default_layer
 from steerscope.errors import SteerscopeError
@@ -39,8 +39,7 @@ class _EffectCommand:
         specs = check_specs(self.inputs.specs)
         if len(specs) != 1:
             raise SteerscopeError(f"this audit takes one trait; {len(specs)} were given")
-        if self.alpha == 0:
-            raise SteerscopeError("--alpha must be non-zero")
+        check_finite(self.alpha, "--alpha", nonzero=True)
         _check_outputs(self.paths(), self.overwrite)
 
     @property

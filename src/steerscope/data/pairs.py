@@ -22,7 +22,7 @@ from typing import Any
 
 from steerscope.encoding import Item
 from steerscope.data.jsonl import json_objects
-from steerscope.errors import DataError, SteerscopeError
+from steerscope.errors import DataError, SteerscopeError, shown
 
 FIELDS = {"positive", "negative", "trait", "split", "environment", "meta"}
 SPLITS = {"train", "test", "validation"}
@@ -65,17 +65,22 @@ def _item_problems(value: Any, name: str) -> list[str]:
             continue
         extra = set(msg) - {"role", "content"}
         if extra:
-            problems.append(f"{where}: unknown key(s) {sorted(extra)}")
+            problems.append(f"{where}: unknown key(s) {shown(sorted(extra))}")
         if not isinstance(msg.get("role"), str) or msg["role"] not in ROLES:
-            problems.append(f"{where}.role: expected one of {sorted(ROLES)}, got {msg.get('role')!r}")
+            problems.append(f"{where}.role: expected one of {sorted(ROLES)}, got {shown(msg.get('role'))}")
         content = msg.get("content")
         if not isinstance(content, str) or not content.strip():
             problems.append(f"{where}.content: expected a non-empty string")
     return problems
 
 
+def _key(name: str) -> str:
+    """A field name as written in a message: itself when short and printable, else quoted and cut."""
+    return name if name.isprintable() and 0 < len(name) <= 40 else shown(name, 40)
+
+
 def _record_problems(record: dict[str, Any]) -> list[str]:
-    problems = [f"{key}: unknown field (allowed: {', '.join(sorted(FIELDS))})" for key in sorted(set(record) - FIELDS)]
+    problems = [f"{_key(key)}: unknown field (allowed: {', '.join(sorted(FIELDS))})" for key in sorted(set(record) - FIELDS)]
     for key in ("positive", "negative"):
         if key not in record:
             problems.append(f"{key}: missing required field")
@@ -90,10 +95,10 @@ def _record_problems(record: dict[str, Any]) -> list[str]:
     if "trait" in record and (not isinstance(record["trait"], str) or not record["trait"].strip()):
         problems.append("trait: expected a non-empty string")
     if "split" in record and (not isinstance(record["split"], str) or record["split"] not in SPLITS):
-        problems.append(f"split: expected one of {sorted(SPLITS)}, got {record['split']!r}")
+        problems.append(f"split: expected one of {sorted(SPLITS)}, got {shown(record['split'])}")
     env = record.get("environment")
     if "environment" in record and (not isinstance(env, str) or not env.strip() or len(env) > 64):
-        problems.append(f"environment: expected a non-empty name of at most 64 characters, got {env!r}")
+        problems.append(f"environment: expected a non-empty name of at most 64 characters, got {shown(env)}")
     if "meta" in record and not isinstance(record["meta"], dict):
         problems.append("meta: expected an object")
     return problems

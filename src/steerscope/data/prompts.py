@@ -2,26 +2,36 @@
 
 Two formats: a text file with one prompt per line (blank lines skipped), or JSONL (``.jsonl``)
 with an object per line holding a non-empty string ``prompt`` and, where environments are asked
-for, a non-empty string ``env``. Line numbers count every line of the file, blank ones included.
+for, a non-empty string ``env``. Files are UTF-8; lines end at ``\n`` only, as in the pair reader (a
+JSON string may hold U+2028). Line numbers count every line of the file, blank ones included.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from steerscope.data.jsonl import json_objects
-from steerscope.errors import DataError, SteerscopeError
+from steerscope.errors import DataError, SteerscopeError, shown
 
 
 def _no_prompts(file: Path) -> list[dict[str, str]]:
     raise SteerscopeError(f"no prompts in {file}")
 
 
-def _records(file: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
-    """Every line as ``{field: value}``; DataError listing every malformed line."""
+def _lines(file: Path) -> list[str]:
+    """The lines of a UTF-8 prompt file (SteerscopeError when it is missing, DataError when it is not UTF-8)."""
     if not file.is_file():
         raise SteerscopeError(f"prompt file {file} does not exist")
-    lines = file.read_text(encoding="utf-8").splitlines()
+    try:
+        return file.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(str(file), [f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+
+
+def _records(file: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """Every line as ``{field: value}``; DataError listing every malformed line."""
+    lines = _lines(file)
     if file.suffix != ".jsonl":
         return [{"prompt": line.strip()} for line in lines if line.strip()] or _no_prompts(file)
     records: list[dict[str, str]] = []
@@ -59,7 +69,7 @@ def read_prompt_environments(path: str | Path, default_env: str = "in_distributi
     if file.suffix != ".jsonl":
         return {default_env: read_prompts(file)}
     records = _records(file, ("prompt",))
-    lines = file.read_text(encoding="utf-8").splitlines()
+    lines = _lines(file)
     problems: list[str] = []
     envs = []
     for number, record in json_objects(lines, str(file), problems):
@@ -75,12 +85,19 @@ def read_prompt_environments(path: str | Path, default_env: str = "in_distributi
     return by_env
 
 
-def builtin_prompt_mix(n: int) -> list[str]:
-    """``n`` built-in evaluation prompts, taken round-robin over every trait of the mix × environment."""
+def _prompt_mix() -> list[str]:
+    """Every built-in evaluation prompt, round-robin over every trait of the mix × environment."""
     from steerscope.data.traits import ENVIRONMENTS, MIX_TRAITS, builtin_prompts
 
     pools = [builtin_prompts(trait, env) for trait in MIX_TRAITS for env in ENVIRONMENTS]
-    mixed = [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
+    return [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
+
+
+def builtin_prompt_mix(n: int) -> list[str]:
+    """``n`` built-in evaluation prompts, taken round-robin over every trait of the mix × environment."""
+    mixed = _prompt_mix()
+    if n < 1:
+        raise SteerscopeError(f"at least 1 built-in prompt is needed, {n} requested")
     if n > len(mixed):
         raise SteerscopeError(f"only {len(mixed)} built-in prompts exist, {n} requested")
     return mixed[:n]
@@ -88,8 +105,11 @@ def builtin_prompt_mix(n: int) -> list[str]:
 
 def prompts_from_spec(spec: str) -> list[str]:
     """``N`` (that many built-in prompts, see :func:`builtin_prompt_mix`) or a prompt file (:func:`read_prompts`)."""
-    if spec.isdigit():
-        return builtin_prompt_mix(int(spec))
+    if re.fullmatch(r"[0-9]+", spec):
+        digits = spec.lstrip("0") or "0"
+        if len(digits) > 9:
+            raise SteerscopeError(f"only {len(_prompt_mix())} built-in prompts exist, {shown(spec, 40)} requested")
+        return builtin_prompt_mix(int(digits))
     if not Path(spec).is_file():
-        raise SteerscopeError(f"--prompts must be a number of built-in prompts or a file, got {spec!r}")
+        raise SteerscopeError(f"--prompts must be a number of built-in prompts or a file, got {shown(spec)}")
     return read_prompts(spec)

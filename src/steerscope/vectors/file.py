@@ -10,6 +10,7 @@ steerscope also writes ``trait``, ``position``, ``n_pairs`` and ``h_norms`` (JSO
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from steerscope._version import __version__
-from steerscope.errors import VectorFileError
+from steerscope.errors import SteerscopeError, VectorFileError, first_line, shown
 from steerscope.fileio import atomic_write
 
 FORMAT = "steerscope.vector"
 FORMAT_VERSION = "1"
 REQUIRED_METADATA = ("format_version", "model_name", "model_fingerprint", "d_model", "method", "layers", "dataset_hash", "steerscope_version")
-_TENSOR_NAME = re.compile(r"^direction\.(\d+)$")
+_TENSOR_NAME = re.compile(r"direction\.(0|[1-9][0-9]{0,8})")  # matched whole: one spelling per layer
 _JSON_KEYS = ("layers", "h_norms")
+_COUNT_KEYS = ("d_model", "n_layers", "n_pairs")
 
 
 def vector_metadata(lm, method: str, layers, dataset_hash: str, **extra: Any) -> dict[str, Any]:
@@ -79,6 +81,15 @@ class SteeringVector:
 
     __rmul__ = __mul__
 
+    def check_alpha(self, alpha: float) -> None:
+        """Raise unless ``alpha·v`` is finite in float32 at every layer (NaN, Inf, or a strength so large that it overflows)."""
+        if not math.isfinite(alpha):
+            raise SteerscopeError(f"--alpha must be a finite number, got {alpha:g}")
+        for layer in self.layers:
+            with torch.no_grad():
+                if not torch.isfinite(self.directions[layer].float() * alpha).all():
+                    raise SteerscopeError(f"--alpha {alpha:g} times the direction at layer {layer} overflows float32")
+
     def check_model(self, lm, allow_mismatch: bool = False) -> None:
         """Raise unless the vector fits ``lm``: same ``d_model`` always, same fingerprint unless
         ``allow_mismatch`` (the CLI's ``--allow-model-mismatch``)."""
@@ -109,7 +120,7 @@ class SteeringVector:
         missing = [k for k in REQUIRED_METADATA if k not in meta]
         if missing:
             raise VectorFileError(f"refusing to save a vector without metadata field(s) {', '.join(missing)}")
-        strings = {k: json.dumps(v) if k in _JSON_KEYS or not isinstance(v, str) else v for k, v in meta.items()}
+        strings = metadata_strings(meta)
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=strings), overwrite)
 
     @classmethod
@@ -119,6 +130,11 @@ class SteeringVector:
         if lm is not None:
             vec.check_model(lm, allow_mismatch)
         return vec
+
+
+def metadata_strings(meta: dict[str, Any]) -> dict[str, str]:
+    """``meta`` as safetensors metadata: strings kept, ``layers``, ``h_norms`` and non-strings as JSON."""
+    return {k: json.dumps(v) if k in _JSON_KEYS or not isinstance(v, str) else v for k, v in meta.items()}
 
 
 def _check_header(path: Path) -> None:
@@ -133,32 +149,46 @@ def _check_header(path: Path) -> None:
             raise VectorFileError(f"{path} is not a safetensors file (bad header length)")
         try:
             json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not text, too deep, or a number over the digit limit
             raise VectorFileError(f"{path} is not a safetensors file (header is not JSON)") from None
 
 
-def _parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+def parse_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    """A vector file's string metadata, checked, with its JSON fields parsed (VectorFileError naming ``path``)."""
     missing = [k for k in REQUIRED_METADATA if k not in raw]
     if missing:
         raise VectorFileError(f"{path}: metadata is missing field(s) {', '.join(missing)}")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise VectorFileError(f"{path}: unsupported format_version {raw.get('format_version')!r} (this steerscope reads {FORMAT_VERSION})")
+        raise VectorFileError(f"{path}: unsupported format_version {shown(raw.get('format_version'))} (this steerscope reads {FORMAT_VERSION})")
     meta: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _JSON_KEYS or key in ("d_model", "n_layers", "n_pairs"):
+        if key in _JSON_KEYS or key in _COUNT_KEYS:
             try:
                 meta[key] = json.loads(value)
-            except json.JSONDecodeError:
-                raise VectorFileError(f"{path}: metadata field {key} is not valid JSON: {value[:60]!r}") from None
+            except (ValueError, RecursionError):
+                raise VectorFileError(f"{path}: metadata field {key} is not valid JSON: {shown(value[:60])}") from None
         else:
             meta[key] = value
-    if not isinstance(meta["layers"], list) or not all(type(x) is int for x in meta["layers"]):
-        raise VectorFileError(f"{path}: metadata field layers must be a JSON list of integers, got {raw['layers'][:60]!r}")
-    if type(meta["d_model"]) is not int:
-        raise VectorFileError(f"{path}: metadata field d_model must be an integer, got {raw['d_model'][:60]!r}")
-    if "h_norms" in meta and not isinstance(meta["h_norms"], dict):
-        raise VectorFileError(f"{path}: metadata field h_norms must be a JSON object, got {raw['h_norms'][:60]!r}")
+    _check_metadata(path, meta, raw)
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _check_metadata(path: Path, meta: dict[str, Any], raw: dict[str, str]) -> None:
+    if not isinstance(meta["layers"], list) or not all(type(x) is int for x in meta["layers"]):
+        raise VectorFileError(f"{path}: metadata field layers must be a JSON list of integers, got {shown(raw['layers'][:60])}")
+    if type(meta["d_model"]) is not int or meta["d_model"] < 1:
+        raise VectorFileError(f"{path}: metadata field d_model must be an integer of at least 1, got {shown(raw['d_model'][:60])}")
+    for key in ("n_layers", "n_pairs"):
+        if key in meta and (type(meta[key]) is not int or meta[key] < 0):
+            raise VectorFileError(f"{path}: metadata field {key} must be a non-negative integer, got {shown(raw[key][:60])}")
+    norms = meta.get("h_norms", {})
+    if not isinstance(norms, dict) or not all(re.fullmatch(r"[0-9]{1,9}", k) and _is_number(v) and v > 0 for k, v in norms.items()):
+        raise VectorFileError(f"{path}: metadata field h_norms must be a JSON object {{layer: positive number}}, "
+                              f"got {shown(raw['h_norms'][:60])}")
 
 
 def _read(path: Path) -> SteeringVector:
@@ -170,13 +200,13 @@ def _read(path: Path) -> SteeringVector:
             raw_meta = fh.metadata() or {}
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise VectorFileError(f"{path} is not a readable safetensors file: {exc}") from None
-    meta = _parse_metadata(path, raw_meta)
+        raise VectorFileError(f"{path} is not a readable safetensors file: {first_line(exc)}") from None
+    meta = parse_metadata(path, raw_meta)
     directions: dict[int, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        match = _TENSOR_NAME.match(name)
+        match = _TENSOR_NAME.fullmatch(name)
         if not match:
-            raise VectorFileError(f"{path}: unexpected tensor {name!r} (expected direction.<layer>)")
+            raise VectorFileError(f"{path}: unexpected tensor {shown(name)} (expected direction.<layer>)")
         if tensor.ndim != 1 or tensor.shape[0] != meta["d_model"]:
             raise VectorFileError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, expected [{meta['d_model']}]")
         if tensor.dtype != torch.float32:

@@ -28,22 +28,28 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from steerscope.errors import VectorFileError
+from steerscope.errors import VectorFileError, first_line, shown
 from steerscope.vectors.file import FORMAT, SteeringVector
 from steerscope.vectors.gguf_io import import_gguf
 
 SUFFIXES = {".safetensors": "safetensors", ".gguf": "gguf", ".pt": "torch", ".pth": "torch", ".npy": "numpy"}
 _MAGIC = ((b"GGUF", "gguf"), (b"\x93NUMPY", "numpy"), (b"PK\x03\x04", "torch"))
-_KEY = re.compile(r"^(?:(?:layer|layers|direction)\.)?(\d+)$")
+_KEY = re.compile(r"(?:(?:layer|layers|direction)\.)?([0-9]{1,9})")  # matched whole
+_MAX_LAYER = 10**9
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _AS_IS = "layer indices taken as-is (layer ℓ = output of decoder block ℓ; a file indexed like HF hidden_states is off by one)"
 _UNPLACED = "one vector without a layer index, placed at the requested layer"
+#: What torch.load raises on a malformed file besides UnpicklingError (its zip and legacy readers; for a
+#: path ending in .safetensors, safetensors' reader).
+_TORCH_ERRORS = (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                 MemoryError, SafetensorError)
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,7 +208,7 @@ def _read_safetensors(path: Path) -> _Contents:
             if (fh.metadata() or {}).get("format") != FORMAT:
                 return _from_keys(path, list(fh.keys()), fh.get_tensor, "safetensors")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise VectorFileError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from None
+        raise VectorFileError(f"{path} is not a readable safetensors file: {first_line(exc)}") from None
     note = "steerscope vector file: direction.{ℓ} is the output of decoder block ℓ (no remapping)"
     return _Contents(SteeringVector.load(path).directions, None, "steerscope", note)
 
@@ -217,8 +223,8 @@ def _read_torch(path: Path) -> _Contents:
             f"{path} holds {held}; steerscope reads .pt files with torch.load(weights_only=True) and never "
             "unpickles arbitrary objects: save plain tensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise VectorFileError(f"{path} is not a readable PyTorch file: {_first_line(exc)}") from None
+    except _TORCH_ERRORS as exc:
+        raise VectorFileError(f"{path} is not a readable PyTorch file: {first_line(exc)}") from None
     if isinstance(obj, torch.Tensor):
         return _Contents({}, obj, "torch", _UNPLACED)
     if not isinstance(obj, dict):
@@ -226,7 +232,7 @@ def _read_torch(path: Path) -> _Contents:
 
     def get(key: object) -> torch.Tensor:
         if not isinstance(obj[key], torch.Tensor):
-            raise VectorFileError(f"{path}: entry {key!r} is a {type(obj[key]).__name__}, not a tensor")
+            raise VectorFileError(f"{path}: entry {shown(key)} is a {type(obj[key]).__name__}, not a tensor")
         return obj[key]
 
     return _from_keys(path, list(obj), get, "torch")
@@ -235,11 +241,12 @@ def _read_torch(path: Path) -> _Contents:
 def _read_numpy(path: Path) -> _Contents:
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VectorFileError(f"{path} is not a readable .npy file (read with allow_pickle=False): {_first_line(exc)}") from None
+    except (ValueError, OSError, EOFError, MemoryError, SyntaxError, TokenError) as exc:  # a header declaring a huge shape, or unparsable
+        raise VectorFileError(f"{path} is not a readable .npy file (read with allow_pickle=False): {first_line(exc)}") from None
     if arr.dtype.kind != "f":
         raise VectorFileError(f"{path} has dtype {arr.dtype}; expected a floating-point array")
-    data = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    with np.errstate(over="ignore"):  # values beyond float32 become Inf, refused by _checked
+        data = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if data.ndim == 1:
         return _Contents({}, data, "numpy", _UNPLACED)
     if data.ndim != 2 or data.shape[0] == 0:
@@ -257,19 +264,19 @@ def _from_keys(path: Path, keys: list, get: Callable[[Any], torch.Tensor], sourc
     for key in keys:
         layer = _layer_of(key)
         if layer is None:
-            raise VectorFileError(f"{path}: key {key!r} does not name a layer (use 5, 'layer.5', 'layers.5' or 'direction.5')")
+            raise VectorFileError(f"{path}: key {shown(key)} does not name a layer (use 5, 'layer.5', 'layers.5' or 'direction.5')")
         if layer < 0:
             raise VectorFileError(f"{path}: layer key {key} is negative; files must number layers from 0")
         if layer in by_layer:
-            raise VectorFileError(f"{path}: layer {layer} appears twice (keys {by_layer[layer]!r} and {key!r})")
+            raise VectorFileError(f"{path}: layer {layer} appears twice (keys {shown(by_layer[layer])} and {shown(key)})")
         by_layer[layer] = key
     return _Contents({layer: get(key) for layer, key in by_layer.items()}, None, source, _AS_IS)
 
 
 def _layer_of(key: object) -> int | None:
     if isinstance(key, int) and not isinstance(key, bool):
-        return key
-    match = _KEY.match(key) if isinstance(key, str) else None
+        return key if -_MAX_LAYER < key < _MAX_LAYER else None
+    match = _KEY.fullmatch(key) if isinstance(key, str) else None
     return int(match.group(1)) if match else None
 
 
@@ -304,12 +311,15 @@ def _select(path: Path, contents: _Contents, layer: int | None) -> tuple[int, to
 
 
 def _checked(tensor: torch.Tensor, d_model: int | None, what: str) -> torch.Tensor:
-    """``tensor`` (``[d]`` or ``[1, d]``, floating point, finite, non-zero) as a ``[d]`` float32 copy."""
+    """``tensor`` (``[d]`` or ``[1, d]``, dense, floating point, finite, non-zero) as a ``[d]`` float32 copy."""
+    if tensor.is_meta or tensor.is_nested or tensor.layout != torch.strided:
+        kind = "meta" if tensor.is_meta else "nested" if tensor.is_nested else str(tensor.layout).removeprefix("torch.")
+        raise VectorFileError(f"{what} is a {kind} tensor; expected a dense tensor of values")
     if not tensor.is_floating_point():
         raise VectorFileError(f"{what} has dtype {tensor.dtype}; expected a floating-point vector")
     if tensor.ndim == 2 and tensor.shape[0] == 1:
         tensor = tensor[0]
-    if tensor.ndim != 1:
+    if tensor.ndim != 1 or tensor.shape[0] == 0:
         raise VectorFileError(f"{what} has shape {list(tensor.shape)}; expected [d_model] or [1, d_model]")
     if d_model is not None and tensor.shape[0] != d_model:
         raise VectorFileError(f"{what}: vector has d_model {tensor.shape[0]} but the model has d_model {d_model}")
@@ -349,8 +359,3 @@ def _sv_layer(key: object, n_layers: int | None) -> int:
     if not -n_layers <= key < n_layers:
         raise VectorFileError(f"steering-vectors vector has layer {key}, out of range for a model with {n_layers} layers")
     return key % n_layers
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
