@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from steerscope.audit import answers
 from steerscope.audit.assumptions import check_assumptions
 from steerscope.audit.markdown import reachability_markdown
 from steerscope.audit.plots import plot_reachability_positions, plot_reachability_sweep
@@ -26,8 +27,8 @@ from steerscope.testing import tiny_model
 
 PROMPTS = ["tell me about your weekend", "write a short poem about the moon"]
 CALIBRATION = ["help me write a letter to my friend"]
-SETTINGS = AuditSettings(positions=4, alphas=(1.0, 3.0), sweep_prompts=1, max_new_tokens=3,
-                         steered_search=SearchConfig(budget=32, fallback=False))
+SETTINGS = AuditSettings(positions="last:4", alphas=(1.0, 3.0), sweep_prompts=1, max_new_tokens=3, search=SearchConfig(budget=32))
+N_POSITIONS = 4
 
 
 class CountScorer:
@@ -64,19 +65,97 @@ def test_states_steered_at_the_capture_layer_are_natural_plus_alpha_v(llama):
 def test_report_structure_and_positive_control(report):
     s = report["summary"]
     assert s["natural_exact_recovery"] == 1.0
-    assert s["n_positions"] == len(PROMPTS) * SETTINGS.positions
+    assert s["n_positions"] == len(PROMPTS) * N_POSITIONS
+    # the tiny vocabulary is scanned whole where nothing matches: every steered position is certified
     assert s["verdict"] == "unreachable-within-search" and s["reachable_prompt"] is None
+    assert s["steered_exhaustive_rate"] == 1.0 and s["steered_budget_rate"] == 0.0
     assert s["median_steered_distance"] > 1e3 * report["threshold"]["epsilon"]
     assert s["median_steered_over_noise"] > 1e3
     for p in report["prompts"]:
-        assert len(p["positions"]) == SETTINGS.positions
+        assert len(p["positions"]) == N_POSITIONS
         for row in p["positions"]:
             assert row["natural_recovered"] and row["natural_distance"] <= report["threshold"]["epsilon"]
-            assert row["steered_distance"] <= row["margin"] + row["displacement"] + 1e-4 or row["steered_tried"] == 32
+            assert row["steered_distance"] <= row["displacement"] == row["original_distance"]  # seeded with the prompt's tokens
             assert row["displacement"] == pytest.approx(2.0 * s["vector_norm"], rel=1e-4)
-            assert not row["steered_accepted"]
+            assert not row["steered_accepted"] and row["steered_status"] == "exhaustive"
+            assert row["certified_radius"] == row["steered_search_distance"] and row["steered_tried"] == len(row_vocab(report))
     assert "not a proof" in report["statement"]
+    assert answers.reachable({"reachability": report})["status"] == "no"
     json.dumps(report, allow_nan=False)
+
+
+def row_vocab(report):
+    return range(report["config"]["vocab"])
+
+
+def _planted(llama, prompt=PROMPTS[0], layer=1):
+    """A vector that moves the state of ``prompt``'s last user word exactly onto that of another prompt,
+    which has another word there: ``(v, position, the other prompt's ids, the prompt's ids)``."""
+    from steerscope.encoding import prompt_user_span
+
+    ids = encode_prompt(llama.tokenizer, prompt)
+    t = prompt_user_span(llama.tokenizer, prompt, ids)[1] - 1
+    q = list(ids)
+    q[t] = encode_prompt(llama.tokenizer, "dog")[-3] if ids[t] != encode_prompt(llama.tokenizer, "dog")[-3] else ids[t] + 1
+    v = hidden_states(llama, q, layer)[t] - hidden_states(llama, ids, layer)[t]
+    return v, t, q, ids
+
+
+def test_alpha_zero_is_reachable_by_the_prompt_itself(llama):
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+    s = run_reachability(llama, v, 1, 0.0, PROMPTS[:1], CALIBRATION, settings=SETTINGS)["summary"]
+    assert s["verdict"] == "reachable" and s["steered_accepted_rate"] == 1.0
+    assert s["reachable_prompt"] == llama.tokenizer.decode(encode_prompt(llama.tokenizer, PROMPTS[0]))
+
+
+def test_a_planted_prompt_state_is_found_and_judged_reachable(llama):
+    v, t, q, ids = _planted(llama)
+    settings = AuditSettings(positions=f"{t}:{t + 1}", steer_at="searched", alphas=(1.0,), sweep_prompts=1, max_new_tokens=2,
+                             search=SearchConfig(budget=32))
+    report = run_reachability(llama, v, 1, 1.0, PROMPTS[:1], CALIBRATION, settings=settings)
+    s = report["summary"]
+    assert s["verdict"] == "reachable" and s["reachable_prompt"] == llama.tokenizer.decode(q)
+    (row,) = report["prompts"][0]["positions"]
+    assert row["steered_token"] == q[t] != ids[t] and row["steered_status"] == "found"
+    assert answers.reachable({"reachability": report})["status"] == "yes"
+
+
+def test_a_search_starved_of_budget_says_not_found_within_budget(llama):
+    v, t, q, ids = _planted(llama)
+    settings = AuditSettings(positions=f"{t}:{t + 1}", steer_at="searched", alphas=(1.0,), sweep_prompts=1, max_new_tokens=2,
+                             search=SearchConfig(budget=1, max_candidates=1))
+    report = run_reachability(llama, v, 1, 1.0, PROMPTS[:1], CALIBRATION, settings=settings)
+    s = report["summary"]
+    assert s["verdict"] == "not-found-within-budget" and s["steered_budget_rate"] == 1.0
+    (row,) = report["prompts"][0]["positions"]
+    assert row["steered_tried"] == 1 and row["steered_status"] == "budget" and row["certified_radius"] is None
+    answer = answers.reachable({"reachability": report})
+    assert answer["status"] == "unknown" and answer["headline"].startswith("Not found within the search budget")
+
+
+def test_the_default_search_covers_the_users_words_not_the_template(llama):
+    settings = AuditSettings(alphas=(1.0,), sweep_prompts=1, max_new_tokens=2, search=SearchConfig(budget=32, max_candidates=64))
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+    report = run_reachability(llama, v, 1, 1.0, PROMPTS, CALIBRATION, settings=settings)
+    assert [p["searched_text"] for p in report["prompts"]] == PROMPTS
+    assert report["config"]["positions"] == "user"
+    assert report["summary"]["verdict"] == "not-found-within-budget"  # 64 of the vocabulary's tokens per position
+
+
+def test_positions_specs(llama):
+    from steerscope.audit.reachability import parse_window, search_window
+
+    ids = encode_prompt(llama.tokenizer, PROMPTS[0])
+    n = len(ids)
+    assert search_window(llama, PROMPTS[0], ids, "all", 100) == (0, n)
+    assert search_window(llama, PROMPTS[0], ids, "last:3", 100) == search_window(llama, PROMPTS[0], ids, "3", 100) == (n - 3, n)
+    assert search_window(llama, PROMPTS[0], ids, "1:-2", 100) == (1, n - 2)
+    assert search_window(llama, PROMPTS[0], ids, "all", 2) == (n - 2, n)
+    for bad in ("middle", "last:0", "1:2:3", ":", "-"):
+        with pytest.raises(SteerscopeError, match="--positions must be"):
+            parse_window(bad)
+    with pytest.raises(SteerscopeError, match="selects no token"):
+        search_window(llama, PROMPTS[0], ids, "5:5", 100)
 
 
 def test_alpha_sweep_and_random_control(report):
@@ -87,6 +166,7 @@ def test_alpha_sweep_and_random_control(report):
     assert rand["norm"] == pytest.approx(report["summary"]["vector_norm"], rel=1e-5)
     assert rand["median_displacement"] == pytest.approx(report["summary"]["steering_norm"], rel=1e-4)
     assert rand["accepted_rate"] == 0.0
+    assert all(p["median_steered_distance"] <= p["median_displacement"] for p in [*report["alpha_sweep"], rand])
 
 
 def test_behaviour_columns_are_separate(report):

@@ -126,6 +126,15 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Item, chat: ChatMo
     return _tokenize(tokenizer, text, special)
 
 
+def prompt_user_span(tokenizer: PreTrainedTokenizerBase, prompt: str, ids: Sequence[int]) -> tuple[int, int]:
+    """``[start, end)`` token span of the user's words ``prompt`` inside its generation prompt ``ids``
+    (:func:`encode_prompt`): the chat template's tokens before and after it are outside. Falls back
+    to every token after the first when the words cannot be located (a slow tokenizer)."""
+    text, special = render(tokenizer, prompt, add_generation_prompt=True)
+    span = _content_span(tokenizer, text, list(ids), special, prompt)
+    return span if span is not None else (min(1, len(ids) - 1), len(ids))
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left") -> Batch:
     """Pad token sequences to one length. Position ids count real tokens only (0 at each row's first
     real token), so left padding gives the same positions as no padding."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write
+from steerscope.audit.markdown import search_text
 from steerscope.formatting import ci, num
 from steerscope.runstore import RunStore, RunStoreError, one_line
 
@@ -230,7 +231,12 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
     adv, rand, beh = r["adversarial"], r["random_control"], r["behaviour"]
     facts = html_table(["quantity", "value"], [
         ["verdict", f'<span class="badge {_status(s["verdict"])}">{esc(s["verdict"])}</span>'],
+        ["search (natural and steered alike)", esc(search_text(r["config"]))],
+        ["searched tokens", esc(f"{r['config']['positions']} (at most {r['config']['max_positions']} per prompt): ")
+         + "; ".join(esc(repr(p["searched_text"])) for p in r["prompts"])],
         ["natural states recovered exactly", f"{100 * s['natural_exact_recovery']:.0f} % of {s['n_positions']} positions"],
+        ["steered positions: matched / scanned whole / stopped by the budget",
+         f"{100 * s['steered_accepted_rate']:.0f} % / {100 * s['steered_exhaustive_rate']:.0f} % / {100 * s['steered_budget_rate']:.0f} %"],
         ["noise floor / ε / median margin Δ", f"{num(th['noise'])} / {num(th['epsilon'])} / {num(th['margin_median'])}"],
         ["median best-found steered distance", f"{num(s['median_steered_distance'])} ({num(s['median_steered_over_noise'])} × noise floor)"],
         ["steering displacement ‖αv‖", f"{num(s['steering_norm'])} (best found / displacement {num(s['median_steered_over_displacement'], '.3f')})"],

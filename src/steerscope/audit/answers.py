@@ -142,23 +142,33 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
-    s = result["reachability"]["summary"]
+    reach = result["reachability"]
+    s, cfg = reach["summary"], reach["config"]
+    search = cfg.get("search", {})
+    cap = search.get("max_candidates")
     facts = [
-        f"natural states recovered exactly (positive control): {s['natural_exact_recovery']:.0%} of {s['n_positions']} positions",
+        f"natural states recovered exactly (positive control, the same search): {s['natural_exact_recovery']:.0%} of {s['n_positions']} positions",
         f"best-found distance to a prompt's state: median {num(s['median_steered_distance'], '.3g')} = "
         f"{num(s['median_steered_over_noise'], '.3g')} × the natural noise floor ({num(s['noise_floor'], '.2g')})",
         f"steering displacement ‖αv‖ = {num(s['steering_norm'], '.3g')}; best-found / displacement = "
         f"{num(s['median_steered_over_displacement'], '.3f')}",
-        result["reachability"]["statement"],
+        f"search per position: {search.get('budget')} gradient-guided candidates, then "
+        f"{'the whole vocabulary' if cap is None else f'up to {cap} in all'}; searched tokens: {cfg.get('positions')}",
+        reach["statement"],
     ]
+    ratio = num(s["median_steered_over_noise"], ".3g")
     if s["verdict"] == "reachable":
         status, headline = "yes", f"Yes: a prompt reproduces the steered states: {s['reachable_prompt']!r}."
     elif s["natural_exact_recovery"] < 1.0:
         status, headline = "unknown", ("Undetermined: the search does not recover every natural state, so failing to "
                                        "find the steered one says little.")
+    elif s["verdict"] == "not-found-within-budget":
+        status, headline = "unknown", (f"Not found within the search budget: the best-found state stays {ratio}× the noise floor away, "
+                                       f"but {s.get('steered_budget_rate', 1.0):.0%} of the steered positions were not scanned over the "
+                                       "whole vocabulary (the full profile or --exhaustive does).")
     else:
-        status, headline = "no", (f"No prompt found: the steered state stays {num(s['median_steered_over_noise'], '.3g')}× "
-                                  "the noise floor away from every prompt state the search reached (an upper bound, not a proof).")
+        status, headline = "no", (f"No prompt found: the steered state stays {ratio}× the noise floor away from every prompt state "
+                                  "the search reached, the whole vocabulary scanned where nothing matched (an upper bound, not a proof).")
     return {"status": status, "headline": headline, "facts": facts}
 
 

@@ -205,6 +205,16 @@ def recovery_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
+def search_text(cfg: dict[str, Any]) -> str:
+    """The reachability search of a report's config in words."""
+    search = cfg["search"]
+    cap = search["max_candidates"]
+    return (f"{search['policy']} policy, {search['budget']} candidates per position, then "
+            + ("the rest of the vocabulary" if search["fallback"] and cap is None else
+               f"up to {cap} in all" if search["fallback"] else "no fallback")
+            + f" (vocabulary {cfg['vocab']}); the steered search scores the prompt's own token first")
+
+
 def reachability_markdown(report: dict[str, Any]) -> str:
     """A one-page summary of a reachability audit (the dict from ``run_reachability``)."""
     cfg, s, th, adv, beh = report["config"], report["summary"], report["threshold"], report["adversarial"], report["behaviour"]
@@ -216,17 +226,21 @@ def reachability_markdown(report: dict[str, Any]) -> str:
         f"- **Verdict: {s['verdict']}**" + (f" — prompt: {s['reachable_prompt']!r}" if s["reachable_prompt"] else "") + ".",
         f"- Note: {report['statement']}.",
         f"- Vector: {report['vector'].get('source', 'given')}, ‖v‖ = {num(s['vector_norm'], '.3f')}, ‖α·v‖ = {num(s['steering_norm'], '.3f')}; "
-        f"added at every position.",
+        f"added at {'every position' if cfg['steered_positions'] == 'all' else 'the searched positions only'}.",
+        f"- Search (the same for natural and steered states): {search_text(cfg)}.",
         f"- Threshold ε = {num(th['epsilon'], e)} ({th['rule']}; noise floor {num(th['noise'], e)}, nearest competitor "
         f"{num(th['margin'], e)}, {th['n_positions']} calibration positions).",
-        f"- Positive control: natural states of {cfg['n_prompts']} prompts × last {cfg['positions']} positions recovered exactly at "
+        f"- Positive control: natural states of {cfg['n_prompts']} prompts (searched tokens: {cfg['positions']}, at most "
+        f"{cfg['max_positions']} per prompt) recovered exactly at "
         f"{num(100 * s['natural_exact_recovery'], '.1f')} % of {s['n_positions']} positions (median distance "
         f"{num(s['median_natural_distance'], e)}, median margin Δ {num(s['median_margin'], e)}).",
         f"- Steered states: median best-found distance {num(s['median_steered_distance'], e)} = "
         f"{num(s['median_steered_over_noise'], '.3g')} × the noise floor and {num(s['median_steered_over_displacement'], '.3f')} × "
         f"the displacement ‖steered − natural‖ (median {num(s['median_displacement'], e)}); accepted at "
         f"{num(100 * s['steered_accepted_rate'], '.1f')} % of positions; best-found token = the original at "
-        f"{num(100 * s['steered_tokens_equal_original'], '.1f')} %.",
+        f"{num(100 * s['steered_tokens_equal_original'], '.1f')} %; unmatched positions scanned over the whole vocabulary "
+        f"{num(100 * s['steered_exhaustive_rate'], '.1f')} %, stopped by the budget {num(100 * s['steered_budget_rate'], '.1f')} %.",
+        "- Searched text per prompt: " + "; ".join(repr(p["searched_text"]) for p in report["prompts"]) + ".",
         "",
         "## α sweep and random control", "",
         "| vector | α | median best-found distance | median ‖steered − natural‖ | accepted | tokens = original |",

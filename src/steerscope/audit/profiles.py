@@ -48,10 +48,14 @@ class Profile:
                                         class_ratios=tuple(self.id_class_ratios), seed=seed)
         return replace(sizes, **overrides)
 
-    def reachability(self, seed: int = 0, budget: int | None = None, **overrides: Any) -> AuditSettings:
-        """Settings of the reachability audit at this profile's sizes; ``budget``: candidates per steered position."""
-        sizes = AuditSettings(positions=self.reach_positions, alphas=self.reach_alphas, sweep_prompts=self.reach_sweep_prompts,
-                              steered_search=SearchConfig(budget=budget or self.reach_budget, fallback=False),
+    def reachability(self, seed: int = 0, budget: int | None = None, max_candidates: int | None = None, exhaustive: bool = False,
+                     **overrides: Any) -> AuditSettings:
+        """Settings of the reachability audit at this profile's sizes. One search for natural and steered
+        states: ``budget`` gradient-guided candidates per position, then the rest of the vocabulary up to
+        ``max_candidates`` in all (``exhaustive``: the whole vocabulary)."""
+        cap = None if exhaustive else (self.reach_max_candidates if max_candidates is None else max_candidates)
+        sizes = AuditSettings(max_positions=self.reach_positions, alphas=self.reach_alphas, sweep_prompts=self.reach_sweep_prompts,
+                              search=SearchConfig(budget=self.reach_budget if budget is None else budget, max_candidates=cap),
                               max_new_tokens=self.reach_tokens, seed=seed)
         return replace(sizes, **overrides)
 

@@ -11,14 +11,20 @@ position i; applied also at i+1 the state there diverges). Behaviour: greedy gen
 nearest-found prompt, the steered model (white-box) and an instruction prompt (black-box), with
 trait scores and teacher-forced KL from the steered model, in separate columns.
 
-Searched positions are the last ``positions`` tokens of each prompt; the tokens before them (the
-chat template's opening) are given to the search. A failed search is an upper bound on the
-distance to the prompt-reachable set, not a proof that no prompt reaches the state.
+Both sides are searched with one :class:`~steerscope.invert.SearchConfig` (policy, budget and
+fallback); the steered search is also seeded with the prompt's own tokens, so its best-found
+distance never exceeds the unsteered prompt's own (``‖αv‖`` at layer ℓ). The searched positions
+are the user's words by default (``positions="user"``; the chat template's tokens are given), or
+``last:N``, ``A:B`` or ``all``. The verdict is ``reachable`` (a prompt matches every searched
+position within ε), ``unreachable-within-search`` (no match, and every unmatched position was
+scanned over the whole vocabulary) or ``not-found-within-budget``. A failed search is an upper
+bound on the distance to the prompt-reachable set, not a proof that no prompt reaches the state.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,25 +53,101 @@ RANDOM_SEED_OFFSET = 20_000
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """Sizes of the audit. ``positions``: searched positions per prompt (the last ones);
+    """Sizes of the audit. ``positions``: which tokens are searched (see :func:`search_window`),
+    at most the last ``max_positions`` of them; ``steer_at``: ``"all"`` positions (as the paper) or
+    only the ``"searched"`` ones; ``search``: the search of both natural and steered states;
     ``sweep_prompts``: prompts used by the α sweep, the random control and the behaviour readout."""
 
-    positions: int = 12
+    positions: str = "user"
+    max_positions: int = 12
+    steer_at: str = "all"
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sweep_prompts: int = 3
-    natural_search: SearchConfig = SearchConfig()
-    steered_search: SearchConfig = SearchConfig(budget=128, fallback=False)
+    search: SearchConfig = SearchConfig()
     adversarial_exhaustive: bool = False
     max_new_tokens: int = 24
     seed: int = 0
 
 
+STEER_AT = ("all", "searched")
+
+
 # --- targets -----------------------------------------------------------------------------------
 
-def steered_states(lm: LoadedModel, ids: Sequence[int], vector: torch.Tensor, alpha: float, layer: int, capture_layer: int) -> torch.Tensor:
-    """``[T, d]`` states at ``capture_layer`` with ``alpha·vector`` added at layer ``layer``, every position."""
-    with steer(lm, {layer: vector.float()}, alpha):
+_COUNT = re.compile(r"(?:last:)?0*([1-9][0-9]{0,8})")
+_SLICE = re.compile(r"(-?[0-9]{1,9})?:(-?[0-9]{1,9})?")
+
+
+def parse_window(spec: str) -> tuple[str, int | None, int | None]:
+    """``(kind, a, b)`` of a ``positions`` spec: ``("user"|"all", None, None)``, ``("last", N, None)`` or ``("slice", A, B)``."""
+    text = spec.strip()
+    if text in ("user", "all"):
+        return text, None, None
+    if count := _COUNT.fullmatch(text):
+        return "last", int(count.group(1)), None
+    if (part := _SLICE.fullmatch(text)) and text != ":":
+        a, b = (int(g) if g is not None else None for g in part.groups())
+        return "slice", a, b
+    raise SteerscopeError(f"--positions must be user, all, last:N (N ≥ 1) or A:B (token indices of the templated prompt), "
+                          f"got {spec[:40]!r}")
+
+
+def search_window(lm: LoadedModel, prompt: str, ids: Sequence[int], spec: str, max_positions: int) -> tuple[int, int]:
+    """``[start, end)``: the searched token positions of a prompt's generation prompt ``ids``.
+
+    ``spec`` (:func:`parse_window`): ``user`` (the user's words, not the chat template around them),
+    ``all``, ``last:N`` (or a bare ``N``), or ``A:B`` (a Python slice of the templated prompt); then
+    at most the last ``max_positions`` of them.
+    """
+    from steerscope.encoding import prompt_user_span
+
+    kind, a, b = parse_window(spec)
+    n = len(ids)
+    if kind == "user":
+        start, end = prompt_user_span(lm.tokenizer, prompt, ids)
+    elif kind == "last":
+        assert a is not None
+        start, end = max(0, n - a), n
+    elif kind == "slice":
+        start, end, _ = slice(a, b).indices(n)
+    else:
+        start, end = 0, n
+    if end <= start:
+        raise SteerscopeError(f"--positions {spec!r} selects no token of a {n}-token prompt ({prompt[:40]!r})")
+    return max(start, end - max_positions), end
+
+
+def steered_states(lm: LoadedModel, ids: Sequence[int], vector: torch.Tensor, alpha: float, layer: int, capture_layer: int,
+                   at: Sequence[int] | None = None) -> torch.Tensor:
+    """``[T, d]`` states at ``capture_layer`` with ``alpha·vector`` added at layer ``layer``, at every
+    position or at the positions ``at``."""
+    if at is None:
+        with steer(lm, {layer: vector.float()}, alpha):
+            return hidden_states(lm, ids, capture_layer)
+    with Steering(lm, {layer: Add(alpha * vector.float())}, positions=list(at)):
         return hidden_states(lm, ids, capture_layer)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One audited prompt: its generation-prompt token ids and the searched span ``[start, end)``."""
+
+    prompt: str
+    ids: list[int]
+    start: int
+    end: int
+
+    def steered_at(self, settings: AuditSettings) -> list[int] | None:
+        return None if settings.steer_at == "all" else list(range(self.start, self.end))
+
+
+def windows(lm: LoadedModel, prompts: Sequence[str], settings: AuditSettings) -> list[Window]:
+    out = []
+    for prompt in prompts:
+        ids = encode_prompt(lm.tokenizer, prompt)
+        lm.check_context(ids)
+        out.append(Window(prompt, ids, *search_window(lm, prompt, ids, settings.positions, settings.max_positions)))
+    return out
 
 
 # --- per-prompt rows ---------------------------------------------------------------------------
@@ -74,41 +156,59 @@ def _decode(lm: LoadedModel, ids: Sequence[int]) -> list[str]:
     return [lm.tokenizer.decode([i]) for i in ids]  # type: ignore[misc]
 
 
+def _status(inv: Inversion, j: int) -> str:
+    """``found`` (within ε), ``exhaustive`` (the whole vocabulary scored, none within ε) or ``budget``."""
+    return "found" if inv.accepted[j] else "exhaustive" if inv.exhaustive[j] else "budget"
+
+
 def position_rows(lm: LoadedModel, ids: Sequence[int], natural: Inversion, steered: Inversion,
                   displacement: torch.Tensor, noise: float) -> list[dict]:
-    """Per searched position: natural / steered best distances, margin, displacement, tokens (``displacement`` ``[T]``)."""
+    """Per searched position: natural / steered best distances, margin, displacement, tokens (``displacement`` ``[T]``).
+
+    ``steered_distance`` is the best found over the search and the unsteered prompt itself (whose
+    state is ``displacement`` away), so it is never above ``displacement``; ``certified_radius``: no
+    token after the search's prefix comes closer, when that position was scanned exhaustively.
+    """
     rows = []
     for j, t in enumerate(natural.positions):
+        searched = steered.distances[j]
+        best = min(searched, float(displacement[t]))
         rows.append({
             "position": t, "token": int(ids[t]), "text": _decode(lm, [ids[t]])[0],
             "natural_distance": natural.distances[j], "natural_recovered": natural.tokens[t] == ids[t],
             "margin": natural.second()[j], "natural_tried": natural.tried[j],
             "natural_runner_up": natural.topk_tokens[j][1] if len(natural.topk_tokens[j]) > 1 else None,
-            "steered_distance": steered.distances[j], "steered_accepted": steered.accepted[j],
+            "steered_distance": best, "steered_search_distance": searched, "original_distance": float(displacement[t]),
+            "steered_accepted": steered.accepted[j], "steered_status": _status(steered, j),
+            "certified_radius": searched if steered.exhaustive[j] and not steered.accepted[j] else None,
+            "natural_status": _status(natural, j),
             "steered_token": steered.tokens[t], "steered_token_is_original": steered.tokens[t] == ids[t],
             "steered_tried": steered.tried[j], "displacement": float(displacement[t]),
-            "steered_over_noise": steered.distances[j] / noise,
+            "steered_over_noise": best / noise,
             "steered_topk": {"tokens": steered.topk_tokens[j][:5], "distances": steered.topk_distances[j][:5]},
         })
     return rows
 
 
-def _search(lm, target, layer, threshold, ids, settings, config) -> Inversion:
-    cut = max(0, len(ids) - settings.positions)
-    return invert(lm, target, layer, threshold.epsilon, prefix=ids[:cut], config=config)
+def _search(lm: LoadedModel, target: torch.Tensor, layer: int, threshold: Threshold, w: Window, settings: AuditSettings,
+            seeded: bool) -> Inversion:
+    """Invert ``target`` over the window's span (the tokens before it given), seeded with the prompt's tokens when ``seeded``."""
+    return invert(lm, target[:w.end], layer, threshold.epsilon, prefix=w.ids[:w.start], config=settings.search,
+                  seeds=w.ids[:w.end] if seeded else ())
 
 
-def steered_summary(lm, seqs, vector, alpha, layer, capture_layer, threshold, settings) -> dict:
-    """Median best-found distance, displacement and token agreement of steered states over ``seqs``."""
+def steered_summary(lm, wins: Sequence[Window], vector, alpha, layer, capture_layer, threshold, settings) -> dict:
+    """Median best-found distance, displacement and token agreement of steered states over ``wins``."""
     best, disp, same, accepted = [], [], [], []
-    for ids in seqs:
-        nat = hidden_states(lm, ids, capture_layer)
-        tgt = steered_states(lm, ids, vector, alpha, layer, capture_layer)
-        inv = _search(lm, tgt, capture_layer, threshold, ids, settings, settings.steered_search)
-        best += inv.distances
+    for w in wins:
+        nat = hidden_states(lm, w.ids, capture_layer)
+        tgt = steered_states(lm, w.ids, vector, alpha, layer, capture_layer, w.steered_at(settings))
+        inv = _search(lm, tgt, capture_layer, threshold, w, settings, seeded=True)
+        shift = (tgt - nat).norm(dim=-1)[w.start:w.end].tolist()
+        best += [min(a, b) for a, b in zip(inv.distances, shift)]
         accepted += inv.accepted
-        disp += (tgt - nat).norm(dim=-1)[inv.start:].tolist()
-        same += [a == b for a, b in zip(inv.tokens[inv.start:], ids[inv.start:])]
+        disp += shift
+        same += [a == b for a, b in zip(inv.tokens[w.start:], w.ids[w.start:w.end])]
     return {"alpha": alpha, "median_steered_distance": statistics.median(best), "median_displacement": statistics.median(disp),
             "accepted_rate": float(np.mean(accepted)), "tokens_equal_original": float(np.mean(same)), "n_positions": len(best)}
 
@@ -122,7 +222,7 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
     Added at positions ``i`` and ``i+1`` of ``p`` (layer ℓ, captured at ℓ), the steered state at
     ``i`` collides with ``q``'s (the search recovers ``replacement`` within ε); at ``i+1`` the best
     natural state found with the prefix ``q_{1:i}`` stays far (divergence). The ``i+1`` search is
-    exhaustive when ``settings.adversarial_exhaustive``, else the steered search budget.
+    exhaustive when ``settings.adversarial_exhaustive``, else the audit's search.
     """
     if not 0 < i < len(ids) - 1:
         raise SteerscopeError(f"the collision position must leave a next position: 0 < i < {len(ids) - 1}, got {i}")
@@ -131,8 +231,8 @@ def adversarial_collision(lm: LoadedModel, ids: Sequence[int], layer: int, i: in
     v_star = h_q[i] - h_p[i]
     with Steering(lm, {layer: Add(v_star)}, positions=[i, i + 1]):
         target = hidden_states(lm, ids[: i + 2], layer)
-    first = invert(lm, target[: i + 1], layer, threshold.epsilon, prefix=ids[:i], config=settings.natural_search)
-    nxt = SearchConfig(policy="exhaustive", chunk=settings.natural_search.chunk) if settings.adversarial_exhaustive else settings.steered_search
+    first = invert(lm, target[: i + 1], layer, threshold.epsilon, prefix=ids[:i], config=settings.search)
+    nxt = SearchConfig(policy="exhaustive", chunk=settings.search.chunk) if settings.adversarial_exhaustive else settings.search
     second = invert(lm, target, layer, threshold.epsilon, prefix=q[: i + 1], config=nxt)
     continuation = hidden_states(lm, q[: i + 1] + [ids[i + 1]], layer)[i + 1]
     return {
@@ -192,6 +292,7 @@ def _window_summary(rows: Sequence[dict], noise: float) -> dict:
     nat = [r["natural_recovered"] for r in rows]
     ratio = [r["steered_distance"] / noise for r in rows]
     disp_ratio = [r["steered_distance"] / r["displacement"] for r in rows if r["displacement"] > 0]
+    status = [r["steered_status"] for r in rows]
     return {
         "n_positions": len(rows), "natural_exact_recovery": float(np.mean(nat)),
         "median_natural_distance": statistics.median(r["natural_distance"] for r in rows),
@@ -201,8 +302,20 @@ def _window_summary(rows: Sequence[dict], noise: float) -> dict:
         "median_steered_over_noise": statistics.median(ratio),
         "median_steered_over_displacement": statistics.median(disp_ratio) if disp_ratio else None,
         "steered_accepted_rate": float(np.mean([r["steered_accepted"] for r in rows])),
+        "steered_exhaustive_rate": status.count("exhaustive") / len(rows),
+        "steered_budget_rate": status.count("budget") / len(rows),
         "steered_tokens_equal_original": float(np.mean([r["steered_token_is_original"] for r in rows])),
     }
+
+
+def verdict(per_prompt: Sequence[dict]) -> str:
+    """``reachable`` when some prompt's every searched position was matched; ``unreachable-within-search``
+    when no prompt was and every unmatched position was scanned exhaustively; else ``not-found-within-budget``."""
+    if any(p["steered_trajectory_found"] for p in per_prompt):
+        return "reachable"
+    if all(r["steered_status"] != "budget" for p in per_prompt for r in p["positions"]):
+        return "unreachable-within-search"
+    return "not-found-within-budget"
 
 
 def run_reachability(
@@ -234,33 +347,37 @@ def run_reachability(
         raise SteerscopeError(f"the steering vector must be a finite [{lm.d_model}] tensor, got shape {tuple(vector.shape)}")
     if not prompts or not calibration_prompts:
         raise SteerscopeError("the audit needs at least one prompt and one calibration prompt")
+    if settings.steer_at not in STEER_AT:
+        raise SteerscopeError(f"steer_at must be one of {', '.join(STEER_AT)}, got {settings.steer_at!r}")
     vector = vector.detach().float().cpu()
-    seqs = [encode_prompt(lm.tokenizer, p) for p in prompts]
+    wins = windows(lm, prompts, settings)
+    seqs = [w.ids for w in wins]
     calib = [encode_prompt(lm.tokenizer, p) for p in calibration_prompts]
-    for ids in seqs + calib:
+    for ids in calib:
         lm.check_context(ids)
-    threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.positions)
+    threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.max_positions)
     per_prompt: list[dict[str, Any]] = []
     rows_all, nearest = [], []
-    for prompt, ids in zip(prompts, seqs):
-        nat_states = hidden_states(lm, ids, capture_layer)
-        st_states = steered_states(lm, ids, vector, alpha, layer, capture_layer)
-        natural = _search(lm, nat_states, capture_layer, threshold, ids, settings, settings.natural_search)
-        steered = _search(lm, st_states, capture_layer, threshold, ids, settings, settings.steered_search)
-        rows = position_rows(lm, ids, natural, steered, (st_states - nat_states).norm(dim=-1), threshold.noise)
-        nearest.append(steered.tokens)
+    for w in wins:
+        nat_states = hidden_states(lm, w.ids, capture_layer)
+        st_states = steered_states(lm, w.ids, vector, alpha, layer, capture_layer, w.steered_at(settings))
+        natural = _search(lm, nat_states, capture_layer, threshold, w, settings, seeded=False)
+        steered = _search(lm, st_states, capture_layer, threshold, w, settings, seeded=True)
+        rows = position_rows(lm, w.ids, natural, steered, (st_states - nat_states).norm(dim=-1), threshold.noise)
+        nearest.append(steered.tokens + w.ids[w.end:])
         rows_all += rows
-        per_prompt.append({"prompt": prompt, "n_tokens": len(ids), "start": natural.start, "positions": rows,
+        per_prompt.append({"prompt": w.prompt, "n_tokens": len(w.ids), "start": w.start, "end": w.end, "positions": rows,
+                           "searched_text": lm.tokenizer.decode(w.ids[w.start:w.end]),
                            "steered_trajectory_found": all(steered.accepted),
-                           "nearest_prompt": lm.tokenizer.decode(steered.tokens)})
+                           "nearest_prompt": lm.tokenizer.decode(nearest[-1])})
     k = min(settings.sweep_prompts, len(seqs))
-    sweep = [steered_summary(lm, seqs[:k], vector, a, layer, capture_layer, threshold, settings) for a in settings.alphas]
+    sweep = [steered_summary(lm, wins[:k], vector, a, layer, capture_layer, threshold, settings) for a in settings.alphas]
     rand = random_draw(vector, settings.seed + RANDOM_SEED_OFFSET)
-    random_control = steered_summary(lm, seqs[:k], rand, alpha, layer, capture_layer, threshold, settings)
+    random_control = steered_summary(lm, wins[:k], rand, alpha, layer, capture_layer, threshold, settings)
     random_control |= {"seed": settings.seed + RANDOM_SEED_OFFSET, "norm": float(rand.norm())}
     first = per_prompt[0]
-    i = first["start"] + max(0, (len(seqs[0]) - first["start"]) // 2 - 1)
-    runner_up = next(r["natural_runner_up"] for r in first["positions"] if r["position"] == i)
+    i = max(1, min(first["start"] + max(0, (first["end"] - first["start"]) // 2 - 1), len(seqs[0]) - 2))
+    runner_up = next((r["natural_runner_up"] for r in first["positions"] if r["position"] == i), None)
     vocab = lm.model.get_input_embeddings().weight.shape[0]  # type: ignore[index]
     replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % vocab
     adversarial = adversarial_collision(lm, seqs[0], layer, i, replacement, threshold, settings)
@@ -269,17 +386,17 @@ def run_reachability(
     found = [p for p in per_prompt if p["steered_trajectory_found"]]
     summary = _window_summary(rows_all, threshold.noise)
     summary |= {
-        "verdict": "reachable" if found else "unreachable-within-search",
+        "verdict": verdict(per_prompt),
         "reachable_prompt": found[0]["nearest_prompt"] if found else None,
         "vector_norm": float(vector.norm()), "steering_norm": abs(alpha) * float(vector.norm()),
         "noise_floor": threshold.noise, "epsilon": threshold.epsilon,
     }
     report = {
         "config": {"layer": layer, "capture_layer": capture_layer, "alpha": alpha, "trait": trait, "positions": settings.positions,
-                   "alphas": list(settings.alphas), "sweep_prompts": k, "seed": settings.seed,
-                   "natural_search": settings.natural_search.__dict__, "steered_search": settings.steered_search.__dict__,
+                   "max_positions": settings.max_positions, "alphas": list(settings.alphas), "sweep_prompts": k, "seed": settings.seed,
+                   "search": settings.search.__dict__, "steered_search_seeded": True, "vocab": int(lm.model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
                    "adversarial_exhaustive": settings.adversarial_exhaustive, "max_new_tokens": settings.max_new_tokens,
-                   "steered_positions": "all", "n_prompts": len(prompts), "calibration_prompts": list(calibration_prompts)},
+                   "steered_positions": settings.steer_at, "n_prompts": len(prompts), "calibration_prompts": list(calibration_prompts)},
         "model": lm.info(), "vector": vector_info or {}, "assumptions": check_assumptions(lm),
         "threshold": threshold.to_json(), "summary": summary, "prompts": per_prompt, "alpha_sweep": sweep,
         "random_control": random_control, "adversarial": adversarial, "behaviour": behaviour, "statement": STATEMENT,

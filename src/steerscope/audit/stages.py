@@ -318,9 +318,9 @@ def _reachability_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dic
 register_stage(Stage(
     "reachability",
     {"quick": {"reach_prompts": 3, "reach_positions": 6, "reach_alphas": (1.0, 4.0), "reach_sweep_prompts": 1, "reach_tokens": 12,
-               "reach_budget": 128},
+               "reach_budget": 256, "reach_max_candidates": 1024},
      "full": {"reach_prompts": 8, "reach_positions": 12, "reach_alphas": (0.5, 1.0, 2.0, 4.0, 8.0), "reach_sweep_prompts": 3,
-              "reach_tokens": 24, "reach_budget": 128}},
+              "reach_tokens": 24, "reach_budget": 512, "reach_max_candidates": None}},
     _reachability, _one_cell, _single("reachability", "reachability"),
     answers=(Answer("reachable", "Is the steered state reachable by a prompt?", answers.reachable),),
     plots=_reachability_plots, section=report.reachability_section,

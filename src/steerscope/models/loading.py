@@ -93,7 +93,7 @@ class LoadedModel:
         limit = self.context_length
         if limit is None or len(ids) + extra <= limit:
             return
-        start = " ".join(self.tokenizer.decode(list(ids)[:64], skip_special_tokens=True).split())
+        start = " ".join(str(self.tokenizer.decode(list(ids)[:64], skip_special_tokens=True)).split())
         plus = f" plus {extra} to generate" if extra else ""
         raise SteerscopeError(
             f"a text of {len(ids)} tokens{plus} (starting {start[:60]!r}) exceeds the context of {self.name}, "
