@@ -35,7 +35,7 @@ import torch
 from steerscope import hooks
 from steerscope.errors import SteerscopeError
 from steerscope.models.kvcache import output_cache, with_cache
-from steerscope.models.loading import LoadedModel
+from steerscope.models.loading import LoadedModel, onloaded_weight
 
 Readout = Literal["logits", "logprobs"]
 TOLERANCES = (1e-2, 1e-3, 1e-4)
@@ -60,16 +60,20 @@ class HeadJacobian:
 
 @contextmanager
 def _frozen(lm: LoadedModel) -> Iterator[None]:
-    """Weights without gradients for the duration (restored afterwards)."""
-    params = list(lm.model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
+    """Weights without gradients for the duration (restored afterwards).
+
+    Parameters are looked up by name again on exit: accelerate's hooks replace offloaded (meta)
+    parameters on every call, carrying their flag over, and one replaced under inference mode is
+    an inference tensor, whose flag can only be set back inside inference mode.
+    """
+    flags = {name: p.requires_grad for name, p in lm.model.named_parameters()}
+    lm.model.requires_grad_(False)
     try:
         yield
     finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+        for name, p in lm.model.named_parameters():
+            with torch.inference_mode(p.is_inference()):
+                p.requires_grad_(flags[name])
 
 
 def _check_precision(lm: LoadedModel) -> None:
@@ -83,11 +87,11 @@ def _softcap(lm: LoadedModel) -> float | None:
 
 
 def unembedding(lm: LoadedModel) -> torch.Tensor:
-    """The output-embedding matrix ``W`` (``[V, d]``)."""
+    """The output-embedding matrix ``W`` (``[V, d]``), read back from accelerate's offload store if offloaded."""
     head = lm.model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise SteerscopeError(f"{lm.name} has no linear output embedding; its logit Jacobian is not supported")
-    return head.weight.detach()
+    return onloaded_weight(head)
 
 
 def _positions(n_tokens: int, positions: Sequence[int]) -> list[int]:
@@ -125,7 +129,8 @@ def _jacobian(
     delta = torch.zeros(lm.d_model, dtype=lm.dtype, device=lm.device, requires_grad=True)
 
     def add_delta(h: torch.Tensor) -> torch.Tensor:
-        return h + delta if spread else torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1)
+        d = delta.to(h.device)  # the block may run on another device than the embedding
+        return h + d if spread else torch.cat([h[:, :1] + d, h[:, 1:]], dim=1)
 
     with _frozen(lm):
         with torch.no_grad():

@@ -74,7 +74,7 @@ def margin_gradient(
         part = encoded[start:start + chunk]
         batch = pad_batch([e.ids for e in part], lm.tokenizer.pad_token_id, "left")
         keep = max(len(e.ids) - e.span[0] + 1 for e in part)
-        with hooks.edit(lm, {layer: lambda h: h + x}), torch.enable_grad():
+        with hooks.edit(lm, {layer: lambda h: h + x.to(h.device)}), torch.enable_grad():  # the block may sit on another device
             out = forward(lm, batch, logits_to_keep=keep).logits
             total = (span_logprobs(out, part, batch.input_ids.shape[1]) * sign[start:start + len(part)]).sum() / len(pairs)
             (g,) = torch.autograd.grad(total, x)
