@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from steerscope.errors import SteerscopeError
 
@@ -85,6 +85,22 @@ class Cell:
     blob: bytes | None
     seconds: float
     finished: str
+
+
+class CellStore(Protocol):
+    """What an audit needs of a store: a cell read back, a cell read back or computed and committed, and the
+    model recorded (:class:`RunStore`, or a worker's replica of one, :mod:`steerscope.distributed`)."""
+
+    def get(self, key: str) -> Cell | None: ...
+
+    def cached(self, key: str, stage: str, compute: Callable[[], tuple[Any, bytes | None]], trait: str | None = None) -> Cell: ...
+
+    def set_fingerprint(self, fingerprint: str) -> None: ...
+
+
+def stored_payload(payload: Any) -> Any:
+    """``payload`` as a store gives it back: its canonical JSON read again (what every reader of a cell sees)."""
+    return json.loads(json.dumps(payload, sort_keys=True, allow_nan=False))
 
 
 def _now() -> str:
@@ -511,10 +527,19 @@ def _run_row(folder: Path) -> dict:
     """The :func:`list_runs` row of one run folder."""
     with RunStore.open(folder, readonly=True) as store:
         run, events = store.run, store.events()
-        traits = run["config"].get("traits")
+        config = run["config"]
+        sweep = config.get("kind") == "sweep"  # a sweep's store (steerscope.sweep): its cells are the finished audits
+        traits = config.get("traits")
+        traits = list(traits) if sweep and isinstance(traits, dict) else traits
         if not isinstance(traits, list) or not all(isinstance(t, str) for t in traits):
             raise RunStoreError(f"{store.path} is not the store of an audit (its configuration has no list of traits)")
         finished = any(e["kind"] == "finished" for e in events)
-        return {"folder": str(folder), "created": run["created"], "model": run["config"].get("model"), "traits": traits,
-                "profile": run["config"].get("profile"), "cells": store.count(), "status": "finished" if finished else "incomplete",
+        model, profile = (_listed(config.get("models")), _listed(config.get("profiles"))) if sweep else (config.get("model"), config.get("profile"))
+        return {"folder": str(folder), "created": run["created"], "kind": "sweep" if sweep else "audit", "model": model, "traits": traits,
+                "profile": profile, "cells": store.count(), "status": "finished" if finished else "incomplete",
                 "version": run["version"], "model_fingerprint": run["model_fingerprint"]}
+
+
+def _listed(values: Any) -> str:
+    """A configuration's list of names as one comma-separated string ("" when it is not a list)."""
+    return ", ".join(map(str, values)) if isinstance(values, list) else ""

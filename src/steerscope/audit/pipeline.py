@@ -22,30 +22,32 @@ import numpy as np
 import torch
 
 from steerscope.audit.profiles import profile as get_profile
-from steerscope.audit.profiles import Profile
+from steerscope.audit.profiles import Profile, override_sizes
 from steerscope.audit.registry import TraitRun, stages
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
-from steerscope.runstore import Cell, RunStore, RunStoreError
+from steerscope.runstore import Cell, CellStore, RunStore, RunStoreError
 from steerscope.audit.inputs import GivenVector, check_given, check_prompt_supply, check_specs, run_specs, vector_for_run
 from steerscope.score.base import Scorer, spec_scorer
 from steerscope.traitspec import TraitSpec, as_spec
 
 
 def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, seed: int = 0, target_g: float = 0.8,
-                 max_ppl_ratio: float = 2.0, dtype: str = "float32", given: Mapping[str, GivenVector] | None = None) -> dict[str, Any]:
+                 max_ppl_ratio: float = 2.0, dtype: str = "float32", given: Mapping[str, GivenVector] | None = None,
+                 sizes: Mapping[str, Any] | None = None, layer: int | None = None) -> dict[str, Any]:
     """The canonical configuration of a run (what must match for a resume).
 
     ``traits``: built-in trait names or :class:`~steerscope.traitspec.TraitSpec` values; each is
     recorded by name and content digest (:meth:`TraitSpec.summary`), so changed data cannot resume a run.
     ``given``: trait → a vector made elsewhere, audited instead of extracting one (recorded by digest).
+    ``sizes``: sizes that replace the profile's (:func:`~steerscope.audit.profiles.override_sizes`).
+    ``layer``: audit every trait at this layer instead of selecting one (recorded only when given).
     """
-    sizes = get_profile(profile)
     specs = check_specs(traits)
     if not target_g > 0 or not max_ppl_ratio >= 1:
         raise SteerscopeError(f"need --target-effect > 0 and --max-ppl-ratio >= 1, got {target_g} and {max_ppl_ratio}")
-    settings = sizes.settings()
+    settings = override_sizes(get_profile(profile).settings(), sizes or {})
     for spec in specs:
         check_prompt_supply(spec, settings)
     unknown = sorted(set(given or {}) - {s.name for s in specs})
@@ -56,7 +58,19 @@ def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, se
               "settings": settings}
     if given:
         config["given_vectors"] = {trait: g.summary() for trait, g in given.items()}
+    if layer is not None:
+        config["layer"] = check_fixed_layer(layer, bool(given))
     return json.loads(json.dumps(config))  # the form it takes in the store (tuples become lists), so resumes compare equal
+
+
+def check_fixed_layer(layer: Any, given: bool = False) -> int:
+    """``layer`` as the fixed layer of a run: a whole number ≥ 0 (its range is checked against the model
+    by :class:`Auditor`); a vector given for a trait brings its own layer, so the two do not go together."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise SteerscopeError(f"the audited layer must be a whole number >= 0, got {layer!r}")
+    if given:
+        raise SteerscopeError("a vector given for a trait is audited at its own layer; do not fix the layer as well")
+    return layer
 
 
 def prepare_audit(config: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +112,9 @@ def plan_cells(config: Mapping[str, Any]) -> int:
 
 
 class Auditor:
-    """Runs the registered stages for one model against one run store."""
+    """Runs the registered stages for one model against one run store (or a worker's replica of one)."""
 
-    def __init__(self, lm: LoadedModel, store: RunStore, config: Mapping[str, Any], specs: Sequence[TraitSpec] = (),
+    def __init__(self, lm: LoadedModel, store: CellStore, config: Mapping[str, Any], specs: Sequence[TraitSpec] = (),
                  scorers: Mapping[str, Scorer] | None = None, on_cell: Callable[[str, bool], None] | None = None,
                  given: Mapping[str, GivenVector] | None = None):
         self.lm, self.store, self.config = lm, store, config
@@ -108,6 +122,8 @@ class Auditor:
         self.seed = int(config["seed"])
         self.specs = run_specs(config, specs)
         self.given = check_given(config, given or {}, lm)
+        if config.get("layer") is not None:
+            lm.check_layer(check_fixed_layer(config["layer"]))
         self._scorers: dict[str, Scorer | None] = dict(scorers or {})
         self._on_cell = on_cell or (lambda key, cached: None)
 
