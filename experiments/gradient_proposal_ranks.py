@@ -24,7 +24,7 @@ from rich.table import Table
 
 import steerscope as ss
 from steerscope.encoding import encode_prompt
-from steerscope.invert import _Prefix, embedding_space, hidden_states
+from steerscope.invert import PrefixCache, embedding_space, hidden_states
 
 from inversion_positive_control import replies
 
@@ -46,7 +46,7 @@ def rank(lm, layer: int, ids: list[int], t: int, ratio: str, weight: torch.Tenso
     mag = target.abs()
     w = torch.ones_like(mag) if ratio == "none" else (mag < float(ratio) * mag.median()).float()
     e = (weight.mean(0) * scale).clone().requires_grad_(True)
-    state = _Prefix(lm, layer, ids[:t])
+    state = PrefixCache(lm, layer, ids[:t])
     (g,) = torch.autograd.grad(0.5 * ((state.embed_state(e[None])[0] - target) * w).pow(2).sum(), e)
     order = (-(weight @ g)).argsort(descending=True)
     return int((order == ids[t]).nonzero()[0])

@@ -27,7 +27,7 @@ import steerscope as ss
 from steerscope.audit.reachability import AuditSettings, adversarial_collision
 from steerscope.data import TRAITS
 from steerscope.encoding import encode_prompt, prompt_user_span
-from steerscope.invert import calibrate_threshold, embedding_space, _nearest_rows
+from steerscope.invert import calibrate_threshold, embedding_space, nearest_rows
 
 
 def prompts(n: int) -> list[str]:
@@ -64,7 +64,7 @@ def main() -> None:
     for prompt in prompts(args.prompts):
         ids = encode_prompt(lm.tokenizer, prompt)
         for i in positions(prompt_user_span(lm.tokenizer, prompt, ids), args.per_prompt):
-            near = _nearest_rows(weight, weight[ids[i]].float(), 2)
+            near = nearest_rows(weight, weight[ids[i]].float(), 2)
             replacement = int(near[near != ids[i]][0])
             t0 = time.perf_counter()
             adv = adversarial_collision(lm, ids, layer, i, replacement, threshold, settings)

@@ -23,6 +23,7 @@ from steerscope.extract import extract
 from steerscope.data import builtin_pairs
 from steerscope.intervene import Add, Steering
 from steerscope.invert import SearchConfig, calibrate_threshold, hidden_states
+from steerscope.sequence_search import SequenceConfig
 from steerscope.testing import tiny_model
 
 PROMPTS = ["tell me about your weekend", "write a short poem about the moon"]
@@ -123,14 +124,37 @@ def test_a_planted_prompt_state_is_found_and_judged_reachable(llama):
 def test_a_search_starved_of_budget_says_not_found_within_budget(llama):
     v, t, q, ids = _planted(llama)
     settings = AuditSettings(positions=f"{t}:{t + 1}", steer_at="searched", alphas=(1.0,), sweep_prompts=1, max_new_tokens=2,
-                             search=SearchConfig(budget=1, max_candidates=1))
+                             search=SearchConfig(budget=1, max_candidates=1), sequence=SequenceConfig(iterations=0))
     report = run_reachability(llama, v, 1, 1.0, PROMPTS[:1], CALIBRATION, settings=settings)
     s = report["summary"]
     assert s["verdict"] == "not-found-within-budget" and s["steered_budget_rate"] == 1.0
+    assert report["prompts"][0]["sequence_search"]["scored"] == 0
     (row,) = report["prompts"][0]["positions"]
     assert row["steered_tried"] == 1 and row["steered_status"] == "budget" and row["certified_radius"] is None
     answer = answers.reachable({"reachability": report})
     assert answer["status"] == "unknown" and answer["headline"].startswith("Not found within the search budget")
+
+
+def test_the_whole_span_search_finds_a_planted_prompt_that_the_starved_sequential_search_misses(llama):
+    v, t, q, ids = _planted(llama)
+    settings = AuditSettings(positions=f"{t}:{t + 1}", steer_at="searched", alphas=(1.0,), sweep_prompts=1, max_new_tokens=2,
+                             search=SearchConfig(budget=1, max_candidates=1))
+    report = run_reachability(llama, v, 1, 1.0, PROMPTS[:1], CALIBRATION, settings=settings)
+    prompt = report["prompts"][0]
+    assert [r["steered_status"] for r in prompt["positions"]] == ["budget"]  # only the prompt's own token was scored
+    assert prompt["found_by"] == "whole-span" and prompt["sequence_search"]["accepted"]
+    assert report["summary"]["verdict"] == "reachable" and report["summary"]["reachable_prompt"] == llama.tokenizer.decode(q)
+    assert all(r["sequence_distance"] <= report["threshold"]["epsilon"] for r in prompt["positions"])
+
+
+def test_the_relaxation_comes_at_least_as_near_as_the_prompt_itself(report):
+    for prompt in report["prompts"]:
+        relaxed = prompt["relaxation"]
+        assert sum(d * d for d in relaxed["distances"]) <= sum(d * d for d in relaxed["initial_distances"])
+        assert relaxed["initial_distances"] == pytest.approx([r["displacement"] for r in prompt["positions"]], rel=1e-4)
+        seq = prompt["sequence_search"]
+        starts = [relaxed["initial_distances"], [r["steered_search_distance"] for r in prompt["positions"]]]
+        assert sum(d * d for d in seq["distances"]) <= min(sum(d * d for d in ds) for ds in starts) * (1 + 1e-4)
 
 
 def test_the_default_search_covers_the_users_words_not_the_template(llama):

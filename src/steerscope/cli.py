@@ -38,6 +38,11 @@ DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto.")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 (default), float64, bfloat16 or float16.")
 CacheOpt = typer.Option(None, "--cache-dir", help="Where built-in models are converted (default: $STEERSCOPE_CACHE or ~/.cache/steerscope).")
 LayersPathOpt = typer.Option(None, "--layers-path", help="Dotted path of the decoder-block list, if discovery fails.")
+DeviceMapOpt = typer.Option(None, "--device-map", help="Spread a model too big for one device with accelerate: auto, balanced, "
+                            "balanced_low_0 or sequential (GPUs, then CPU RAM, then disk), cpu-offload or disk-offload "
+                            "(decoder blocks kept in CPU RAM or on disk, run on the GPU).")
+MaxMemoryOpt = typer.Option(None, "--max-memory", help="With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB "
+                            "(devices left out are not used).")
 SeedOpt = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed, 0 to 2**32 - 1.")
 BatchOpt = typer.Option(16, "--batch-size", min=1, help="Texts per forward pass.")
 
@@ -63,14 +68,20 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _load(model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str]):
+def _load(model: str, device: str, dtype: str, cache_dir: Optional[Path], layers_path: Optional[str],
+          device_map: Optional[str] = None, max_memory: Optional[str] = None):
     from transformers.utils import logging as hf_logging
 
     from steerscope.models import load_model
+    from steerscope.models.loading import Placement, format_memory
 
+    placement = Placement.parse(device_map, max_memory)
     hf_logging.disable_progress_bar()
     with err.status(f"loading {model} (the first load of a built-in model converts it once)"):
-        return load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, layers_path=layers_path)
+        lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, layers_path=layers_path, placement=placement)
+    if placement is not None:
+        err.print(f"{lm.name} placed by accelerate ({device_map}): {format_memory(lm.memory_by_device())}", markup=False, soft_wrap=True)
+    return lm
 
 
 def _layers(values: list[str]) -> list[int]:
@@ -156,8 +167,8 @@ def extract(
     split: Optional[str] = typer.Option("train", "--split", help="Pairs of this split only ('all' for every pair)."),
     batch_size: int = BatchOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Extract a steering vector from contrastive pairs."""
     from steerscope.data.traits import extraction_pairs
@@ -168,7 +179,7 @@ def extract(
     check_output_path(output, overwrite)
     get_method(method)
     pairs = extraction_pairs(trait, dataset, split)
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     layers = [lm.check_layer(x) for x in _layers(layer)]
     vec = run_extract(lm, pairs, layers, method=method, position=mode, batch_size=batch_size, trait=trait, progress=True)
     vec.save(output, overwrite=overwrite)
@@ -194,8 +205,8 @@ def generate(
     batch_size: int = BatchOpt,
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Generate completions, steered with a vector or not."""
     from steerscope.generate import SteerRequest, generate_steered
@@ -203,7 +214,7 @@ def generate(
     config = _generation_config(max_new_tokens, sample, temperature, top_p, seed, chat)
     vec = _steering_vector(vector, alpha)
     request = SteerRequest(vec, alpha, _layers(layer) if layer else None, positions, compare, allow_model_mismatch) if vec is not None else None
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     run = generate_steered(lm, prompts, config, request, batch_size=batch_size, progress=True)
     if as_json:
         return print(json.dumps(run.to_json(lm.info(), str(vector) if vector else None), indent=2, ensure_ascii=False))
@@ -345,8 +356,8 @@ def audit(
     max_ppl_ratio: float = typer.Option(2.0, "--max-ppl-ratio", help="Strength calibration: the largest allowed perplexity ratio "
                                         "(steered text under the unsteered model, relative to unsteered text)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress stays on stderr)."),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """The whole audit, from model and trait to a reviewed HTML report (or one audit, as a subcommand).
 
@@ -370,7 +381,7 @@ def audit(
     with store:
         if resumed:
             err.print(f"resuming {out_dir}: {store.count()} cells already done", markup=False, soft_wrap=True)
-        _run_audit(store, config, inputs, lambda: _load(model, device, dtype, cache_dir, layers_path))
+        _run_audit(store, config, inputs, lambda: _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory))
         _finish(store, resumed, as_json)
 
 
@@ -486,8 +497,8 @@ def audit_identifiability(
     all_envs: bool = typer.Option(False, "--all-envs", "--envs", help="Also run the behavioural comparison in every "
                                   "environment (writes environments.png, a trait × environment heat map)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Is the vector identifiable? v against v + u (u ⊥ v) on three readouts, or the seed paper's protocol."""
     from steerscope.audit.commands import IdentifiabilityRequest, identifiability_command
@@ -501,7 +512,7 @@ def audit_identifiability(
     request = IdentifiabilityRequest(alpha, layer, tuple(parse_alphas(alphas)) if alphas is not None else (), all_envs, overwrite)
     command = identifiability_command(protocol, quick, inputs, out_dir, settings, request)
     command.prepare()
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"auditing {', '.join(command.traits)} at layer {command.chosen_layer(lm)}"):
         _print_written(command.run(lm))
 
@@ -522,8 +533,8 @@ def audit_nullspace(
     all_positions: int = typer.Option(0, "--all-positions", help="Also the Jacobian of δ at every position (as the audits "
                                       "steer) on this many prompts; about 20× the cost of one position."),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Which residual directions does the output ignore? Exact Jacobian spectra over many prompts."""
     from steerscope.audit.commands import NullspaceCommand
@@ -535,7 +546,7 @@ def audit_nullspace(
     command = NullspaceCommand(out_dir, tuple(_layers(layer)), tuple(prompt_list), _numbers(positions, int, "--positions"),
                                _numbers(tolerances, float, "--tolerances"), specs, vector, chunk, overwrite, all_positions)
     command.prepare()
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     _print_written(command.run(lm))
 
 
@@ -557,8 +568,8 @@ def recover(
     boot: Optional[int] = typer.Option(None, "--boot", help="Bootstrap resamples for stability (default: the full profile's)."),
     seed: int = SeedOpt,
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Recover a trait direction under a structural constraint, with an identifiability report.
 
@@ -574,7 +585,7 @@ def recover(
                              _numbers(later, int, "--later-layers") if later else (), _or(boot, sizes.rec_boot), seed,
                              {"tol": tol, "n_components": components, "dictionary": dictionary, "k": k, "observe": observe}, overwrite)
     command.prepare()
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"recovering ({method}, {command.boot} bootstrap resamples)"):
         _print_written(command.run(lm))
 
@@ -616,33 +627,39 @@ MaxPositionsOpt = typer.Option(None, "--max-positions", help="At most this many 
 BudgetOpt = typer.Option(None, "--budget", help="Gradient-guided candidates per position (natural and steered states alike).")
 MaxCandidatesOpt = typer.Option(None, "--max-candidates", help="Candidates per position in all, fallback scan included (default: the profile's).")
 ExhaustiveOpt = typer.Option(False, "--exhaustive", help="Scan the whole vocabulary where the gradient search finds nothing (certified per position).")
+RelaxStepsOpt = typer.Option(None, "--relax-steps", help="Adam steps of the continuous relaxation of the steered states (default: the profile's).")
+SpanIterationsOpt = typer.Option(None, "--span-iterations", help="Rounds of the whole-span (GCG-style) search of the steered states (default: the profile's).")
+BlackBoxOpt = typer.Option(None, "--black-box", help="Prompts for the black-box probes (instruction, few/many-shot, copy, prefill, "
+                          "prompt tuning), plus 32 more as demonstrations; 0: none (default: the profile's).")
+
+ReachVectorOpt = typer.Option(None, "--vector", "-v", help="Steering vector: steerscope .safetensors, llama.cpp/repeng .gguf, a "
+                              "safetensors or .pt tensor dict, or .npy.")
+ReachTraitOpt = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer (instead of --vector); "
+                             "also selects the scorer, the instruction baseline and the black-box probes' prompts.")
+ReachLayerOpt = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, or 40 % of the depth with --trait).")
+ReachPromptsOpt = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a 'prompt' field (default: the "
+                               "trait's evaluation prompts).")
 
 
 @audit_app.command("reachability")
 def audit_reachability(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, summary.md, *.png)."),
-    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Steering vector: steerscope .safetensors, llama.cpp/repeng "
-                                          ".gguf, a safetensors or .pt tensor dict, or .npy."),
-    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="Built-in trait: use its mean_diff vector at --layer "
-                                        "(instead of --vector); also selects the scorer and the instruction baseline."),
-    dataset: Optional[Path] = DatasetOpt, name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt, instructions: Optional[list[str]] = InstructionsOpt,
+    vector: Optional[Path] = ReachVectorOpt, trait: Optional[str] = ReachTraitOpt, dataset: Optional[Path] = DatasetOpt,
+    name: Optional[str] = NameOpt, scorer: Optional[str] = ScorerOpt, instructions: Optional[list[str]] = InstructionsOpt,
     alpha: float = typer.Option(..., "--alpha", "-a", help="Strength α in a' = a + α·v."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Steering layer ℓ (default: the vector's only layer, "
-                                        "or 40 % of the depth with --trait)."),
-    capture_layer: Optional[int] = typer.Option(None, "--capture-layer", help="Layer whose states are compared (default: ℓ)."),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Text file (one prompt per line) or JSONL with a "
-                                                "'prompt' field (default: the trait's evaluation prompts)."),
-    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts audited (default: the profile's)."),
+    layer: Optional[int] = ReachLayerOpt, capture_layer: Optional[int] = typer.Option(None, "--capture-layer", help="Layer whose states are compared (default: ℓ)."),
+    prompts_file: Optional[Path] = ReachPromptsOpt, n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts audited (default: the profile's)."),
     positions: str = ReachPositionsOpt, max_positions: Optional[int] = MaxPositionsOpt,
     alphas: Optional[str] = typer.Option(None, "--alphas", help="Comma-separated α values of the sweep (default: the profile's)."),
     sweep_prompts: Optional[int] = typer.Option(None, "--sweep-prompts", help="Prompts used by the sweep, random control and behaviour."),
     budget: Optional[int] = BudgetOpt, max_candidates: Optional[int] = MaxCandidatesOpt, exhaustive: bool = ExhaustiveOpt,
+    relax_steps: Optional[int] = RelaxStepsOpt, span_iterations: Optional[int] = SpanIterationsOpt, black_box: Optional[int] = BlackBoxOpt,
     exhaustive_next: bool = typer.Option(False, "--exhaustive-next", help="Search the whole vocabulary at i+1 in the adversarial construction."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n"), overwrite: bool = typer.Option(False, "--overwrite"),
     seed: int = SeedOpt, quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     allow_model_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Use a vector made for another model of the same d_model."),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Is the steered state reachable by a prompt? Invert natural and steered states and compare (a failed search is an upper bound, not a proof)."""
     from steerscope.audit.commands import ReachabilityCommand
@@ -650,13 +667,14 @@ def audit_reachability(
     from steerscope.audit.sweep import parse_alphas
     from steerscope.data.prompts import read_prompts
     sizes = command_profile(quick)
-    settings = sizes.reachability(seed, budget, max_candidates, exhaustive, adversarial_exhaustive=exhaustive_next, positions=positions, **_given(
+    settings = sizes.reachability(seed, budget, max_candidates, exhaustive, relax_steps, span_iterations, black_box,
+                                  adversarial_exhaustive=exhaustive_next, positions=positions, **_given(
         max_positions=max_positions, sweep_prompts=sweep_prompts, max_new_tokens=max_new_tokens, alphas=tuple(parse_alphas(alphas)) if alphas is not None else None))
     inputs = _audit_inputs([trait] if trait else None, {"dataset": dataset, "name": name, "scorer": scorer, "instructions": instructions}, True)
     command = ReachabilityCommand(out_dir, alpha, settings, _or(n_prompts, sizes.reach_prompts), vector, inputs, layer, capture_layer,
                                   tuple(read_prompts(prompts_file)) if prompts_file is not None else None, allow_model_mismatch, overwrite)
     command.prepare()
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"inverting {command.n_prompts} prompts × up to {settings.max_positions} positions"):
         _print_written(command.run(lm))
 
@@ -684,13 +702,13 @@ def audit_side_effects(
     alpha: float = EffectAlphaOpt, seed: int = SeedOpt,
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """What else does it change? Off-target matrix, fluency, drift, capability, dose curve, add / clamp / ablate."""
     user = {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer}
     command = _effect_command("side-effects", trait, user, out_dir, alpha, quick, seed, overwrite)
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"side effects of {command.spec.name}"):
         _print_written(command.run(lm))
 
@@ -704,14 +722,14 @@ def audit_robustness(
     alpha: float = EffectAlphaOpt, seed: int = SeedOpt, instructions: Optional[list[str]] = InstructionsOpt,
     quick: bool = typer.Option(False, "--quick", help="The quick profile's sizes (default: the full profile's)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Does it hold up? Opposing and supporting instructions, environments, paraphrases, layer profile, stability of the vector."""
     user = {"dataset": dataset, "prompts": prompts, "name": name, "scorer": scorer, "vector": vector, "layer": layer,
             "instructions": instructions}
     command = _effect_command("robustness", trait, user, out_dir, alpha, quick, seed, overwrite)
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"robustness of {command.spec.name}"):
         _print_written(command.run(lm))
 
@@ -728,8 +746,8 @@ def monitor(
     samples: int = typer.Option(2, "--samples", help="Sampled completions per prompt and condition."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", "-n"), seed: int = SeedOpt,
     overwrite: bool = typer.Option(False, "--overwrite"),
-    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt,
+    model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    cache_dir: Optional[Path] = CacheOpt, layers_path: Optional[str] = LayersPathOpt, max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Monitor with a steering direction: detection on held-out pairs and steered completions, tracking, drift, per-token view."""
     from steerscope.audit.commands import MonitorCommand
@@ -740,9 +758,51 @@ def monitor(
     settings = MonitorSettings(alpha, n_prompts, samples, max_new_tokens, seed=seed)
     command = MonitorCommand(inputs, out_dir, settings, layer, tuple(read_prompts(texts)) if texts is not None else (), overwrite)
     command.prepare()
-    lm = _load(model, device, dtype, cache_dir, layers_path)
+    lm = _load(model, device, dtype, cache_dir, layers_path, device_map, max_memory)
     with err.status(f"monitoring {command.inputs.specs[0].name}"):
         _print_written(command.run(lm))
+
+
+PlanArg = typer.Argument(..., help="Sweep plan (TOML): models, traits or datasets tables, layers, profiles, seeds and a sizes "
+                         "table; see docs/scaling.md.")
+SweepOutOpt = typer.Option(..., "--out", "-o", help="Sweep folder: the sweep store (run.sqlite), one run folder per audit "
+                           "(audits/NAME), and sweep.md, sweep.json, sweep.png. Run the same command again to resume.")
+RayOpt = typer.Option(False, "--ray", help="Run the audits on Ray actors, on a Ray cluster started on this machine for the sweep "
+                      "(pip install 'steerscope[ray]').")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Join this Ray cluster instead (HOST:PORT, ray://HOST:PORT, or auto for "
+                             "the one running on this machine); implies --ray.")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="With Ray: actors per model, each holding the model (default: as many as "
+                          "the cluster's CPUs allow, or its GPUs with --gpus-per-worker).")
+GpusPerWorkerOpt = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="With Ray: GPUs each actor reserves (1, or 0.5 to share one).")
+
+
+@app.command()
+def sweep(
+    plan: Path = PlanArg, out_dir: Path = SweepOutOpt, ray: bool = RayOpt, ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt, gpus_per_worker: float = GpusPerWorkerOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout (progress stays on stderr)."),
+) -> None:
+    """A grid of audits (models × traits × layers × profiles × seeds) from a plan, and a report comparing them.
+
+    Each audit is a run folder of its own; after an interruption (Ctrl-C or a kill) the same command resumes.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from steerscope.distributed import ray_backend
+    from steerscope.sweep import SweepSettings, run_sweep
+    from steerscope.sweep_plan import read_plan
+
+    hf_logging.disable_progress_bar()
+    settings = SweepSettings(ray_backend(ray, ray_address, workers, gpus_per_worker), command=" ".join(["steerscope", *sys.argv[1:]]),
+                             on_event=lambda audit, what: err.print(f"{audit}: {what}", markup=False, highlight=False, soft_wrap=True))
+    written = run_sweep(read_plan(plan), out_dir, settings)
+    results = json.loads(written["results"].read_text())
+    if as_json:
+        return print(json.dumps({"sweep": str(out_dir), "audits": results["audits"], "files": {k: str(v) for k, v in written.items()}}, indent=2))
+    for entry in results["audits"]:
+        answers = ", ".join(f"{k}: {v}" for k, v in entry["answers"].items())
+        out.print(f"{entry['name']} (layer {entry['audited_layer']}): {answers}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"report: {written['markdown']}", markup=False)
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:

@@ -32,7 +32,7 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.hooks import StopForward, record
 from steerscope.models.kvcache import with_cache
-from steerscope.models.loading import LoadedModel
+from steerscope.models.loading import LoadedModel, onloaded_weight
 
 POLICIES = ("gradient", "exhaustive")
 
@@ -70,7 +70,7 @@ def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
     measured by comparing the module's output with the raw rows.
     """
     module = lm.model.get_input_embeddings()
-    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    weight = onloaded_weight(module)
     ids = torch.arange(min(weight.shape[0], 256), device=weight.device)
     with torch.no_grad():
         out, rows = module(ids).float(), weight[ids].float()
@@ -80,8 +80,9 @@ def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
     return weight.detach(), scale
 
 
-class _Prefix:
-    """KV cache (blocks ``0..layer``) of a growing token prefix, fed one token at a time."""
+class PrefixCache:
+    """KV cache (blocks ``0..layer``) of a growing token prefix; continuations of it (token ids or input
+    embeddings, one or several positions, a batch at a time) are run against copies of the cache."""
 
     def __init__(self, lm: LoadedModel, layer: int, ids: Sequence[int] = ()):
         from transformers import DynamicCache
@@ -109,20 +110,29 @@ class _Prefix:
                 layer.values = layer.values.expand(batch, *layer.values.shape[1:])
         return cache
 
-    def _kwargs(self, batch: int) -> dict:
-        pos = torch.full((batch, 1), self.length, device=self.lm.device)
-        mask = torch.ones((batch, self.length + 1), dtype=torch.long, device=self.lm.device)
+    def _kwargs(self, batch: int, n: int = 1) -> dict:
+        pos = torch.arange(self.length, self.length + n, device=self.lm.device).expand(batch, n)
+        mask = torch.ones((batch, self.length + n), dtype=torch.long, device=self.lm.device)
         return {"position_ids": pos, "attention_mask": mask, **with_cache(self.lm.model, self.expanded(batch) if self.length else None)}
 
     def states(self, candidates: torch.Tensor) -> torch.Tensor:
         """``[B, d]``: state at the next position for each candidate token id (``[B]``)."""
+        return self.span_states(candidates[:, None])[:, -1]
+
+    def span_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, n, d]``: states at the next ``n`` positions for each continuation ``ids`` (``[B, n]``)."""
         with torch.no_grad():
-            h = _run(self.lm, self.layer, input_ids=candidates.to(self.lm.device)[:, None], **self._kwargs(len(candidates)))
-        return h[:, -1].cpu()
+            h = _run(self.lm, self.layer, input_ids=ids.to(self.lm.device), **self._kwargs(*ids.shape))
+        return h.cpu()
 
     def embed_state(self, embeds: torch.Tensor) -> torch.Tensor:
         """``[B, d]`` state for input embeddings ``[B, d]`` (differentiable)."""
-        return _run(self.lm, self.layer, inputs_embeds=embeds[:, None].to(self.lm.dtype), **self._kwargs(len(embeds)))[:, -1]
+        return self.span_embed_states(embeds[:, None])[:, -1]
+
+    def span_embed_states(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, n, d]`` states for continuations given as input embeddings ``[B, n, d]`` (differentiable)."""
+        h = _run(self.lm, self.layer, inputs_embeds=embeds.to(self.lm.device, self.lm.dtype), **self._kwargs(*embeds.shape[:2]))
+        return h.to(self.lm.device)  # the block may run on another device than the embedding
 
 
 def score_candidates(lm: LoadedModel, layer: int, prefix: Sequence[int], candidates: Sequence[int], target: torch.Tensor,
@@ -130,7 +140,7 @@ def score_candidates(lm: LoadedModel, layer: int, prefix: Sequence[int], candida
     """``[B]`` distances ``‖h_ℓ(prefix ⊕ c)_t − target‖₂`` (``t = len(prefix)``, ``target`` ``[d]``), batched over a KV cache."""
     layer = lm.check_layer(layer)
     lm.check_context([*prefix, 0])
-    state = _Prefix(lm, layer, prefix)
+    state = PrefixCache(lm, layer, prefix)
     cand = torch.as_tensor(list(candidates), dtype=torch.long)
     return torch.cat([_distances(state.states(chunk), target) for chunk in cand.split(batch_size)])
 
@@ -189,9 +199,9 @@ def calibrate_threshold(
     for ids in sequences:
         target = hidden_states(lm, ids, layer)
         start = 0 if last is None else max(0, len(ids) - last)
-        state = _Prefix(lm, layer, list(ids[:start]))
+        state = PrefixCache(lm, layer, list(ids[:start]))
         for t, token in enumerate(ids[start:], start):
-            near = _nearest_rows(weight, weight[token].float(), n_competitors // 2 + 1)
+            near = nearest_rows(weight, weight[token].float(), n_competitors // 2 + 1)
             rand = torch.randint(0, weight.shape[0], (n_competitors - n_competitors // 2,), generator=gen)
             others = torch.unique(torch.cat([near, rand]))
             others = others[others != token]
@@ -212,7 +222,7 @@ def calibrate_threshold(
     return Threshold(math.sqrt(top * margin / 2), top, margin, noise, margins, n_competitors)
 
 
-def _nearest_rows(weight: torch.Tensor, e: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_rows(weight: torch.Tensor, e: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Ids of the ``k`` rows of ``weight`` (``[V, d]``) nearest to ``e`` (``[d]``) in L2, skipping ``exclude`` (``[V]`` bool)."""
     w = weight.float()
     d2 = (w * w).sum(-1) - 2 * (w @ e.float())
@@ -339,7 +349,7 @@ def proposal_weights(target: torch.Tensor) -> torch.Tensor:
     return (mag < MASSIVE_RATIO * mag.median()).to(target.dtype)
 
 
-def _gradient_search(state: _Prefix, target: torch.Tensor, eps: float, embed: tuple[torch.Tensor, float],
+def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed: tuple[torch.Tensor, float],
                      init: torch.Tensor, pos: _Position, cfg: SearchConfig) -> None:
     """Rounds of: gradient ``g`` of the proposal loss ``½·‖w ⊙ (h(e) − target)‖²`` (``w``: :func:`proposal_weights`)
     at the proxy ``e``; score the unvisited tokens with the best first-order gain ``g·E_v`` (half the batch)
@@ -364,12 +374,12 @@ def _gradient_search(state: _Prefix, target: torch.Tensor, eps: float, embed: tu
                 opt.step()
         seen = pos.visited.clone()
         seen[first] = True
-        second = _nearest_rows(weight, e.detach() / scale, cfg.batch - len(first), seen.to(weight.device))
+        second = nearest_rows(weight, e.detach() / scale, cfg.batch - len(first), seen.to(weight.device))
         batch = torch.cat([first, second])
         pos.add(batch, _distances(state.states(batch), target))
 
 
-def _exhaustive_search(state: _Prefix, target: torch.Tensor, eps: float, pos: _Position, cfg: SearchConfig) -> None:
+def _exhaustive_search(state: PrefixCache, target: torch.Tensor, eps: float, pos: _Position, cfg: SearchConfig) -> None:
     """Score the unvisited tokens in id order until one is within ``eps`` or ``cfg.max_candidates`` are spent."""
     left = cfg.cap(len(pos.visited)) - pos.tried
     if left <= 0:
@@ -409,7 +419,7 @@ def invert(
     target = target.detach().float().cpu()
     embed = embedding_space(lm)
     weight, scale = embed
-    state = _Prefix(lm, layer, list(prefix))
+    state = PrefixCache(lm, layer, list(prefix))
     result = Inversion(tokens=list(prefix), start=len(prefix), epsilon=float(epsilon))
     mean_embed = weight.float().mean(0) * scale
     if seeds and len(seeds) < target.shape[0]:

@@ -225,6 +225,15 @@ def recovery_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     return f"<h3>Recovery under structural assumptions</h3>{note}{recov}{html_image(plots['stability'], 'stability')}"
 
 
+def _relaxation_rows(s: Mapping[str, Any]) -> list[list[str]]:
+    if "median_relaxed_distance" not in s:  # results made before the relaxation existed
+        return []
+    return [["continuous relaxation: relaxed / projected to tokens (median)",
+             f"{num(s['median_relaxed_distance'])} ({num(s['median_relaxed_over_displacement'], '.3f')} × displacement) / "
+             f"{num(s['median_projected_distance'])}"],
+            ["whole-span search (median)", num(s["median_sequence_distance"])]]
+
+
 def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     r = res["reachability"]
     s, th = r["summary"], r["threshold"]
@@ -240,6 +249,7 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
         ["noise floor / ε / median margin Δ", f"{num(th['noise'])} / {num(th['epsilon'])} / {num(th['margin_median'])}"],
         ["median best-found steered distance", f"{num(s['median_steered_distance'])} ({num(s['median_steered_over_noise'])} × noise floor)"],
         ["steering displacement ‖αv‖", f"{num(s['steering_norm'])} (best found / displacement {num(s['median_steered_over_displacement'], '.3f')})"],
+        *_relaxation_rows(s),
         ["random vector of the same norm", f"median best-found {num(rand['median_steered_distance'])}"],
         ["Theorem 4.5 construction", f"collision at position {adv['i']}: distance {num(adv['collision']['distance'])}; "
                                      f"position {adv['i'] + 1}: {num(adv['next']['distance'])}"],
@@ -250,7 +260,18 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
     assumptions = html_table(["component", "breaks real-analyticity", "detail"], [[esc(a["component"]), esc(a["breaks"]), esc(a["detail"])] for a in r["assumptions"]])
     return (f"<h3>Prompt inversion of natural and steered states</h3>{facts}{html_image(plots['positions'], 'positions')}"
             f"{html_image(plots['alpha_sweep'], 'alpha sweep')}<h3>Behaviour: white-box steering and black-box prompting, kept apart</h3>{behaviour}"
+            f"{_black_box_table(r.get('black_box_probes'))}"
             f"<h3>Assumptions of the theory</h3>{assumptions}<p class='note'>{esc(r['statement'])}</p>")
+
+
+def _black_box_table(probes: Mapping[str, Any] | None) -> str:
+    if not probes:
+        return ""
+    rows = [[esc(name), num(c.get("trait_score")), num(c.get("kl_from_steered")), num(c.get("top1_agreement")), num(c.get("state_distance")),
+             num(c.get("state_distance_over_unsteered"), ".3f")] for name, c in probes["columns"].items()]
+    return (f"<h3>Black-box probes: prompts to the unsteered model ({probes['n_prompts']} prompts; the steered completions' trait score "
+            f"{num(probes['target_trait_score'])})</h3>"
+            + html_table(["probe", "trait score", "KL from steered", "top-1 agreement", "state distance", "× unsteered"], rows))
 
 
 def reproduction_section(results: Mapping[str, Any], store: RunStore) -> str:

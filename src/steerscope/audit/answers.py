@@ -141,6 +141,15 @@ def identifiable(result: Mapping[str, Any]) -> dict[str, Any]:
     return {"status": status, "headline": f"Per readout — {per_readout}.", "facts": facts}
 
 
+def _relaxation_fact(s: Mapping[str, Any]) -> list[str]:
+    """The relaxation and whole-span search medians (absent from results made before they existed)."""
+    if "median_relaxed_distance" not in s:
+        return []
+    return [f"continuous relaxation (soft input embeddings): median distance {num(s['median_relaxed_distance'], '.3g')} "
+            f"({num(s['median_relaxed_over_displacement'], '.3f')} × the displacement); projected to tokens "
+            f"{num(s['median_projected_distance'], '.3g')}; whole-span search {num(s['median_sequence_distance'], '.3g')}"]
+
+
 def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
     reach = result["reachability"]
     s, cfg = reach["summary"], reach["config"]
@@ -154,6 +163,7 @@ def reachable(result: Mapping[str, Any]) -> dict[str, Any]:
         f"{num(s['median_steered_over_displacement'], '.3f')}",
         f"search per position: {search.get('budget')} gradient-guided candidates, then "
         f"{'the whole vocabulary' if cap is None else f'up to {cap} in all'}; searched tokens: {cfg.get('positions')}",
+        *_relaxation_fact(s),
         reach["statement"],
     ]
     ratio = num(s["median_steered_over_noise"], ".3g")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from steerscope.audit.blackbox import probe_pool
 from steerscope.audit.identifiability import IdentifiabilitySettings
 from steerscope.audit.paper import PaperSettings
 from steerscope.audit.profiles import DEFAULT_ALPHA, crosslayer_targets, default_layer, threshold_prompts
@@ -473,6 +474,8 @@ class ReachabilityCommand:
         s = self.settings
         check_counts(n_prompts=self.n_prompts, max_positions=s.max_positions, sweep_prompts=s.sweep_prompts, max_new_tokens=s.max_new_tokens)
         parse_window(s.positions)
+        if s.black_box.prompts and (self.prompts or self.spec):
+            s.black_box.split(self.prompts or probe_pool(self.spec))  # type: ignore[arg-type]
         _check_outputs(self.paths(), self.overwrite)
 
     def direction(self, lm: LoadedModel) -> tuple[torch.Tensor, int, dict[str, Any], TraitSpec | None]:
@@ -499,11 +502,11 @@ class ReachabilityCommand:
         from steerscope.audit.reachability import run_reachability
 
         direction, layer, info, spec = self.direction(lm)
-        prompts = list(self.prompts or (spec or builtin_spec(TRAITS[0])).env_prompts("in_distribution"))[: self.n_prompts]
+        pool = list(self.prompts) if self.prompts else probe_pool(spec or builtin_spec(TRAITS[0]))
         scorer = (self.inputs.scorers.get(spec.name) or spec_scorer(spec, lm)) if spec is not None else None
-        report = run_reachability(lm, direction, layer, self.alpha, prompts, threshold_prompts(), capture_layer=self.capture_layer,
+        report = run_reachability(lm, direction, layer, self.alpha, pool[: self.n_prompts], threshold_prompts(), capture_layer=self.capture_layer,
                                   trait=spec.name if spec else None, scorer=scorer, settings=self.settings, vector_info=info,
-                                  instructions=spec.instructions if spec else None)
+                                  instructions=spec.instructions if spec else None, probe_prompts=pool)
         paths, markdown = self.paths(), reachability_markdown(report)
         _write_json(paths["results.json"], report, self.overwrite)
         _write_text(paths["summary.md"], markdown, self.overwrite)

@@ -95,6 +95,11 @@ def check_prompt_supply(spec: TraitSpec, settings: Mapping[str, Any]) -> None:
     if have < need:
         raise SteerscopeError(f"trait {spec.name!r} has {have} in_distribution prompts; this profile needs {need} "
                               f"({settings['id_prompts']} for identifiability and {settings['calib_prompts']} others for calibration)")
+    probes = settings.get("reach_black_box", 0)
+    if probes:
+        from steerscope.audit.blackbox import BlackBoxSettings, probe_pool
+
+        BlackBoxSettings(prompts=probes).split(probe_pool(spec))
 
 
 def command_inputs(traits: Sequence[str] = (), dataset: str | Path | None = None, prompts: str | Path | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from typing import Any
 
 from steerscope.formatting import ci, num
@@ -215,6 +217,48 @@ def search_text(cfg: dict[str, Any]) -> str:
             + f" (vocabulary {cfg['vocab']}); the steered search scores the prompt's own token first")
 
 
+def _relaxation_lines(report: dict[str, Any]) -> list[str]:
+    """The continuous relaxation and the whole-span search of the steered states, one row per prompt."""
+    cfg, e = report["config"], ".3g"
+    lines = [
+        "## Continuous relaxation and whole-span search (white-box)", "",
+        f"Relaxation: soft input embeddings over the searched span, {cfg['relax']['steps']} Adam steps from the prompt's own "
+        "tokens, then each projected to the nearest token. Whole-span search: up to "
+        f"{cfg['sequence']['iterations']} rounds × {cfg['sequence']['batch']} one-token swaps among the top "
+        f"{cfg['sequence']['top_k']} tokens per position, from the better of the prompt and the sequential result. "
+        "Median distances to the steered states over the span:", "",
+        "| prompt | ‖steered − natural‖ | relaxed | projected to tokens | whole-span search | found |", "|---|---|---|---|---|---|",
+    ]
+    for p in report["prompts"]:
+        med = {k: statistics.median(r[k] for r in p["positions"])
+               for k in ("displacement", "relaxed_distance", "projected_distance", "sequence_distance")}
+        lines.append(f"| {p['searched_text'][:40]!r} | {num(med['displacement'], e)} | {num(med['relaxed_distance'], e)} | "
+                     f"{num(med['projected_distance'], e)} | {num(med['sequence_distance'], e)} | {p.get('found_by') or 'no'} |")
+    return lines + [""]
+
+
+def black_box_lines(probes: dict[str, Any] | None) -> list[str]:
+    """The black-box probes' table (none when they were not run)."""
+    if not probes:
+        return []
+    st = probes["settings"]
+    lines = [
+        "", "## Black-box probes (prompts to the unsteered model; not white-box results)", "",
+        f"Target: the steered model's greedy completions of {probes['n_prompts']} prompts ({st['max_new_tokens']} tokens; trait score "
+        f"{num(probes['target_trait_score'], '.3f')}). Teacher-forced on them: KL(steered ‖ probe) per token, top-1 agreement, and "
+        f"the distance and cosine of the probe's states at layer {probes['capture_layer']} to the steered states (median over prompts; "
+        f"× unsteered: relative to the prompt alone). Demonstrations: the steered completions of {max(st['shots'])} other prompts; "
+        f"prefill: the first {st['prefill_tokens']} tokens given, compared on the rest; tuned: {st['tune_tokens']} embeddings, "
+        f"{st['tune_steps']} Adam steps, projected to tokens {probes['tuned_prompt']['text']!r} (the soft version is not a prompt).", "",
+        "| probe | trait score | KL | top-1 agreement | state distance | × unsteered | cosine |", "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in probes["columns"].items():
+        lines.append(f"| {name} | {num(c.get('trait_score'), '.3f')} | {num(c.get('kl_from_steered'), '.4f')} | "
+                     f"{num(c.get('top1_agreement'), '.2f')} | {num(c.get('state_distance'), '.3g')} | "
+                     f"{num(c.get('state_distance_over_unsteered'), '.3f')} | {num(c.get('state_cosine'), '.3f')} |")
+    return lines
+
+
 def reachability_markdown(report: dict[str, Any]) -> str:
     """A one-page summary of a reachability audit (the dict from ``run_reachability``)."""
     cfg, s, th, adv, beh = report["config"], report["summary"], report["threshold"], report["adversarial"], report["behaviour"]
@@ -242,6 +286,7 @@ def reachability_markdown(report: dict[str, Any]) -> str:
         f"{num(100 * s['steered_exhaustive_rate'], '.1f')} %, stopped by the budget {num(100 * s['steered_budget_rate'], '.1f')} %.",
         "- Searched text per prompt: " + "; ".join(repr(p["searched_text"]) for p in report["prompts"]) + ".",
         "",
+        *_relaxation_lines(report),
         "## α sweep and random control", "",
         "| vector | α | median best-found distance | median ‖steered − natural‖ | accepted | tokens = original |",
         "|---|---|---|---|---|---|",
@@ -267,6 +312,7 @@ def reachability_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {side.replace('_', '-')} | {num(row.get('trait_score'), '.3f')} | {num(row.get('kl_from_steered'), '.4f')} |")
     if beh.get("instruction"):
         lines.append(f"\nBlack-box baseline instruction: {beh['instruction']!r}.")
+    lines += black_box_lines(report.get("black_box_probes"))
     lines += ["", "## Assumptions of the theorems", "", "| component | breaks the hypotheses | detail |", "|---|---|---|"]
     lines += [f"| {a['component']} | {'yes' if a['breaks'] else 'no'} | {a['detail']} |" for a in report["assumptions"]]
     lines.append("")

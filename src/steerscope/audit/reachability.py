@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from steerscope.audit.assumptions import check_assumptions
+from steerscope.audit.blackbox import BlackBoxSettings, black_box_probes
 from steerscope.audit.identifiability import random_draw
 from steerscope.divergence import kl_js
 from steerscope.encoding import encode_prompt
@@ -44,7 +45,9 @@ from steerscope.likelihood import continuation_logprobs
 from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_threshold, hidden_states, invert
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
+from steerscope.relax import Relaxation, RelaxConfig, relax
 from steerscope.score.base import Scorer
+from steerscope.sequence_search import SequenceConfig, SequenceResult, sequence_search
 
 STATEMENT = ("a failed search is an upper bound on the distance to the set of prompt-reachable states, not a proof "
              "that no prompt reaches the steered state")
@@ -55,8 +58,10 @@ RANDOM_SEED_OFFSET = 20_000
 class AuditSettings:
     """Sizes of the audit. ``positions``: which tokens are searched (see :func:`search_window`),
     at most the last ``max_positions`` of them; ``steer_at``: ``"all"`` positions (as the paper) or
-    only the ``"searched"`` ones; ``search``: the search of both natural and steered states;
-    ``sweep_prompts``: prompts used by the α sweep, the random control and the behaviour readout."""
+    only the ``"searched"`` ones; ``search``: the search of both natural and steered states, position
+    by position; ``relax``: the continuous relaxation and ``sequence``: the whole-span search of the
+    steered states; ``sweep_prompts``: prompts used by the α sweep, the random control and the behaviour readout;
+    ``black_box``: the black-box probes (off when its ``prompts`` is 0)."""
 
     positions: str = "user"
     max_positions: int = 12
@@ -64,6 +69,9 @@ class AuditSettings:
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sweep_prompts: int = 3
     search: SearchConfig = SearchConfig()
+    relax: RelaxConfig = RelaxConfig()
+    sequence: SequenceConfig = SequenceConfig()
+    black_box: BlackBoxSettings = BlackBoxSettings()
     adversarial_exhaustive: bool = False
     max_new_tokens: int = 24
     seed: int = 0
@@ -190,6 +198,23 @@ def position_rows(lm: LoadedModel, ids: Sequence[int], natural: Inversion, steer
     return rows
 
 
+def _joint_columns(rows: list[dict], relaxed: Relaxation, joint: SequenceResult) -> list[dict]:
+    """Add per position the relaxation's distance, its projection's and the whole-span search's (``rows`` in span order)."""
+    for row, r, proj, tok, seq in zip(rows, relaxed.distances, relaxed.projected_distances, relaxed.projected_tokens, joint.distances):
+        row |= {"relaxed_distance": r, "projected_distance": proj, "projected_token": tok, "sequence_distance": seq}
+    return rows
+
+
+def continuous_and_joint(lm: LoadedModel, target: torch.Tensor, layer: int, threshold: Threshold, w: Window,
+                         sequential: Inversion, settings: AuditSettings) -> tuple[Relaxation, SequenceResult]:
+    """The relaxation (from the prompt's own tokens) and the whole-span search (from the better of the prompt's
+    tokens and the sequential search's) of the window's span of ``target`` (``[T, d]``)."""
+    target, prefix, own = target[:w.end], w.ids[:w.start], w.ids[w.start:w.end]
+    relaxed = relax(lm, target, layer, prefix, own, settings.relax)
+    joint = sequence_search(lm, target, layer, threshold.epsilon, prefix, [own, sequential.tokens[w.start:]], settings.sequence)
+    return relaxed, joint
+
+
 def _search(lm: LoadedModel, target: torch.Tensor, layer: int, threshold: Threshold, w: Window, settings: AuditSettings,
             seeded: bool) -> Inversion:
     """Invert ``target`` over the window's span (the tokens before it given), seeded with the prompt's tokens when ``seeded``."""
@@ -305,11 +330,17 @@ def _window_summary(rows: Sequence[dict], noise: float) -> dict:
         "steered_exhaustive_rate": status.count("exhaustive") / len(rows),
         "steered_budget_rate": status.count("budget") / len(rows),
         "steered_tokens_equal_original": float(np.mean([r["steered_token_is_original"] for r in rows])),
+        "median_relaxed_distance": statistics.median(r["relaxed_distance"] for r in rows),
+        "median_projected_distance": statistics.median(r["projected_distance"] for r in rows),
+        "median_sequence_distance": statistics.median(r["sequence_distance"] for r in rows),
+        "median_relaxed_over_displacement": statistics.median(
+            [r["relaxed_distance"] / r["displacement"] for r in rows if r["displacement"] > 0] or [math.nan]),
     }
 
 
 def verdict(per_prompt: Sequence[dict]) -> str:
-    """``reachable`` when some prompt's every searched position was matched; ``unreachable-within-search``
+    """``reachable`` when some prompt's every searched position was matched (by the sequential or the
+    whole-span search); ``unreachable-within-search``
     when no prompt was and every unmatched position was scanned exhaustively; else ``not-found-within-budget``."""
     if any(p["steered_trajectory_found"] for p in per_prompt):
         return "reachable"
@@ -331,12 +362,15 @@ def run_reachability(
     settings: AuditSettings | None = None,
     vector_info: dict | None = None,
     instructions: tuple[str, str] | None = None,
+    probe_prompts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Full reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``; returns a JSON-serialisable report.
 
     States are compared at ``capture_layer`` (default: ``layer``, i.e. right after the addition).
     ``trait`` names the trait in the report; ``instructions`` (positive pole, negative pole) give the
-    black-box instruction baseline; ``scorer`` (texts → scores) the trait scores.
+    black-box instruction baseline; ``scorer`` (texts → scores) the trait scores; ``probe_prompts``
+    (default: ``prompts``) the audited and demonstration prompts of the black-box probes
+    (:meth:`~steerscope.audit.blackbox.BlackBoxSettings.split`), run when ``settings.black_box.prompts`` > 0.
     """
     settings = settings or AuditSettings()
     layer = lm.check_layer(layer)
@@ -349,6 +383,7 @@ def run_reachability(
         raise SteerscopeError("the audit needs at least one prompt and one calibration prompt")
     if settings.steer_at not in STEER_AT:
         raise SteerscopeError(f"steer_at must be one of {', '.join(STEER_AT)}, got {settings.steer_at!r}")
+    probes = settings.black_box.split(probe_prompts or prompts) if settings.black_box.prompts else None
     vector = vector.detach().float().cpu()
     wins = windows(lm, prompts, settings)
     seqs = [w.ids for w in wins]
@@ -363,12 +398,16 @@ def run_reachability(
         st_states = steered_states(lm, w.ids, vector, alpha, layer, capture_layer, w.steered_at(settings))
         natural = _search(lm, nat_states, capture_layer, threshold, w, settings, seeded=False)
         steered = _search(lm, st_states, capture_layer, threshold, w, settings, seeded=True)
+        relaxed, joint = continuous_and_joint(lm, st_states, capture_layer, threshold, w, steered, settings)
         rows = position_rows(lm, w.ids, natural, steered, (st_states - nat_states).norm(dim=-1), threshold.noise)
-        nearest.append(steered.tokens + w.ids[w.end:])
+        rows = _joint_columns(rows, relaxed, joint)
+        nearest.append(w.ids[:w.start] + joint.tokens + w.ids[w.end:])
         rows_all += rows
         per_prompt.append({"prompt": w.prompt, "n_tokens": len(w.ids), "start": w.start, "end": w.end, "positions": rows,
                            "searched_text": lm.tokenizer.decode(w.ids[w.start:w.end]),
-                           "steered_trajectory_found": all(steered.accepted),
+                           "steered_trajectory_found": all(steered.accepted) or joint.accepted,
+                           "found_by": "sequential" if all(steered.accepted) else "whole-span" if joint.accepted else None,
+                           "relaxation": relaxed.to_json(), "sequence_search": joint.to_json(),
                            "nearest_prompt": lm.tokenizer.decode(nearest[-1])})
     k = min(settings.sweep_prompts, len(seqs))
     sweep = [steered_summary(lm, wins[:k], vector, a, layer, capture_layer, threshold, settings) for a in settings.alphas]
@@ -394,11 +433,15 @@ def run_reachability(
     report = {
         "config": {"layer": layer, "capture_layer": capture_layer, "alpha": alpha, "trait": trait, "positions": settings.positions,
                    "max_positions": settings.max_positions, "alphas": list(settings.alphas), "sweep_prompts": k, "seed": settings.seed,
-                   "search": settings.search.__dict__, "steered_search_seeded": True, "vocab": int(lm.model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
+                   "search": settings.search.__dict__, "relax": settings.relax.__dict__, "sequence": settings.sequence.__dict__,
+                   "steered_search_seeded": True, "vocab": int(lm.model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
                    "adversarial_exhaustive": settings.adversarial_exhaustive, "max_new_tokens": settings.max_new_tokens,
                    "steered_positions": settings.steer_at, "n_prompts": len(prompts), "calibration_prompts": list(calibration_prompts)},
         "model": lm.info(), "vector": vector_info or {}, "assumptions": check_assumptions(lm),
         "threshold": threshold.to_json(), "summary": summary, "prompts": per_prompt, "alpha_sweep": sweep,
         "random_control": random_control, "adversarial": adversarial, "behaviour": behaviour, "statement": STATEMENT,
     }
+    if probes is not None:
+        report["black_box_probes"] = black_box_probes(lm, vector, layer, alpha, *probes, capture_layer, instructions, scorer,
+                                                      settings.black_box)
     return jsonable(report)

@@ -1,6 +1,7 @@
 """The built-in stages of ``steerscope audit``, registered in the order they run for each trait.
 
-1. ``layers``: layer selection by held-out separation (:mod:`steerscope.audit.calibrate`);
+1. ``layers``: layer selection by held-out separation (:mod:`steerscope.audit.calibrate`), unless the
+   configuration fixes the layer (``layer``, e.g. in a sweep) or a given vector brings its own;
 2. ``vector``: the mean-difference vector at the chosen layer (train pairs);
 3. ``calibrate``: one cell per strength of the grid (α = 0 is the baseline), then the choice of α;
 4. ``identifiability``: v against v + u (u ⊥ v) with controls (:mod:`steerscope.audit.identifiability`);
@@ -59,12 +60,17 @@ def one_plot(name: str, draw, select=lambda res: res):
 # --- 1. layer selection --------------------------------------------------------------------------
 
 def _select_layer(a: Auditor, run: TraitRun) -> None:
-    spec, given = a.specs[run.trait], a.given.get(run.trait)
+    spec, given, fixed = a.specs[run.trait], a.given.get(run.trait), a.config.get("layer")
     if given is not None:
         def compute():
             rows = layer_separation(a.lm, spec.train, spec.test, [given.vector.layer])
             return rows | {"chosen": given.vector.layer, "rule": f"the layer of the vector given in {given.file} (no selection); "
                                                                    "the row is the held-out separation of the pairs' own direction there"}, None
+    elif fixed is not None:
+        def compute():
+            rows = layer_separation(a.lm, spec.train, spec.test, [fixed])
+            return rows | {"chosen": fixed, "rule": f"layer {fixed}, fixed by the run's configuration (no selection); "
+                                                    "the row is the held-out separation there"}, None
     else:
         layers = candidate_layers(a.lm.n_layers, a.p.candidate_layers)
 
@@ -295,17 +301,18 @@ register_stage(Stage(
 # --- 7. reachability -----------------------------------------------------------------------------
 
 def _reachability(a: Auditor, run: TraitRun) -> None:
+    from steerscope.audit.blackbox import probe_pool
     from steerscope.audit.reachability import run_reachability
 
     def compute():
         assert run.vector is not None  # set by the vector stage
         spec = a.specs[run.trait]
-        prompts = spec.env_prompts("in_distribution")[: a.p.reach_prompts]
+        pool = spec.env_prompts("in_distribution")
         given = a.given.get(run.trait)
         source = given.file if given else f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
-        return run_reachability(a.lm, run.vector, run.layer, run.alpha, prompts, threshold_prompts(), trait=run.trait,
+        return run_reachability(a.lm, run.vector, run.layer, run.alpha, pool[: a.p.reach_prompts], threshold_prompts(), trait=run.trait,
                                 scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed), instructions=spec.instructions,
-                                vector_info={"source": source, "method": run.method}), None
+                                vector_info={"source": source, "method": run.method}, probe_prompts=probe_pool(spec)), None
 
     a.cell(f"{run.trait}/reachability", "reachability", compute, run.trait)
 
@@ -318,9 +325,11 @@ def _reachability_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dic
 register_stage(Stage(
     "reachability",
     {"quick": {"reach_prompts": 3, "reach_positions": 6, "reach_alphas": (1.0, 4.0), "reach_sweep_prompts": 1, "reach_tokens": 12,
-               "reach_budget": 256, "reach_max_candidates": 1024},
+               "reach_budget": 256, "reach_max_candidates": 1024, "reach_relax_steps": 100, "reach_span_iterations": 8,
+               "reach_span_batch": 32, "reach_black_box": 0},
      "full": {"reach_prompts": 8, "reach_positions": 12, "reach_alphas": (0.5, 1.0, 2.0, 4.0, 8.0), "reach_sweep_prompts": 3,
-              "reach_tokens": 24, "reach_budget": 512, "reach_max_candidates": None}},
+              "reach_tokens": 24, "reach_budget": 512, "reach_max_candidates": None, "reach_relax_steps": 300,
+              "reach_span_iterations": 32, "reach_span_batch": 64, "reach_black_box": 20}},
     _reachability, _one_cell, _single("reachability", "reachability"),
     answers=(Answer("reachable", "Is the steered state reachable by a prompt?", answers.reachable),),
     plots=_reachability_plots, section=report.reachability_section,
