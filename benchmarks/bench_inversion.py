@@ -8,7 +8,7 @@ order in chunks and stops at the first chunk with an accepted token. Reports tim
 per recovered token, the exact-recovery rate and whether both policies return the same tokens.
 
 Prints a table and writes JSON. Usage:
-python benchmarks/bench_inversion.py [--model smollm2-135m] [--layer 12] [--prompts 3] [--positions 2] [--threads 2]
+python benchmarks/bench_inversion.py [--model smollm2-135m] [--layer 12] [--prompts 3] [--positions 2] [--threads 2] [--out PATH]
 """
 
 from __future__ import annotations
