@@ -362,6 +362,8 @@ def _command_case():
 @example(case=("recover", {"--boot": "0"}))  # silently ran the default 20 resamples
 @example(case=("reachability", {"--n-prompts": "0"}))  # silently audited the default number of prompts
 @example(case=("monitor", {"--seed": "-1"}))  # numpy's ValueError in default_rng, after the model load
+@example(case=("audit", {"--target-effect": "inf"}))  # accepted: no α can reach an infinite effect
+@example(case=("audit", {"--max-ppl-ratio": "inf"}))  # accepted, as a ratio limit
 def test_audit_command_options(case):
     count_case(SURFACE)
     name, options = case

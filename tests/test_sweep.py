@@ -46,6 +46,8 @@ def _plan(tmp_path: Path, text: str) -> Path:
     ('traits = ["formality"]\ndevice = "tpu"\n', ["line 2: device", "cuda:N"]),
     ('traits = ["formality"]\ndtype = "int8"\n', ["line 2: dtype", "float32"]),
     ('traits = ["formality"]\ntarget_effect = 0\n', ["line 2: target_effect", "> 0"]),
+    ('traits = ["formality"]\ntarget_effect = inf\n', ["line 2: target_effect", "finite"]),
+    ('traits = ["formality"]\nmax_ppl_ratio = nan\n', ["line 2: max_ppl_ratio", "finite"]),
     ('traits = ["formality", "formality"]\n', ["line 1: traits[1]", "twice"]),
     ('layers = [1]\n', ["traits", "[[datasets]]"]),
     ('traits = ["formality"]\nlayers = [1,, 2]\n', ["not valid TOML", "line 2"]),

@@ -30,6 +30,7 @@ plan's line and field.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -321,6 +322,7 @@ class _PlanReader:
 
     def number(self, data: Mapping[str, Any], key: str, default: float, low: float, strict: bool = False) -> float:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > low if strict else value >= low):
-            raise self.fail(f"expected a number {'>' if strict else '>='} {low:g}, got {shown(value)}", key)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not (value > low if strict else value >= low)):
+            raise self.fail(f"expected a finite number {'>' if strict else '>='} {low:g}, got {shown(value)}", key)
         return float(value)

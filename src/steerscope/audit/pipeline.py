@@ -13,6 +13,7 @@ never in ``results.json``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -45,8 +46,8 @@ def audit_config(model: str, traits: Sequence[str | TraitSpec], profile: str, se
     ``layer``: audit every trait at this layer instead of selecting one (recorded only when given).
     """
     specs = check_specs(traits)
-    if not target_g > 0 or not max_ppl_ratio >= 1:
-        raise SteerscopeError(f"need --target-effect > 0 and --max-ppl-ratio >= 1, got {target_g} and {max_ppl_ratio}")
+    if not (math.isfinite(target_g) and target_g > 0) or not (math.isfinite(max_ppl_ratio) and max_ppl_ratio >= 1):
+        raise SteerscopeError(f"need a finite --target-effect > 0 and --max-ppl-ratio >= 1, got {target_g} and {max_ppl_ratio}")
     settings = override_sizes(get_profile(profile).settings(), sizes or {})
     for spec in specs:
         check_prompt_supply(spec, settings)
