@@ -332,6 +332,8 @@ _ONE = {"direction.1": np.ones(D, np.float32)}
 @example(case=("controlvector", "llama", _stored(gguf_alpha="x"), _ONE), layer=None)  # ValueError: float('x')
 @example(case=("controlvector", "llama", _stored(gguf_alpha=float("nan")), _ONE), layer=None)  # NaN directions, read as valid
 @example(case=("controlvector", "llama", _stored(gguf_alpha=1e-320), _ONE), layer=None)  # Inf directions, read as valid
+@example(case=("controlvector", "", _stored(h_norms={"1": 2.0}, gguf_alpha=1.2e-38), {"direction.1": np.full(D, 1.5, np.float32)}),
+         layer=None)  # finite directions whose float32 norm overflowed: an infinite dose
 @example(case=("controlvector", "llama", _stored(h_norms="x"), _ONE), layer=None)  # imported, then `import` wrote an unreadable file
 @example(case=("controlvector", "llama", None, {"direction.-1": np.ones(D, np.float32)}), layer=None)  # read as layer -1
 @example(case=("controlvector", "llama", None, {"direction.1": np.ones((2, D), np.float32)}), layer=None)  # flattened to d_model 16

@@ -61,7 +61,8 @@ class SteeringVector:
         return int(next(iter(self.directions.values())).shape[0])
 
     def norm(self, layer: int) -> float:
-        return float(self.directions[layer].norm())
+        """``‖v_ℓ‖``, computed in float64 (finite for every finite float32 direction)."""
+        return float(self.directions[layer].double().norm())
 
     def dose(self, alpha: float, layer: int) -> float | None:
         """Relative dose ``|α|·‖v_ℓ‖ / mean‖h_ℓ‖``, or None when the mean norm was not recorded."""
