@@ -13,6 +13,7 @@ results.json or report.html.
 """
 
 import functools
+import gzip
 import io
 import json
 import shutil
@@ -373,6 +374,12 @@ def _payload(base: str, key: str) -> str:
             return conn.execute("SELECT payload FROM cells WHERE key = ?", (key,)).fetchone()[0]
 
 
+def _from_fixture(folder: Path, name: str) -> None:
+    """``folder``'s store: the gzipped bytes of ``tests/data/NAME`` (a case kept as the fuzzer found it)."""
+    folder.mkdir(parents=True)
+    (folder / STORE_NAME).write_bytes(gzip.decompress(Path(__file__).with_name("data").joinpath(name).read_bytes()))
+
+
 REGRESSIONS = {
     # before: TypeError (cannot unpack None) from RunStore.run
     "no run record": (lambda f: _changed_store(f, "incomplete", "DELETE FROM run"), "holds 0 run records"),
@@ -403,6 +410,8 @@ REGRESSIONS = {
     # before: TypeError from safetensors, given text as the vector's bytes
     "vector bytes of the wrong type": (lambda f: _changed_store(f, "finished", "UPDATE cells SET blob = 'text' WHERE key = 'formality/vector'"),
                                        "holds a value of the wrong type"),
+    # before: UnicodeDecodeError from the integrity check: SQLite's error message quoted bytes that are not UTF-8
+    "error message not UTF-8": (lambda f: _from_fixture(f, "store_error_not_utf8.sqlite.gz"), "error message is not valid UTF-8"),
 }
 
 

@@ -146,6 +146,16 @@ def _sqlite_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
+#: What reading a corrupted file raises: a database error, or an error whose message (which quotes
+#: the damaged bytes) is not valid UTF-8, so that Python's sqlite3 cannot decode it.
+_CORRUPTION = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
+def _corrupted(path: Path, exc: BaseException) -> RunStoreError:
+    reason = "SQLite's error message is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else one_line(exc)
+    return RunStoreError(f"{path} is corrupted ({reason}); it was left untouched")
+
+
 def _interrupted_commit(exc: BaseException) -> bool:
     """Whether a read-only connection failed on a hot journal: a commit that a killed process left half done."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -181,8 +191,8 @@ def _recover(path: Path) -> None:
     try:
         with closing(_connect(path, create=False)) as conn:
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the first read plays the journal back
-    except sqlite3.DatabaseError as exc:
-        raise RunStoreError(f"{path} is corrupted ({one_line(exc)}); it was left untouched") from None
+    except _CORRUPTION as exc:
+        raise _corrupted(path, exc) from None
 
 
 def _check_file(path: Path, writable: bool = False) -> None:
@@ -213,11 +223,11 @@ def _check_file(path: Path, writable: bool = False) -> None:
                 raise RunStoreError(f"{path} has store schema {schema}; this steerscope reads schema {SCHEMA_VERSION}")
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             tables = {table: _columns(conn, table) for table in _TABLES}
-    except sqlite3.DatabaseError as exc:
+    except _CORRUPTION as exc:
         if _interrupted_commit(exc):
             raise RunStoreError(f"{path} holds a commit that a killed process left unfinished; run the same audit command "
                                 "again to roll it back and resume (that needs write access to the run folder)") from None
-        raise RunStoreError(f"{path} is corrupted ({one_line(exc)}); it was left untouched") from None
+        raise _corrupted(path, exc) from None
     if check != "ok":
         raise RunStoreError(f"{path} is corrupted (integrity check: {one_line(check)}); it was left untouched")
     other = [table for table, columns in tables.items() if columns != _TABLES[table]]
@@ -358,8 +368,8 @@ class RunStore:
         """The rows of a read; a database error (corruption that the open's check missed) becomes a RunStoreError."""
         try:
             return self._conn.execute(query, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise RunStoreError(f"{self.path} is corrupted ({one_line(exc)}); it was left untouched") from None
+        except _CORRUPTION as exc:
+            raise _corrupted(self.path, exc) from None
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[None]:
