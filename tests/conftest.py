@@ -55,13 +55,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Under ``--hypothesis-profile ci``, a fuzzed surface with fewer than 500 cases fails the run."""
+    """Under ``--hypothesis-profile ci`` (or ``explore``), a fuzzed surface with fewer than 500 cases fails the run."""
     from hypothesis import settings
 
-    from fuzzing import CASES, CI_CASES
+    from fuzzing import CASES, CI_CASES, COUNTED_PROFILES
 
     short = {k: v for k, v in CASES.items() if v < CI_CASES}
-    if settings.get_current_profile_name() == "ci" and short and exitstatus == 0:
+    profile = settings.get_current_profile_name()
+    if profile in COUNTED_PROFILES and short and exitstatus == 0:
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"fuzz surfaces below {CI_CASES} cases under the ci profile: {short}")
+            f"fuzz surfaces below {CI_CASES} cases under the {profile} profile: {short}")
         session.exitstatus = 1
