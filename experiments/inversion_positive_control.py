@@ -5,7 +5,8 @@ Usage: python experiments/inversion_positive_control.py MODEL [--layer L] [--pro
 Texts: the assistant replies of the built-in pairs (test split, both sides, round-robin over the
 five traits), tokenised without a chat template and cut to their first ``--tokens`` tokens (a BOS
 token the tokenizer adds is given as a known prefix, not searched). The threshold is calibrated on
-two train-split replies that are not in the test set. Prints a table and writes JSON.
+two train-split replies that are not in the test set. Prints a table and writes JSON (after every
+text, so that a run stopped early keeps the texts it finished; ``prompts`` counts them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> None:
     start = time.perf_counter()
     threshold = calibrate_threshold(lm, layer, calib)
     calib_s = time.perf_counter() - start
+    out = Path(args.out or Path(__file__).parent / "results" / f"inversion_control_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    vocab = lm.model.get_input_embeddings().weight.shape[0]
     rows, start = [], time.perf_counter()
     for k, ids in enumerate(seqs):
         prefix = ids[:1] if ids[0] == bos else []
@@ -76,21 +80,18 @@ def main() -> None:
                      "tried": inv.tried, "distances": inv.distances, "seconds": time.perf_counter() - t0})
         print(f"{k + 1}/{len(seqs)} exact {sum(rows[-1]['exact'])}/{len(searched)} "
               f"median tried {statistics.median(inv.tried)} {rows[-1]['seconds']:.1f}s", flush=True)
-    wall = time.perf_counter() - start
-    exact = [e for r in rows for e in r["exact"]]
-    tried = [t for r in rows for t in r["tried"]]
-    vocab = lm.model.get_input_embeddings().weight.shape[0]
-    summary = {
-        "model": args.model, "layer": layer, "prompts": len(seqs), "tokens_per_prompt": args.tokens,
-        "positions": len(exact), "exact_rate": sum(exact) / len(exact), "exact_sequences": sum(all(r["exact"]) for r in rows),
-        "candidates_per_position": {"mean": statistics.mean(tried), "median": statistics.median(tried), "max": max(tried)},
-        "mean_fraction_of_vocab": statistics.mean(tried) / vocab, "vocab": vocab,
-        "threshold": threshold.to_json(), "calibration_s": calib_s, "search_s": wall, "s_per_token": wall / len(exact),
-        "threads": args.threads, "torch": torch.__version__,
-    }
-    out = Path(args.out or Path(__file__).parent / "results" / f"inversion_control_{args.model}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        exact = [e for r in rows for e in r["exact"]]
+        tried = [t for r in rows for t in r["tried"]]
+        wall = time.perf_counter() - start
+        summary = {
+            "model": args.model, "layer": layer, "prompts": len(rows), "prompts_planned": len(seqs), "tokens_per_prompt": args.tokens,
+            "positions": len(exact), "exact_rate": sum(exact) / len(exact), "exact_sequences": sum(all(r["exact"]) for r in rows),
+            "candidates_per_position": {"mean": statistics.mean(tried), "median": statistics.median(tried), "max": max(tried)},
+            "mean_fraction_of_vocab": statistics.mean(tried) / vocab, "vocab": vocab,
+            "threshold": threshold.to_json(), "calibration_s": calib_s, "search_s": wall, "s_per_token": wall / len(exact),
+            "threads": args.threads, "torch": torch.__version__,
+        }
+        out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))  # after every text: a stopped run keeps its texts
     table = Table(title=f"Natural-state inversion, {args.model} layer {layer}")
     for col in ("positions", "exact", "candidates / position (mean, median, max)", "of vocab", "s / token"):
         table.add_column(col)
