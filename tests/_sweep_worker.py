@@ -21,8 +21,8 @@ TRAITS = ("formality", "sentiment")
 LAYERS = (1, 3)
 
 
-def make_plan(folder: Path, traits: tuple[str, ...] = TRAITS) -> Path:
-    """A plan of ``traits`` × 2 layers on a tiny random model saved to ``folder/tiny`` (once), at the
+def make_plan(folder: Path, traits: tuple[str, ...] = TRAITS, layers: tuple[int, ...] = LAYERS) -> Path:
+    """A plan of ``traits`` × ``layers`` on a tiny random model saved to ``folder/tiny`` (once), at the
     small sizes of the resumable-audit tests."""
     from steerscope.testing import tiny_model
 
@@ -30,10 +30,10 @@ def make_plan(folder: Path, traits: tuple[str, ...] = TRAITS) -> Path:
         lm = tiny_model("llama", n_layers=6)
         lm.model.save_pretrained(folder / "tiny")
         lm.tokenizer.save_pretrained(folder / "tiny")
-    keys = {"models": ["tiny"], "traits": list(traits), "layers": list(LAYERS), "device": "cpu"}
+    keys = {"models": ["tiny"], "traits": list(traits), "layers": list(layers), "device": "cpu"}
     text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
     text += "\n\n[sizes]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in SMALL.items()) + "\n"
-    plan = folder / f"plan-{'-'.join(traits)}.toml"
+    plan = folder / f"plan-{'-'.join(traits)}-L{'-'.join(map(str, layers))}.toml"
     plan.write_text(text)
     return plan
 

@@ -20,7 +20,7 @@ from steerscope.sweep_plan import read_plan  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import _resume_worker  # noqa: E402
 import _sweep_worker  # noqa: E402
-from _sweep_worker import TRAITS, KillerScorer, local_sweep, make_plan, same_results  # noqa: E402
+from _sweep_worker import LAYERS, TRAITS, KillerScorer, local_sweep, make_plan, same_results  # noqa: E402
 
 WORKER = Path(__file__).with_name("_sweep_worker.py")
 
@@ -71,6 +71,30 @@ def test_a_worker_killed_mid_sweep_is_retried_and_the_sweep_completes(cluster, p
         kinds = [e["kind"] for e in store.events()]
         detail = next(e["detail"] for e in store.events() if e["kind"] == "retried")
     assert kinds == ["created", "retried", "finished"] and int(detail.split("resubmitted with ")[1].split()[0]) > 0, detail
+    same_results(tmp_path / "ray", reference)
+
+
+def test_an_audit_alone_splits_its_independent_cells_over_the_idle_workers(cluster, plan, reference, tmp_path):
+    """One audit on 2 actors: its α values, then its seven independent stages, are split over the workers
+    (each part computed from the committed cells), and results.json is the local run's."""
+    events = []
+    run_sweep(read_plan(make_plan(plan.parent, TRAITS[:1], LAYERS[:1])), tmp_path / "ray",
+              SweepSettings(RayBackend(workers=2), _resume_worker.word_scorers(), on_event=lambda audit, what: events.append(what)))
+    assert [what.split()[2] for what in events if what.startswith("split")] == ["3", "7"], events
+    same_results(tmp_path / "ray", reference)
+
+
+def test_a_worker_killed_in_a_split_cell_is_retried(cluster, plan, reference, tmp_path):
+    """The sentiment readout, first called in the α batch (split over both workers), kills its worker once:
+    that part is computed again on a new actor and the audit's results are the local run's."""
+    marker = tmp_path / "killed"
+    scorers = _resume_worker.word_scorers() | {"sentiment": KillerScorer(str(marker))}
+    events = []
+    run_sweep(read_plan(make_plan(plan.parent, TRAITS[1:], LAYERS[:1])), tmp_path / "ray",
+              SweepSettings(RayBackend(workers=2), scorers, on_event=lambda audit, what: events.append(what)))
+    assert marker.exists()
+    kinds = [what.split()[0] for what in events]
+    assert kinds.index("split") < kinds.index("retried") and kinds.count("retried") == 1, events
     same_results(tmp_path / "ray", reference)
 
 

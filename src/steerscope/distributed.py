@@ -8,8 +8,16 @@ driver commits each cell to the audit's store as it arrives. The stores on the d
 only ones, and they hold what a local run writes: the same cells, computed by the same code from the
 same cells before them, in the same order.
 
+Cells inside an audit that do not read each other (a batch: one per α value, per recovery method,
+per robustness part; :meth:`~steerscope.audit.pipeline.Auditor.batch`) run side by side when
+actors would otherwise be idle: an audit submitted while other actors are idle and no audit waits
+stops at its next batch of missing cells and names them; each becomes a part, computed on its own
+actor from the audit's committed cells (read back, not recomputed), and once every part's cell is
+committed the audit continues from there. Each cell is still computed by the same code from the same
+cells before it, so the results are those of a local run.
+
 A worker that dies (its process killed, its node lost) is replaced by a new actor, and the driver
-resubmits its audit with the cells committed so far; an audit is resubmitted at most ``retries``
+resubmits its audit (or part) with the cells committed so far; an audit is resubmitted at most ``retries``
 times. A driver that dies takes its actors with it and leaves every committed cell; the same command
 resumes.
 """
@@ -24,10 +32,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
+from steerscope.audit.pipeline import FanOut
 from steerscope.errors import SteerscopeError
 from steerscope.runstore import Cell, RunStore, RunStoreError, one_line, stored_payload
 from steerscope.score.base import Scorer
@@ -74,6 +83,20 @@ class _Failed:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class SplitAt:
+    """What a worker yields last when its audit stopped where parts can run side by side: the missing parts, in order."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartDone:
+    """What a worker given one part yields last, once every cell of it was yielded."""
+
+    key: str
+
+
 class AuditWorker:
     """What a Ray actor holds: one model, loaded on first use and kept (``model``, ``device``, ``dtype``
     as :func:`~steerscope.models.loading.load_model` takes them); ``scorers`` as in
@@ -94,20 +117,27 @@ class AuditWorker:
         """The model's fingerprint (loading it)."""
         return self._loaded().fingerprint
 
-    def cells(self, config: Mapping[str, Any], specs: Sequence[TraitSpec], known: Sequence[Cell], fingerprint: str | None) -> Iterator[Cell]:
+    def cells(self, config: Mapping[str, Any], specs: Sequence[TraitSpec], known: Sequence[Cell], fingerprint: str | None,
+              fan_out: FanOut = FanOut()) -> Iterator[Cell | SplitAt | PartDone]:
         """Run the audit of ``config`` against a replica of its store holding ``known``; yield each cell
-        computed, in the order a local run commits them (a Ray streaming generator on an actor)."""
-        from steerscope.audit.pipeline import Auditor
+        computed, in the order a local run commits them (a Ray streaming generator on an actor), and
+        last a :class:`SplitAt` when ``fan_out`` made the audit stop at parts, or a :class:`PartDone`
+        when it computed the one part it was given."""
+        from steerscope.audit.pipeline import Auditor, Done, Split
 
         lm = self._loaded()
-        made: queue.Queue[Cell | _Failed | None] = queue.Queue()
+        made: queue.Queue[Cell | SplitAt | PartDone | _Failed | None] = queue.Queue()
 
         def work() -> None:
             try:
-                Auditor(lm, ReplicaStore(known, fingerprint, made.put), config, specs, scorers=self.scorers).run()
-                made.put(None)
+                Auditor(lm, ReplicaStore(known, fingerprint, made.put), config, specs, scorers=self.scorers, fan_out=fan_out).run()
+            except Split as split:
+                made.put(SplitAt(split.keys))
+            except Done as done:
+                made.put(PartDone(done.key))
             except BaseException as exc:  # handed to the generator, which raises it to the driver
                 made.put(_Failed(exc))
+            made.put(None)
 
         threading.Thread(target=work, name="audit", daemon=True).start()
         while (item := made.get()) is not None:
@@ -144,7 +174,7 @@ class RayBackend:
                 driver = _Driver(ray, sweep, partial(remote.remote, model, sweep.plan.device, sweep.plan.dtype, sweep.settings.scorers),
                                  self.retries)
                 try:
-                    driver.start(min(self.worker_count(ray), len(audits)))
+                    driver.start(self.worker_count(ray))  # more actors than audits compute their parts side by side
                     driver.run(audits)
                 finally:
                     driver.stop()
@@ -195,24 +225,49 @@ def _ray() -> Any:
 
 @dataclass
 class _Audit:
-    """An audit the driver has open: its store (locked until it finishes) and its failed attempts."""
+    """An audit the driver has open: its store (locked until it finishes), its failed attempts, and the
+    parts it stopped at that are not finished yet."""
 
     job: AuditJob
     store: RunStore
     exit: ExitStack
     failures: int = 0
+    parts: set[str] = field(default_factory=set)
+    part_streams: int = 0  # parts on actors now
+    stopped: bool = False  # stopped at parts: continues once every part is in and its actor free
+
+
+@dataclass
+class _Part:
+    """One part (a stage, or a cell of a batch) that ``audit`` stopped at, computed on its own actor."""
+
+    audit: _Audit
+    key: str
+
+
+@dataclass
+class _Stream:
+    """The cells of ``item`` streaming back from ``worker`` (actor, fingerprint); ``split``: it stopped at parts."""
+
+    worker: tuple[Any, str]
+    item: _Audit | _Part
+    split: bool = False
+
+    @property
+    def audit(self) -> _Audit:
+        return self.item.audit if isinstance(self.item, _Part) else self.item
 
 
 class _Driver:
-    """Hands the audits of one model to its actors (made by ``new_actor()``) and commits the cells they
-    stream back. An audit whose cells are all in is finished (its report written) after its actor has
-    been given the next audit; a dead actor is replaced."""
+    """Hands the audits of one model, and their parts, to its actors (made by ``new_actor()``) and commits
+    the cells they stream back. An audit whose cells are all in is finished (its report written) after
+    its actor has been given the next audit; a dead actor is replaced."""
 
     def __init__(self, ray: Any, sweep: Sweep, new_actor: Callable[[], Any], retries: int):
         self.ray, self.sweep, self.new_actor, self.retries = ray, sweep, new_actor, retries
         self.idle: list[tuple[Any, str]] = []  # (actor, its model's fingerprint)
-        self.running: dict[Any, tuple[tuple[Any, str], _Audit]] = {}
-        self.waiting: deque[AuditJob | _Audit] = deque()  # to submit: new audits, and retries (first)
+        self.running: dict[Any, _Stream] = {}
+        self.waiting: deque[AuditJob | _Audit | _Part] = deque()  # to submit: new audits; parts, continued audits and retries first
         self.complete: list[_Audit] = []  # every cell committed, the report not yet written
 
     def start(self, count: int) -> None:
@@ -230,7 +285,7 @@ class _Driver:
 
     def stop(self) -> None:
         """Kill every actor."""
-        for actor, _ in self.idle + [worker for worker, _ in self.running.values()]:
+        for actor, _ in self.idle + [stream.worker for stream in self.running.values()]:
             self.ray.kill(actor)
 
     def run(self, jobs: Sequence[AuditJob]) -> None:
@@ -247,43 +302,80 @@ class _Driver:
                 ready, _ = self.ray.wait(list(self.running), num_returns=1)
                 self.step(ready[0])
 
-    def submit(self, item: AuditJob | _Audit, worker: tuple[Any, str], every: ExitStack) -> None:
-        """Open the audit's store (unless a retry has it open) and start its cells on ``worker`` (actor, fingerprint)."""
+    def submit(self, item: AuditJob | _Audit | _Part, worker: tuple[Any, str], every: ExitStack) -> None:
+        """Open the audit's store (unless it is open) and start its cells, or its part's, on ``worker``
+        (actor, fingerprint). An audit may stop at parts to split when other actors are idle and nothing waits."""
         if isinstance(item, AuditJob):
             exit = every.enter_context(ExitStack())
             item = _Audit(item, exit.enter_context(self.sweep.audit(item)), exit)
+        audit = item.audit if isinstance(item, _Part) else item
+        audit.part_streams += isinstance(item, _Part)
+        fan_out = FanOut(only=item.key) if isinstance(item, _Part) else FanOut(split=bool(self.idle) and not self.waiting)
         actor, fingerprint = worker
-        item.store.set_fingerprint(fingerprint)
-        cells = actor.cells.remote(item.job.config, [item.job.spec], list(item.store.cells()), fingerprint)
-        self.running[cells] = (worker, item)
+        audit.store.set_fingerprint(fingerprint)
+        cells = actor.cells.remote(audit.job.config, [audit.job.spec], list(audit.store.cells()), fingerprint, fan_out)
+        self.running[cells] = _Stream(worker, item)
 
     def step(self, cells: Any) -> None:
-        """Commit the next cell of ``cells``; or, at its end, free its actor and queue its audit to finish;
-        or, when its worker died, queue the audit to resubmit."""
-        worker, audit = self.running[cells]
+        """Commit the next cell of ``cells``; at a split, queue its parts; at its end, free its actor and
+        queue what comes next; when its worker died, queue the audit (or part) to resubmit."""
+        stream = self.running[cells]
+        audit = stream.audit
         try:
-            cell = self._get(next(cells))
+            got = self._get(next(cells))
         except StopIteration:
             del self.running[cells]
-            self.idle.append(worker)
-            self.complete.append(audit)
+            self.idle.append(stream.worker)
+            self.ended(stream)
             return
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as exc:
             del self.running[cells]
-            self.ray.kill(worker[0])
-            self.waiting.appendleft(self.failed(audit, exc))
+            self.ray.kill(stream.worker[0])
+            self.failed(audit, exc)
+            finished = stream.split or isinstance(stream.item, _Part) and stream.item.key not in audit.parts
+            if not finished:  # (a stream that had handed on its parts, or finished its part, has nothing left to do)
+                self.waiting.appendleft(stream.item)
             self.start(1)
+            self.part_ended(stream)
             return
-        audit.store.put(cell.key, cell.stage, cell.payload, cell.seconds, cell.trait, cell.blob)
+        if isinstance(got, SplitAt):
+            stream.split = audit.stopped = True
+            audit.parts = set(got.keys)
+            self.waiting.extendleft(_Part(audit, key) for key in reversed(got.keys))
+            self.sweep.event(audit.job.name, f"split into {len(got.keys)} parts side by side: {', '.join(got.keys)}")
+        elif isinstance(got, PartDone):
+            audit.parts.discard(got.key)
+        else:
+            audit.store.put(got.key, got.stage, got.payload, got.seconds, got.trait, got.blob)
 
-    def failed(self, audit: _Audit, exc: BaseException) -> _Audit:
+    def ended(self, stream: _Stream) -> None:
+        """``stream`` ended: a part must have finished; an audit that did not stop at parts is complete."""
+        item = stream.item
+        if isinstance(item, _Part):
+            if item.key in item.audit.parts:
+                raise SteerscopeError(f"audit {item.audit.job.name}: the worker given part {item.key!r} ended without finishing it")
+            self.part_ended(stream)
+        elif not stream.split:
+            self.complete.append(item)
+
+    def part_ended(self, stream: _Stream) -> None:
+        """After a part's stream ended: once every part of its audit is in and their actors are free (so
+        that it may split again), the audit continues."""
+        if not isinstance(stream.item, _Part):
+            return
+        audit = stream.audit
+        audit.part_streams -= 1
+        if audit.stopped and not audit.parts and not audit.part_streams:
+            audit.stopped = False
+            self.waiting.appendleft(audit)
+
+    def failed(self, audit: _Audit, exc: BaseException) -> None:
         audit.failures += 1
         if audit.failures > self.retries:
             raise SteerscopeError(f"audit {audit.job.name}: its worker died {audit.failures} times (last: {one_line(exc)}); "
                                   "every committed cell is kept: run the same command again to resume")
         audit.store.log("retried", f"the worker died ({one_line(exc, 120)}); resubmitted with {audit.store.count()} cells done")
         self.sweep.event(audit.job.name, f"retried (its worker died; {audit.store.count()} cells kept)")
-        return audit
 
     def _get(self, refs: Any) -> Any:
         """``ray.get(refs)``, an error raised on a worker re-raised as itself (a SteerscopeError stays one line)."""

@@ -56,8 +56,7 @@ def _side_effects(a: Auditor, run: TraitRun) -> None:
         target = next(r for r in everything if r.trait == run.trait)
         return edit_report(a.lm, run.layer, vector, run.alpha, target, everything, a.seed, compare=a.p.se_edits), None
 
-    a.cell(f"{run.trait}/side_effects", "side_effects", effects, run.trait)
-    a.cell(f"{run.trait}/edits", "side_effects", edits, run.trait)
+    a.batch("side_effects", {f"{run.trait}/side_effects": effects, f"{run.trait}/edits": edits}, run.trait)
 
 
 def _assemble_side_effects(stored: StoredRun, trait: str) -> dict[str, Any]:
@@ -73,7 +72,7 @@ register_stage(Stage(
     _side_effects, lambda settings: 2, _assemble_side_effects,
     answers=(Answer("side_effects", "What else does it change?", answers.side_effects),),
     plots=one_plot("dose", plots.plot_dose_curve, lambda res: res["side_effects"]), section=effects_report.side_effects_section,
-    heading=("side-effects", "what else does it change?")))
+    heading=("side-effects", "what else does it change?"), independent=True))
 
 
 # --- 10. robustness ------------------------------------------------------------------------------
@@ -102,8 +101,7 @@ def _robustness_part(a: Auditor, run: TraitRun, part: str) -> tuple[dict[str, An
 
 
 def _robustness(a: Auditor, run: TraitRun) -> None:
-    for part in PARTS:
-        a.cell(f"{run.trait}/robustness/{part}", "robustness", partial(_robustness_part, a, run, part), run.trait)
+    a.batch("robustness", {f"{run.trait}/robustness/{part}": partial(_robustness_part, a, run, part) for part in PARTS}, run.trait)
 
 
 def _assemble_robustness(stored: StoredRun, trait: str) -> dict[str, Any]:
@@ -117,4 +115,5 @@ register_stage(Stage(
      "full": {"rob_prompts": 12, "rob_samples": 2, "rob_tokens": 24, "rob_layers": "all", "rob_boot": 100, "rob_halves": 20,
               "rob_curve": (4, 8, 16, 32), "rob_draws": 5, "rob_pairs": None}},
     _robustness, lambda settings: len(PARTS), _assemble_robustness,
-    plots=one_plot("layer_profile", plots.plot_layer_profile, lambda r: r["robustness"]["layers"]), section=effects_report.robustness_section, heading=("robustness", "does it hold up?")))
+    plots=one_plot("layer_profile", plots.plot_layer_profile, lambda r: r["robustness"]["layers"]), section=effects_report.robustness_section, heading=("robustness", "does it hold up?"),
+    independent=True))

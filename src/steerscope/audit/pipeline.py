@@ -7,14 +7,19 @@ cells of the run store (:mod:`steerscope.runstore`), some shared between traits.
 
 Every cell is a pure function of the configuration and of earlier cells as stored, so a run that
 was killed and resumed gives the same results as one that was not. Wall times live in the store,
-never in ``results.json``.
+never in ``results.json``. Work that does not read other work may run side by side on a cluster
+(:class:`FanOut`): consecutive independent stages (identifiability to robustness, which read only the
+layer, the vector and α), and the cells of a batch (:meth:`Auditor.batch`: one per α value, per
+recovery method, per robustness part).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ import torch
 
 from steerscope.audit.profiles import profile as get_profile
 from steerscope.audit.profiles import Profile, override_sizes
-from steerscope.audit.registry import TraitRun, stages
+from steerscope.audit.registry import Stage, TraitRun, stages
 from steerscope.errors import SteerscopeError
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
@@ -112,13 +117,65 @@ def plan_cells(config: Mapping[str, Any]) -> int:
     return sum(stage.cells(config["settings"]) for stage in stages()) * len(config["traits"])
 
 
+#: What a cell's computation returns: its JSON payload and its blob (or None).
+Compute = Callable[[], tuple[Any, bytes | None]]
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What an :class:`Auditor` does where work could run side by side: a group of consecutive
+    independent stages (a part: ``{trait}/stage/{name}``) or a batch of cells (a part: the cell's key).
+
+    ``split``: where two or more parts are missing, stop there (raise :class:`Split` naming them) so
+    that they can be computed side by side. ``only``: compute this one part, every cell before it read
+    from the store, and stop (raise :class:`Done`). Neither: compute everything in order, as a local run does.
+    """
+
+    split: bool = False
+    only: str | None = None
+
+
+class Split(Exception):
+    """An :class:`Auditor` with ``FanOut(split=True)`` stopped; ``keys``: the missing parts, in order."""
+
+    def __init__(self, keys: Sequence[str]):
+        super().__init__(f"stopped at {len(keys)} parts that can run side by side")
+        self.keys = tuple(keys)
+
+
+class Done(Exception):
+    """An :class:`Auditor` with ``FanOut(only=key)`` computed its part ``key``."""
+
+    def __init__(self, key: str):
+        super().__init__(f"computed {key}")
+        self.key = key
+
+
+class _Missing(Exception):
+    """A probe of a stage (:meth:`Auditor.complete`) reached a cell that is not in the store."""
+
+
+def stage_groups(registered: Sequence[Stage]) -> list[list[Stage]]:
+    """``registered`` in order, as groups: each run of consecutive independent stages, every other stage alone."""
+    groups: list[list[Stage]] = []
+    for stage in registered:
+        if stage.independent and groups and groups[-1][0].independent:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
 class Auditor:
-    """Runs the registered stages for one model against one run store (or a worker's replica of one)."""
+    """Runs the registered stages for one model against one run store (or a worker's replica of one).
+
+    ``fan_out``: what to do where work could run side by side (default: everything in order, as a local run)."""
 
     def __init__(self, lm: LoadedModel, store: CellStore, config: Mapping[str, Any], specs: Sequence[TraitSpec] = (),
                  scorers: Mapping[str, Scorer] | None = None, on_cell: Callable[[str, bool], None] | None = None,
-                 given: Mapping[str, GivenVector] | None = None):
-        self.lm, self.store, self.config = lm, store, config
+                 given: Mapping[str, GivenVector] | None = None, fan_out: FanOut = FanOut()):
+        self.lm, self.store, self.config, self.fan_out = lm, store, config, fan_out
+        self._probing = False
         self.p = Profile.from_settings(config["settings"])
         self.seed = int(config["seed"])
         self.specs = run_specs(config, specs)
@@ -145,12 +202,57 @@ class Auditor:
             self._scorers[trait] = spec_scorer(builtin_spec(trait), self.lm)
         return self._scorers[trait]
 
-    def cell(self, key: str, stage: str, compute: Callable[[], tuple[Any, bytes | None]], trait: str | None = None) -> Cell:
+    def cell(self, key: str, stage: str, compute: Compute, trait: str | None = None) -> Cell:
         """Cell ``key`` read back from the store, or computed (payload made JSON-safe) and committed."""
         cached = self.store.get(key) is not None
+        if not cached and self._probing:
+            raise _Missing(key)
+        if not cached and self.fan_out.only is not None:
+            raise SteerscopeError(f"cell {key!r}, which comes before the part {self.fan_out.only!r} this worker was given, is missing")
         result = self.store.cached(key, stage, lambda: _jsonable_pair(compute()), trait)
-        self._on_cell(key, cached)
+        if not self._probing:
+            self._on_cell(key, cached)
         return result
+
+    def batch(self, stage: str, computes: Mapping[str, Compute], trait: str | None = None) -> list[Cell]:
+        """The cells ``computes`` (key → computation), none of which reads another: computed in order,
+        or split off or computed alone as :attr:`fan_out` says."""
+        only = self.fan_out.only
+        if only is not None and only in computes:
+            self.store.cached(only, stage, lambda: _jsonable_pair(computes[only]()), trait)
+            raise Done(only)
+        missing = [key for key in computes if self.store.get(key) is None]
+        if missing and self._probing:
+            raise _Missing(missing[0])
+        if self.fan_out.split and len(missing) > 1:
+            raise Split(missing)
+        return [self.cell(key, stage, compute, trait) for key, compute in computes.items()]
+
+    def complete(self, stage: Stage, state: TraitRun) -> bool:
+        """Whether every cell of ``stage`` for ``state``'s trait is in the store (its code run without computing)."""
+        self._probing = True
+        try:
+            stage.run(self, copy.copy(state))
+            return True
+        except _Missing:
+            return False
+        finally:
+            self._probing = False
+
+    def side_by_side(self, group: Sequence[Stage], state: TraitRun) -> None:
+        """Run the independent stages ``group``: in order, or split off or one alone as :attr:`fan_out` says."""
+        parts = {f"{state.trait}/stage/{stage.name}": stage for stage in group}
+        only = self.fan_out.only
+        if only is not None and only in parts:
+            self.fan_out = FanOut()  # the part computes its own cells, batches in order
+            parts[only].run(self, state)
+            raise Done(only)
+        if self.fan_out.split:
+            missing = [key for key, stage in parts.items() if not self.complete(stage, state)]
+            if len(missing) > 1:
+                raise Split(missing)
+        for stage in group:
+            stage.run(self, state)
 
     def run(self) -> None:
         """Compute (or read back) every cell of every stage of every trait."""
@@ -159,8 +261,11 @@ class Auditor:
         for trait in self.config["traits"]:
             self.cell(f"{trait}/spec", "spec", partial(_spec_cell, self.specs[trait]), trait)
             state = TraitRun(trait)
-            for stage in stages():
-                stage.run(self, state)
+            for group in stage_groups(stages()):
+                if len(group) > 1:
+                    self.side_by_side(group, state)
+                else:
+                    group[0].run(self, state)
 
 
 def _spec_cell(spec: TraitSpec) -> tuple[dict[str, Any], None]:

@@ -60,6 +60,9 @@ class Stage:
     ``answers``: questions it answers on the first screen; ``plots(trait, results, folder)``: its
     PNG files (name → path); ``section(results, plots)``: its HTML, under ``heading`` =
     ``(anchor, title)`` (an ``<h2>`` such as "formality: does it steer?") when it opens a part of the report.
+    ``independent``: its cells read only what earlier stages hand on in the :class:`TraitRun` (and its own
+    cells), and it changes nothing there; consecutive independent stages may run side by side on a
+    cluster (:class:`~steerscope.audit.pipeline.FanOut`).
     """
 
     name: str
@@ -71,6 +74,7 @@ class Stage:
     plots: Callable[[str, Mapping[str, Any], Path], dict[str, Path]] | None = None
     section: Callable[[Mapping[str, Any], Mapping[str, Path]], str] | None = None
     heading: tuple[str, str] | None = None
+    independent: bool = False
 
 
 _STAGES: dict[str, Stage] = {}

@@ -138,11 +138,8 @@ def _strength_cell(a: Auditor, run: TraitRun, prompts: Sequence[str], alpha: flo
 
 def _calibrate(a: Auditor, run: TraitRun) -> None:
     prompts = calibration_prompts(a.specs[run.trait], a.p.calib_prompts)
-    points = []
-    for alpha in (0.0, *a.p.alphas):
-        key = f"{run.trait}/calibrate/alpha={alpha:g}"
-        cell = a.cell(key, "calibrate", partial(_strength_cell, a, run, prompts, alpha), run.trait)
-        points.append(cell.payload)
+    computes = {f"{run.trait}/calibrate/alpha={alpha:g}": partial(_strength_cell, a, run, prompts, alpha) for alpha in (0.0, *a.p.alphas)}
+    points = [cell.payload for cell in a.batch("calibrate", computes, run.trait)]
     run.alpha = float(strength_summary(points, a.config, prompts)["alpha"])
 
 
@@ -185,7 +182,7 @@ register_stage(Stage(
               "id_class_ratios": (0.25, 0.5, 1.0)}},
     _identifiability, _one_cell, _single("identifiability", "identifiability"),
     plots=one_plot("effect_ratio", plots.plot_effect_ratio, lambda res: res["identifiability"]),
-    section=report.identifiability_section, heading=("identifiability", "is it identifiable?")))
+    section=report.identifiability_section, heading=("identifiability", "is it identifiable?"), independent=True))
 
 
 # --- 5. null space -------------------------------------------------------------------------------
@@ -208,7 +205,7 @@ def _nullspace(a: Auditor, run: TraitRun) -> None:
 register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 1}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
                      _nullspace, _one_cell,
                      _single("nullspace", "nullspace"), plots=one_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
-                     section=report.nullspace_section))
+                     section=report.nullspace_section, independent=True))
 
 
 # --- 6. recovery ---------------------------------------------------------------------------------
@@ -282,8 +279,7 @@ def _recover_row(a: Auditor, run: TraitRun, method: str, grams: Mapping, maps: M
 
 def _recovery(a: Auditor, run: TraitRun) -> None:
     grams, maps = _grams(a, run.layer), _maps(a, run.layer)
-    for method in RECOVERY_METHODS:
-        a.cell(f"{run.trait}/recover/{method}", "recover", partial(_recover_row, a, run, method, grams, maps), run.trait)
+    a.batch("recover", {f"{run.trait}/recover/{m}": partial(_recover_row, a, run, m, grams, maps) for m in RECOVERY_METHODS}, run.trait)
 
 
 def _assemble_recovery(stored: StoredRun, trait: str) -> dict[str, Any]:
@@ -295,7 +291,7 @@ register_stage(Stage(
     {"quick": {"rec_env_prompts": 2, "rec_map_prompts": 1, "rec_boot": 10}, "full": {"rec_env_prompts": 6, "rec_map_prompts": 4, "rec_boot": 20}},
     _recovery, lambda settings: len(RECOVERY_METHODS), _assemble_recovery,
     answers=(Answer("identifiable", "Is it identifiable?", answers.identifiable),),
-    plots=one_plot("stability", plots.plot_stability, lambda res: res["recovery"]), section=report.recovery_section))
+    plots=one_plot("stability", plots.plot_stability, lambda res: res["recovery"]), section=report.recovery_section, independent=True))
 
 
 # --- 7. reachability -----------------------------------------------------------------------------
@@ -333,7 +329,7 @@ register_stage(Stage(
     _reachability, _one_cell, _single("reachability", "reachability"),
     answers=(Answer("reachable", "Is the steered state reachable by a prompt?", answers.reachable),),
     plots=_reachability_plots, section=report.reachability_section,
-    heading=("reachability", "is the steered state reachable?")))
+    heading=("reachability", "is the steered state reachable?"), independent=True))
 
 
 # --- 8. monitoring -------------------------------------------------------------------------------
@@ -356,4 +352,4 @@ def _monitor(a: Auditor, run: TraitRun) -> None:
 register_stage(Stage("monitor", {"quick": {"mon_prompts": 6, "mon_samples": 1, "mon_tokens": 16},
                                  "full": {"mon_prompts": 12, "mon_samples": 2, "mon_tokens": 24}},
                      _monitor, _one_cell, _single("monitoring", "monitor"), section=report.monitoring_section,
-                     heading=("monitoring", "can the vector read the trait?")))
+                     heading=("monitoring", "can the vector read the trait?"), independent=True))
