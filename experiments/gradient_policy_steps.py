@@ -2,14 +2,18 @@
 
 At the positions of :mod:`gradient_proxy_steps` (``--where end``: the 6 positions before the last 2
 of the first two formality in-distribution prompts, chat-templated: on SmolLM2 half of them template
-tokens, on Gemma-3 user words) or at the user's words of the first four prompts (``--where user``,
-at most 6 per prompt, as the reachability audit searches them), each position's natural state is
-inverted alone (the tokens before it given) with :func:`steerscope.invert.invert`: rounds of 32
-candidates, each followed by ``steps`` Adam steps of the proxy, up to ``--budget`` candidates, then
-the exhaustive fallback in id order (capped at ``--cap`` candidates). ε is calibrated on the same
-prompts. Reports, per ``steps``: candidates per position, their mean as a share of the vocabulary,
-exact recoveries and seconds. Prints a line per setting and writes JSON after each.
-Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user] [--steps 1,5,10] [--cap N] [--out PATH]
+tokens, on Gemma-3 user words), at the user's words of the first four prompts (``--where user``, at
+most 6 per prompt, as the reachability audit searches them) or at positions 1–19 of the first 3
+texts of the natural control (``--where text``: test replies, no template), each position's natural
+state is inverted alone (the tokens before it given) with :func:`steerscope.invert.invert`: rounds
+of 32 candidates, each followed by ``steps`` Adam steps of the proxy, up to ``--budget`` candidates,
+then the exhaustive fallback in id order (capped at ``--cap`` candidates). ``--fixed-order``: the
+gain half of each round continues down the first-order order at the mean embedding
+(:class:`~steerscope.invert.SearchConfig` ``fixed_order``). ε is calibrated on the two prompts of
+``--where end``. Reports, per ``steps``: candidates per position, their mean as a share of the
+vocabulary, exact recoveries and seconds. Prints a line per setting and writes JSON after each.
+Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user|text] [--fixed-order]
+       [--steps 1,5,10] [--cap N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 from gradient_proxy_steps import positions
+from inversion_positive_control import replies, round_robin
 
 import steerscope as ss
 from steerscope.encoding import encode_prompt, prompt_user_span
@@ -33,6 +38,15 @@ def user_positions(lm) -> list[tuple[list[int], int]]:
         ids = encode_prompt(lm.tokenizer, prompt)
         lo, hi = prompt_user_span(lm.tokenizer, prompt, ids)
         out += [(ids, t) for t in range(lo, min(hi, lo + 6))]
+    return out
+
+
+def text_positions(lm) -> list[tuple[list[int], int]]:
+    """Positions 1–19 of the first 3 test replies of the natural control (no template; BOS given)."""
+    out = []
+    for text in round_robin(replies("test"), 3):
+        ids = lm.tokenizer(text)["input_ids"][:21]
+        out += [(ids, t) for t in range(2, len(ids))]
     return out
 
 
@@ -50,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--layer", type=int, required=True)
-    parser.add_argument("--where", choices=("end", "user"), default="end")
+    parser.add_argument("--where", choices=("end", "user", "text"), default="end")
+    parser.add_argument("--fixed-order", action="store_true", help="the gain half continues down the first-order order at the start")
     parser.add_argument("--steps", default="1,5,10")
     parser.add_argument("--budget", type=int, default=512)
     parser.add_argument("--cap", type=int, default=None, help="candidates per position at most (default: the vocabulary)")
@@ -62,17 +77,17 @@ def main() -> None:
     sequences = [ids for ids, _ in positions(lm)[::6]]
     eps = calibrate_threshold(lm, args.layer, sequences, last=8).epsilon
     vocab = embedding_space(lm)[0].shape[0]
-    out = args.out or Path(__file__).parent / "results" / f"policy_steps_{args.model}_L{args.layer}_{args.where}.json"
-    where = positions(lm) if args.where == "end" else user_positions(lm)
+    out = args.out or Path(__file__).parent / "results" / f"policy_steps_{args.model}_L{args.layer}_{args.where}{'_fixed' if args.fixed_order else ''}.json"
+    where = {"end": positions, "user": user_positions, "text": text_positions}[args.where](lm)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
-        row = run(lm, args.layer, eps, SearchConfig(steps=steps, budget=args.budget, max_candidates=args.cap), where)
+        row = run(lm, args.layer, eps, SearchConfig(steps=steps, budget=args.budget, max_candidates=args.cap, fixed_order=args.fixed_order), where)
         row["mean_share"] = sum(row["tried"]) / len(row["tried"]) / vocab
         rows.append(row)
         print(f"steps {steps:>3}: exact {row['exact']}/{row['positions']}, mean {100 * row['mean_share']:.2f} % of {vocab:,}, "
               f"tried {sorted(row['tried'])}, {row['seconds']:.0f} s", flush=True)
         out.write_text(json.dumps({"model": args.model, "layer": args.layer, "where": args.where, "epsilon": eps, "vocab": vocab,
-                                   "budget": args.budget, "cap": args.cap, "threads": args.threads, "rows": rows}, indent=1))
+                                   "budget": args.budget, "cap": args.cap, "fixed_order": args.fixed_order, "threads": args.threads, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -54,17 +54,32 @@ def test_threshold_lies_between_noise_floor_and_half_margin(lm):
     assert len(last.noise_floor) == 4
 
 
-@pytest.mark.parametrize("policy", ["gradient", "exhaustive"])
-def test_natural_states_are_recovered_exactly(lm, policy):
+@pytest.mark.parametrize("policy, fixed_order", [("gradient", False), ("gradient", True), ("exhaustive", False)])
+def test_natural_states_are_recovered_exactly(lm, policy, fixed_order):
     ids = _ids(lm)
     th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
-    res = invert(lm, hidden_states(lm, ids, LAYER), LAYER, th.epsilon, config=SearchConfig(policy=policy, chunk=64))
+    cfg = SearchConfig(policy=policy, chunk=64, fixed_order=fixed_order)
+    res = invert(lm, hidden_states(lm, ids, LAYER), LAYER, th.epsilon, config=cfg)
     assert res.tokens == ids
     assert all(res.accepted) and max(res.distances) <= th.epsilon
     assert res.positions == list(range(len(ids)))
     assert all(tk[0] == tok and tk == sorted(tk, key=tk.index) for tk, tok in zip(res.topk_tokens, ids))
     assert all(d == sorted(d) for d in res.topk_distances)
     assert all(1 <= n <= len(lm.tokenizer) for n in res.tried)
+
+
+def test_a_fixed_order_starts_with_the_same_round_and_recovers_without_the_fallback(lm):
+    """Both orders propose the same first round (the gain at the mean embedding); from the second round on,
+    the fixed order continues down that ranking while the other re-ranks at the moved proxy (compared on
+    the real models in experiments/gradient_policy_steps.py)."""
+    ids = _ids(lm)
+    target = hidden_states(lm, ids, LAYER)
+    runs = {(fixed, 1): invert(lm, target, LAYER, 0.0, config=SearchConfig(fixed_order=fixed, fallback=False, budget=32))
+            for fixed in (False, True)}
+    assert runs[False, 1].topk_tokens == runs[True, 1].topk_tokens and runs[False, 1].tried == runs[True, 1].tried
+    th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
+    whole = invert(lm, target, LAYER, th.epsilon, config=SearchConfig(fixed_order=True, fallback=False, budget=len(lm.tokenizer)))
+    assert whole.tokens == ids and all(whole.accepted)  # the order runs out without error; the nearest half covers the rest
 
 
 def test_last_layer_and_given_prefix(tiny_models):

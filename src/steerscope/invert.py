@@ -279,7 +279,9 @@ class SearchConfig:
     embeddings, per coordinate) on the proxy, starting from the mean input embedding, for at most
     ``budget`` candidates; then the rest of the vocabulary when ``fallback``, up to ``max_candidates``
     in all per position (None: the whole vocabulary, so an unmatched position is certified).
-    ``chunk``: batch size of exhaustive scoring; ``k``: candidates kept.
+    ``chunk``: batch size of exhaustive scoring; ``k``: candidates kept. ``fixed_order``: the gain half
+    of each round continues down the first-order order at the starting proxy instead of re-ranking at
+    the moved proxy (the nearest half still follows the proxy).
     """
 
     policy: str = "gradient"
@@ -291,6 +293,7 @@ class SearchConfig:
     chunk: int = 256
     k: int = 10
     max_candidates: int | None = None
+    fixed_order: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -360,12 +363,17 @@ def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed
     opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(e.numel()))
     tgt = target.to(state.lm.device)
     w = proposal_weights(tgt)
+    order: torch.Tensor | None = None
     while pos.tried < min(cfg.budget, cfg.cap(len(pos.visited))) and pos.best > eps:
         for step in range(max(cfg.steps, 1)):
             with torch.enable_grad():
                 loss = 0.5 * ((state.embed_state(e[None])[0] - tgt) * w).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, e)
-            if step == 0:
+            if step == 0 and cfg.fixed_order:
+                if order is None:
+                    order = ((weight.float() @ grad.detach().to(weight.device)) * scale).argsort().cpu()
+                first = order[~pos.visited[order]][: cfg.batch // 2 or 1]
+            elif step == 0:
                 gain = (weight.float() @ grad.detach().to(weight.device)) * scale
                 linear = gain.masked_fill(pos.visited.to(gain.device), math.inf)
                 first = linear.topk(min(cfg.batch // 2 or 1, int(torch.isfinite(linear).sum())), largest=False).indices.cpu()
