@@ -7,8 +7,10 @@ with 2 workers (one thread each). The fixed costs of Ray (starting the cluster, 
 imports and the model load) are measured apart; the overhead per cell is the rest of the difference
 in wall time, divided by the cells. The transport alone is measured too: the cells of one audit
 (their own payloads and blobs) committed to a run store from a local generator against streamed back
-from an actor, as the sweep driver reads them. Every audit's results.json is checked byte-identical to
-the local run's. Prints a table and writes JSON to benchmarks/results/ray.json.
+from an actor, as the sweep driver reads them. One audit alone (formality at layer 1) is run locally
+and on 2 workers, over which it splits its independent parts (the α values, the seven stages after
+calibration). Every audit's results.json is checked byte-identical to the local run's. Prints a
+table and writes JSON to benchmarks/results/ray.json.
 Usage: python benchmarks/bench_ray.py [--cpus 2] [--json-out benchmarks/results/ray.json]
 """
 
@@ -53,14 +55,16 @@ class WordScorer:
         return np.array([sum(t.count(w) for w in ("please", "thank", "good")) + 0.05 * len(t.split()) for t in texts], float)
 
 
-def make_plan(folder: Path) -> Path:
+def make_plan(folder: Path, traits: tuple[str, ...] = ("formality", "sentiment"), layers: tuple[int, ...] = (1, 3)) -> Path:
     from steerscope.testing import tiny_model
 
-    lm = tiny_model("llama", n_layers=6)
-    lm.model.save_pretrained(folder / "tiny")
-    lm.tokenizer.save_pretrained(folder / "tiny")
-    lines = ['models = ["tiny"]', 'traits = ["formality", "sentiment"]', "layers = [1, 3]", 'device = "cpu"', "", "[sizes]"]
-    plan = folder / "plan.toml"
+    if not (folder / "tiny").exists():
+        lm = tiny_model("llama", n_layers=6)
+        lm.model.save_pretrained(folder / "tiny")
+        lm.tokenizer.save_pretrained(folder / "tiny")
+    lines = ['models = ["tiny"]', f"traits = {json.dumps(list(traits))}", f"layers = {json.dumps(list(layers))}", 'device = "cpu"', "",
+             "[sizes]"]
+    plan = folder / f"plan-{len(traits)}x{len(layers)}.toml"
     plan.write_text("\n".join(lines + [f"{k} = {json.dumps(v)}" for k, v in SIZES.items()]) + "\n")
     return plan
 
@@ -159,26 +163,29 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        plan = make_plan(folder)
+        plan, one = make_plan(folder), make_plan(folder, ("formality",), (1,))
         timed_sweep(plan, folder / "warm-up")  # first imports and lazy initialisation, not counted
         start = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
         cluster_start = time.perf_counter() - start
         worker = median_run([{"wall_s": worker_start(ray, plan)} for _ in range(args.repeats)])["wall_s"]
         moved = transport(ray, next((folder / "warm-up" / "audits").iterdir()), folder, args.rounds)
-        kinds = {"local": None, "ray1": RayBackend(workers=1), "ray2": RayBackend(workers=2)}
+        kinds = {"local": (plan, None), "ray1": (plan, RayBackend(workers=1)), "ray2": (plan, RayBackend(workers=2)),
+                 "one-local": (one, None), "one-ray2": (one, RayBackend(workers=2))}
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for i in range(args.repeats):  # interleaved, so that a slow spell of the shared machine hits every kind alike
-            for kind, backend in kinds.items():
-                runs[kind].append(timed_sweep(plan, folder / f"{kind}-{i}", backend))
-        same = all(identical(folder / "local-0", folder / f"{kind}-{i}") for kind in kinds for i in range(args.repeats))
+            for kind, (which, backend) in kinds.items():
+                runs[kind].append(timed_sweep(which, folder / f"{kind}-{i}", backend))
+        same = all(identical(folder / f"{'one-' if kind.startswith('one') else ''}local-0", folder / f"{kind}-{i}")
+                   for kind in kinds for i in range(args.repeats))
         ray.shutdown()
-    local, ray1, ray2 = (median_run(runs[kind]) for kind in kinds)
+    local, ray1, ray2, one_local, one_ray2 = (median_run(runs[kind]) for kind in kinds)
     end_to_end = 1000 * (ray1["wall_s"] - worker - local["wall_s"]) / local["cells"]
     row = {"workload": "2 traits x 2 layers, tiny llama (6 layers, d_model 32), small sizes, word-count scorer", "cpus": args.cpus,
            "repeats": args.repeats, "local": local, "ray_1_worker": ray1, "ray_2_workers": ray2, "cluster_start_s": cluster_start,
            "worker_start_s": worker, "end_to_end_overhead_ms_per_cell": end_to_end, "transport": moved,
-           "speedup_2_workers": local["wall_s"] / ray2["wall_s"], "results_identical": same, "ray_version": ray.__version__,
+           "speedup_2_workers": local["wall_s"] / ray2["wall_s"], "one_audit_local": one_local, "one_audit_ray_2_workers": one_ray2,
+           "one_audit_speedup_2_workers": one_local["wall_s"] / one_ray2["wall_s"], "results_identical": same, "ray_version": ray.__version__,
            "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "machine_cpus": os.cpu_count()}
     out = Path(args.json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +193,8 @@ def main() -> None:
     table = Table(title=f"sweep on Ray vs local, {args.cpus} CPUs, {local['cells']} cells, median of {args.repeats}")
     for col in ("run", "wall s", "in cells s", "wall per cell ms"):
         table.add_column(col, justify="right" if col != "run" else "left")
-    for name, r in (("local, 1 thread", local), ("Ray, 1 worker", ray1), ("Ray, 2 workers", ray2)):
+    for name, r in (("local, 1 thread", local), ("Ray, 1 worker", ray1), ("Ray, 2 workers", ray2), ("one audit, local", one_local),
+                    ("one audit, Ray, 2 workers (split)", one_ray2)):
         table.add_row(name, f"{r['wall_s']:.1f}", f"{r['compute_s']:.1f}", f"{1000 * r['wall_s'] / r['cells']:.0f}")
     Console().print(table)
     Console().print(f"per cell, committed from a local generator: {moved['local_ms_per_cell']:.2f} ms; streamed from an actor: "
@@ -194,7 +202,8 @@ def main() -> None:
                     f"({moved['cells']} cells of {moved['bytes_per_cell'] / 1024:.1f} KiB on average)")
     Console().print(f"end to end, 1 worker against local: {end_to_end:+.1f} ms per cell after the fixed costs: cluster start "
                     f"{cluster_start:.1f} s, worker start (imports, model load) {worker:.1f} s; 2 workers: "
-                    f"{row['speedup_2_workers']:.2f}× the local speed; results identical to the local run: {'yes' if same else 'NO'}")
+                    f"{row['speedup_2_workers']:.2f}× the local speed; one audit split over 2 workers: "
+                    f"{row['one_audit_speedup_2_workers']:.2f}×; results identical to the local run: {'yes' if same else 'NO'}")
     if not same:
         sys.exit(1)
 

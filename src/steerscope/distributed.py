@@ -6,15 +6,15 @@ its trait and the cells its store already holds. The actor runs the audit agains
 store (:class:`ReplicaStore`) and yields each cell it computes, as a Ray streaming generator; the
 driver commits each cell to the audit's store as it arrives. The stores on the driver's disk are the
 only ones, and they hold what a local run writes: the same cells, computed by the same code from the
-same cells before them, in the same order.
+same cells before them (committed in the same order, except parts that run side by side).
 
-Cells inside an audit that do not read each other (a batch: one per α value, per recovery method,
-per robustness part; :meth:`~steerscope.audit.pipeline.Auditor.batch`) run side by side when
-actors would otherwise be idle: an audit submitted while other actors are idle and no audit waits
-stops at its next batch of missing cells and names them; each becomes a part, computed on its own
-actor from the audit's committed cells (read back, not recomputed), and once every part's cell is
-committed the audit continues from there. Each cell is still computed by the same code from the same
-cells before it, so the results are those of a local run.
+Work inside an audit that does not read other work runs side by side when actors would otherwise be
+idle: the independent stages after calibration, and batches of independent cells (one per α value,
+per recovery method, per robustness part), as :class:`~steerscope.audit.pipeline.FanOut` describes.
+An audit submitted while other actors are idle and no audit waits stops where two or more such parts
+are missing and names them; each part is computed on its own actor from the audit's committed cells
+(read back, not recomputed), and once every part is in the audit continues from there. Each cell is
+still computed by the same code from the same cells before it, so the results are those of a local run.
 
 A worker that dies (its process killed, its node lost) is replaced by a new actor, and the driver
 resubmits its audit (or part) with the cells committed so far; an audit is resubmitted at most ``retries``
