@@ -413,18 +413,21 @@ def _search(B: int, prefix: float, tried: Sequence[float], budget: int, batch: i
     return work
 
 
-def c_reachability(c: Context) -> Work:
+def reachability_parts(c: Context) -> dict[str, Work]:
+    """The work of each cell of the reachability stage that computes (key suffix after ``{trait}/reachability/``):
+    the threshold; per prompt, per α of the sweep, the random control and the black-box probes (side by side);
+    then Theorem 4.5 and the behaviour columns. The report cell does no work."""
     s, n, L, B = c.sizes, c.lengths, c.shape.n_layers, c.layer + 1
     V = c.shape.vocab
     budget, batch = s["reach_budget"], 32
     limit = min(V, s["reach_max_candidates"] or V)
     positions, tokens = s["reach_positions"], s["reach_tokens"]
     payload = c.payloads.get("reachability")
-    work = Work()
     # threshold calibration: 2 prompts, their last `positions` positions, the token and ~64 competitors each
     last = min(positions, n.threshold)
-    work += Work(forward=2 * n.threshold * B + 2 * n.threshold * B, head=2 * last,
-                 candidates=2 * last * (1 + THRESHOLD_COMPETITORS), candidate_blocks=2 * last * (1 + THRESHOLD_COMPETITORS) * B)
+    parts = {"threshold": Work(forward=2 * n.threshold * B + 2 * n.threshold * B, head=2 * last,
+                               candidates=2 * last * (1 + THRESHOLD_COMPETITORS),
+                               candidate_blocks=2 * last * (1 + THRESHOLD_COMPETITORS) * B)}
     if payload:
         windows = [(p["n_tokens"], p["start"], p["end"], [r["natural_tried"] for r in p["positions"]],
                     [r["steered_tried"] for r in p["positions"]], p.get("relaxation"), p.get("sequence_search")) for p in payload["prompts"]]
@@ -432,10 +435,9 @@ def c_reachability(c: Context) -> Work:
         width, end = round(min(positions, n.user)), round(n.user_end)
         natural = _natural_tried(c)
         windows = [(n.prompt, end - width, end, [natural] * width, [limit] * width, None, None) for _ in range(s["reach_prompts"])]
-    for n_tok, start, end, nat, st, relaxed, joint in windows:
+    for i, (n_tok, start, end, nat, st, relaxed, joint) in enumerate(windows):
         m = end - start
-        work += Work(forward=2 * n_tok * B)
-        work += _search(B, start, nat, budget, batch, False) + _search(B, start, st, budget, batch, True)
+        work = Work(forward=2 * n_tok * B) + _search(B, start, nat, budget, batch, False) + _search(B, start, st, budget, batch, True)
         steps = relaxed["steps"] if relaxed else (s.get("reach_relax_steps") if payload is None else 0) or 0
         if steps:
             # loss.backward() with the weights requiring gradients: their gradients are computed too (twice the work)
@@ -446,26 +448,39 @@ def c_reachability(c: Context) -> Work:
         if scored or iterations:
             work += Work(forward=start * B + SEQUENCE_INITS * m * B + iterations * m * B, backward=iterations,
                          backward_blocks=iterations * m * B, head=iterations * m, candidates=scored, candidate_blocks=scored * m * B)
+        parts[f"prompt={i}"] = work
     k = min(s["reach_sweep_prompts"], s["reach_prompts"])
     sweeps = payload["alpha_sweep"] + [payload["random_control"]] if payload else [None] * (len(s["reach_alphas"]) + 1)
     window = windows[0]
-    for sweep in sweeps:
+    for name, sweep in zip([f"alpha={a:g}" for a in s["reach_alphas"]] + ["random_control"], sweeps):
         n_pos = sweep["n_positions"] if sweep else k * (window[2] - window[1])
         accepted = sweep["accepted_rate"] if sweep else 0.0
         tried = [1.0] * round(n_pos * accepted) + [1.0 + limit - 1] * round(n_pos * (1 - accepted))
-        work += Work(forward=k * 2 * window[0] * B) + _search(B, k * window[1], tried, budget, batch, True)
+        parts[name] = Work(forward=k * 2 * window[0] * B) + _search(B, k * window[1], tried, budget, batch, True)
     adv = payload["adversarial"] if payload else None
     i = adv["i"] if adv else window[1] + max(0, (window[2] - window[1]) // 2 - 1)
     first, second = (adv["collision"]["tried"], adv["next"]["tried"]) if adv else (batch, limit)
-    work += Work(forward=(2 * window[0] + 2 * (i + 2)) * B) + _search(B, i, [first], budget, batch, False)
-    work += _search(B, i + 1, [second], budget, batch, False)
+    parts["adversarial"] = (Work(forward=(2 * window[0] + 2 * (i + 2)) * B) + _search(B, i, [first], budget, batch, False)
+                            + _search(B, i + 1, [second], budget, batch, False))
     columns = 4 if n.instructions else 3
-    work += gen(columns * k, window[0], tokens, L) + tf(k * columns, window[0] + tokens, window[0] + tokens, L) + Work(texts=columns * k)
+    parts["behaviour"] = gen(columns * k, window[0], tokens, L) + tf(k * columns, window[0] + tokens, window[0] + tokens, L) + Work(texts=columns * k)
     probes = (payload or {}).get("black_box_probes")
     bb = probes["n_prompts"] if probes else (s.get("reach_black_box") or 0 if payload is None else 0)
     if bb:
-        work += _black_box(c, bb, tokens)
-    return work
+        parts["black_box_probes"] = _black_box(c, bb, tokens)
+    return parts
+
+
+def c_reachability(c: Context) -> Work:
+    """The work of the whole reachability stage (its cells' added up)."""
+    total = Work()
+    for work in reachability_parts(c).values():
+        total += work
+    return total
+
+
+#: The phases of the reachability stage's cells (key suffixes): the cells of a phase run side by side, the phases in order.
+REACHABILITY_PHASES = (("threshold",), ("prompt=", "alpha=", "random_control", "black_box_probes"), ("adversarial", "behaviour"))
 
 
 def _natural_tried(c: Context) -> float:
@@ -567,6 +582,8 @@ def cell_work(key: str, c: Context) -> Work:
     if len(parts) < 2 or parts[1] == "spec":
         return Work()
     kind = parts[1]
+    if kind == "reachability" and len(parts) > 2:
+        return reachability_parts(c).get(parts[2], Work())
     simple = {"layers": c_layers, "vector": c_vector, "identifiability": c_identifiability, "nullspace": c_nullspace,
               "reachability": c_reachability, "monitor": c_monitor, "side_effects": c_side_effects, "edits": c_edits}
     if kind in simple:
@@ -622,20 +639,35 @@ class CellCost:
     work: Work
 
 
+#: Stages whose cells (``{trait}/{stage}/…``, then ``{trait}/{stage}``) the cost model takes as one: their work is modelled per stage.
+WHOLE_STAGES = ("identifiability", "nullspace", "reachability")
+
+
+def modelled_key(key: str) -> str:
+    """The key whose work the cost model gives for cell ``key``: the stage's for a cell of :data:`WHOLE_STAGES`."""
+    parts = key.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 and parts[1] in WHOLE_STAGES else key
+
+
 def measured_cells(folder: str | Path) -> tuple[dict[str, Any], Shape, dict[str, Context], list[CellCost]]:
-    """The run's configuration, model shape, per-trait contexts and every cell with its wall time and work."""
+    """The run's configuration, model shape, per-trait contexts and every cell with its wall time and work
+    (the cells of a stage in :data:`WHOLE_STAGES` as one, their seconds added)."""
     with RunStore.open(folder, readonly=True) as store:
         config = store.run["config"]
         tokenizer, model_config = model_files(config["model"])
         shape = shape_of_config(config["model"], model_config)
         ctx = contexts(store, tokenizer, shape)
-        cells = []
+        cells: dict[str, CellCost] = {}
         for cell in store.cells():
-            trait = cell.trait or next((t for t, c in ctx.items() if cell.key.split("/")[0] in ("grams", "maps")
-                                        and cell.key.endswith(f"/L{c.layer}")), next(iter(ctx)))
-            work = Work() if cell.key == "model" else cell_work(cell.key, ctx[trait])
-            cells.append(CellCost(cell.key, cell.stage, cell.seconds, work))
-    return config, shape, ctx, cells
+            key = modelled_key(cell.key)
+            if key in cells:
+                cells[key].seconds += cell.seconds
+                continue
+            trait = cell.trait or next((t for t, c in ctx.items() if key.split("/")[0] in ("grams", "maps")
+                                        and key.endswith(f"/L{c.layer}")), next(iter(ctx)))
+            work = Work() if key == "model" else cell_work(key, ctx[trait])
+            cells[key] = CellCost(key, cell.stage, cell.seconds, work)
+    return config, shape, ctx, list(cells.values())
 
 
 #: The per-unit costs fitted to the cells' wall times, in the order of :func:`features`.
@@ -778,7 +810,8 @@ def audit_works(shape: Shape, trait: str, layer: int, fixed: bool, tokenizer: An
     keys = [f"{trait}/layers", f"{trait}/vector"] + [f"{trait}/calibrate/alpha={a:g}" for a in (0.0, *sizes["alphas"])]
     keys += [f"{trait}/identifiability", f"{trait}/nullspace", f"grams/L{layer}", f"maps/L{layer}"]
     keys += [f"{trait}/recover/{m}" for m in RECOVERY_METHODS]
-    keys += [f"{trait}/{k}" for k in ("reachability", "monitor", "side_effects", "edits")] + [f"{trait}/robustness/{p}" for p in PARTS]
+    keys += [f"{trait}/reachability/{part}" for part in reachability_parts(c)]
+    keys += [f"{trait}/{k}" for k in ("monitor", "side_effects", "edits")] + [f"{trait}/robustness/{p}" for p in PARTS]
     return {k: cell_work(k, c) for k in keys}
 
 
@@ -790,7 +823,8 @@ def stage_of(key: str) -> str:
 def timed(cells: Mapping[str, Work], time: Timer) -> dict[str, Any]:
     """Seconds per stage and category, the total, and the critical path if the cells of the audit were fanned out:
     layer and vector, then the calibration cells side by side, then every later stage side by side (the Gram and
-    map cells before the recovery methods)."""
+    map cells before the recovery methods; the reachability stage's cells, when given one by one, in its
+    :data:`REACHABILITY_PHASES`)."""
     seconds = {k: time(w) for k, w in cells.items()}
     stages: dict[str, dict[str, float]] = {}
     for key, s in seconds.items():
@@ -801,10 +835,17 @@ def timed(cells: Mapping[str, Work], time: Timer) -> dict[str, Any]:
     first = [k for k in cells if stage_of(k) in ("layers", "vector")]
     calib = [k for k in cells if stage_of(k) == "calibrate"]
     chains: dict[str, float] = {}
+    reach: dict[str, float] = {}
     for key in cells:
-        if key not in first and key not in calib:
-            chain = "recover" if stage_of(key) == "recover" else key
-            chains[chain] = chains.get(chain, 0.0) + cell_s[key]
+        if key in first or key in calib:
+            continue
+        if stage_of(key) == "reachability" and key.count("/") > 1:
+            reach[key.split("/", 2)[2]] = cell_s[key]
+            continue
+        chain = "recover" if stage_of(key) == "recover" else key
+        chains[chain] = chains.get(chain, 0.0) + cell_s[key]
+    if reach:
+        chains["reachability"] = sum(max((t for k, t in reach.items() if k.startswith(phase)), default=0.0) for phase in REACHABILITY_PHASES)
     critical = sum(cell_s[k] for k in first) + max(cell_s[k] for k in calib) + max(chains.values())
     return {"stages": stages, "total_s": sum(cell_s.values()), "critical_path_s": critical}
 

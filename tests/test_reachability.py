@@ -255,3 +255,27 @@ def test_cli_errors_for_foreign_vector_and_missing_vector(tmp_path):
     assert foreign.returncode == 2 and "fingerprint" in foreign.stderr
     neither = subprocess.run([*base, "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env)
     assert neither.returncode == 2 and "give --vector, --trait or --dataset" in neither.stderr
+
+
+def test_parts_computed_alone_in_reverse_give_the_report(llama, report):
+    """Each part of the audit computed by its own ReachabilityAudit, the independent ones last first, each
+    payload read back as a run store gives it: exactly the report of ``run_reachability``."""
+    from steerscope.audit.reachability import ReachabilityAudit
+    from steerscope.runstore import stored_payload
+
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+
+    def fresh() -> ReachabilityAudit:
+        return ReachabilityAudit(llama, v, 1, 2.0, PROMPTS, CALIBRATION, trait="formality", scorer=CountScorer(),
+                                 settings=SETTINGS, instructions=BUILTIN_INSTRUCTIONS["formality"])
+
+    threshold = stored_payload(fresh().threshold())
+    random_control = stored_payload(fresh().random_control(threshold))
+    sweep = [stored_payload(fresh().sweep(a, threshold)) for a in reversed(SETTINGS.alphas)][::-1]
+    prompts = [stored_payload(fresh().prompt(i, threshold)) for i in reversed(range(len(PROMPTS)))][::-1]
+    assert [p["nearest_ids"][:p["start"]] for p in prompts] == [encode_prompt(llama.tokenizer, p)[:q["start"]] for p, q in zip(PROMPTS, prompts)]
+    parts = {"prompts": prompts, "alpha_sweep": sweep, "random_control": random_control, "black_box_probes": stored_payload(fresh().black_box()),
+             "behaviour": stored_payload(fresh().behaviour(prompts)), "adversarial": stored_payload(fresh().adversarial(prompts[0], threshold))}
+    assert parts["black_box_probes"] is None  # off in these settings
+    assert fresh().report(threshold, parts) == report
+    assert "nearest_ids" not in report["prompts"][0] and [a["alpha"] for a in report["alpha_sweep"]] == list(SETTINGS.alphas)

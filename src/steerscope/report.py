@@ -19,7 +19,7 @@ from typing import Any
 
 from steerscope.errors import SteerscopeError
 from steerscope.fileio import atomic_write
-from steerscope.audit.markdown import search_text
+from steerscope.audit.markdown import BEHAVIOUR_COLUMNS, probe_columns, search_text
 from steerscope.formatting import ci, num
 from steerscope.runstore import RunStore, RunStoreError, one_line
 
@@ -254,7 +254,7 @@ def reachability_section(res: Mapping[str, Any], plots: Mapping[str, Path]) -> s
         ["Theorem 4.5 construction", f"collision at position {adv['i']}: distance {num(adv['collision']['distance'])}; "
                                      f"position {adv['i'] + 1}: {num(adv['next']['distance'])}"],
     ])
-    cols = [(side, name, v) for side in ("white_box", "black_box") for name, v in beh[side].items()]
+    cols = [(side, name, beh[side][name]) for side in ("white_box", "black_box") for name in BEHAVIOUR_COLUMNS if name in beh[side]]
     behaviour = html_table(["evaluation", "generation from", "trait score", "KL from steered (nats/token)"],
                        [[side.replace("_", "-"), esc(name), num(v["trait_score"]), num(v["kl_from_steered"])] for side, name, v in cols])
     assumptions = html_table(["component", "breaks real-analyticity", "detail"], [[esc(a["component"]), esc(a["breaks"]), esc(a["detail"])] for a in r["assumptions"]])
@@ -268,7 +268,7 @@ def _black_box_table(probes: Mapping[str, Any] | None) -> str:
     if not probes:
         return ""
     rows = [[esc(name), num(c.get("trait_score")), num(c.get("kl_from_steered")), num(c.get("top1_agreement")), num(c.get("state_distance")),
-             num(c.get("state_distance_over_unsteered"), ".3f")] for name, c in probes["columns"].items()]
+             num(c.get("state_distance_over_unsteered"), ".3f")] for name, c in probe_columns(probes)]
     return (f"<h3>Black-box probes: prompts to the unsteered model ({probes['n_prompts']} prompts; the steered completions' trait score "
             f"{num(probes['target_trait_score'])})</h3>"
             + html_table(["probe", "trait score", "KL from steered", "top-1 agreement", "state distance", "× unsteered"], rows))

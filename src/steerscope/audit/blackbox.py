@@ -291,5 +291,5 @@ def black_box_probes(lm: LoadedModel, vector: torch.Tensor, layer: int, alpha: f
         "steered_texts": texts[:n], "target_trait_score": float(np.mean(scorer(texts[:n]))) if scorer is not None else None,
         "instruction": instruction, "copy_instruction": COPY_INSTRUCTION, "capture_layer": capture_layer,
         "tuned_prompt": {"tokens": tuned.tokens, "text": lm.tokenizer.decode(tuned.tokens), "losses": tuned.losses},
-        "columns": results,
+        "columns": results, "order": list(results),
     }

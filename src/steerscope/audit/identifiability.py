@@ -18,6 +18,10 @@ be detected); ``v+grad`` (v plus the direction ⟂ v of steepest pair-margin inc
 The size of the class (the share of random u that keeps v's effect within δ) is measured by Monte
 Carlo on the teacher-forced readouts next to its first-order prediction (:mod:`steerscope.audit.readouts`).
 
+:func:`run_identifiability` is three parts with JSON payloads, each a cell of ``steerscope audit``:
+:func:`identifiability_readouts` (everything but the class-size draws), :func:`identifiability_class_chunk`
+per range of draws (:func:`class_parts`, independent of each other) and :func:`identifiability_report`.
+
 A failed search for a difference is not proof of equivalence.
 """
 
@@ -26,19 +30,33 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
 from steerscope.audit.equivalence import Margin, ReadoutData, fraction, readout_verdict, redecide, two_sided_p
+from steerscope.audit.readouts import (
+    ClassReference,
+    ClassSample,
+    DrawRange,
+    class_chunk,
+    class_ranges,
+    class_reference,
+    class_summary,
+    join_chunks,
+    margin_gradient,
+    pair_margins_by_condition,
+    predicted_fractions,
+)
 from steerscope.divergence import condition_divergences
 from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate
 from steerscope.intervene import steer_rows
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
+from steerscope.runstore import stored_payload
 from steerscope.score.base import Scorer, spec_scorer
 from steerscope.stats import cluster_bootstrap, hedges_g, holm, prompt_means
 from steerscope.traitspec import TraitSpec, as_spec
@@ -376,6 +394,10 @@ class IdentifiabilitySettings:
         """The equivalence margin δ and the test level."""
         return Margin(self.delta, self.level)
 
+    def class_sample(self) -> ClassSample:
+        """The Monte Carlo of the class size (seeds from ``seed + 50 000``); SteerscopeError when it is skipped (0 draws)."""
+        return ClassSample(self.class_draws, tuple(self.class_ratios), self.seed + 50_000)
+
     def generation(self) -> GenerationConfig:
         """The sampling configuration of the trait-score readout."""
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature, seed=self.seed)
@@ -443,7 +465,18 @@ def prompt_looks(lm: LoadedModel, layer: int, conditions: Sequence[Condition], p
     return seen, readouts, looks
 
 
-def run_identifiability(
+def class_parts(s: IdentifiabilitySettings) -> list[DrawRange]:
+    """The ranges of class-size draws of ``s``, one :func:`identifiability_class_chunk` each (none when skipped)."""
+    return class_ranges(s.class_sample()) if s.class_draws else []
+
+
+def class_distribution(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The prompts whose reference continuation has tokens, and those continuations: the class size's next-token readout."""
+    keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
+    return [prompts[i] for i in keep], [continuations[i] for i in keep]
+
+
+def identifiability_readouts(
     lm: LoadedModel,
     trait: str | TraitSpec,
     layer: int,
@@ -452,15 +485,11 @@ def run_identifiability(
     scorer: Scorer | None = None,
     vector=None,
 ) -> dict[str, Any]:
-    """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
+    """Everything of :func:`run_identifiability` but the class-size draws, JSON-safe (arguments as there).
 
-    ``trait``: a built-in trait's name or a :class:`~steerscope.traitspec.TraitSpec`. ``vector``: the
-    SteeringVector when the caller already has it (default :func:`audit_vector`); ``scorer``
-    defaults to the spec's scorer. Without one (a spec whose scorer is None) there is no trait-score
-    readout, and v against the unsteered model is read on the pair margin.
+    Returns ``{"report": the report without the Monte Carlo class sizes, "monte_carlo": None when skipped, else
+    {"reference": the :class:`~steerscope.audit.readouts.ClassReference` fields, "predicted": [n_ratios] first-order shares}}``.
     """
-    from steerscope.audit.readouts import ClassSample, class_fraction, margin_gradient, pair_margins_by_condition
-
     s = settings or IdentifiabilitySettings()
     margin = s.margin()
     layer = lm.check_layer(layer)
@@ -480,12 +509,11 @@ def run_identifiability(
     classes: dict[str, Any] = {"trait_score": score_class(readouts["trait_score"], s.delta)} if scorer else {}
     base = (v_vs_none(scores, s.n_boot, s.seed) if scorer else
             v_vs_none({k: margins[k] for k in ("v", "none")}, s.n_boot, s.seed, "pair_margin"))
+    monte_carlo = None
     if s.class_draws:
-        keep = [i for i, c in enumerate(continuations) if lm.tokenizer(c, add_special_tokens=False)["input_ids"]]
-        mc = class_fraction(lm, layer, v, alpha, pairs, ([prompts[i] for i in keep], [continuations[i] for i in keep]), margin,
-                            ClassSample(s.class_draws, tuple(s.class_ratios), s.seed + 50_000), gradient,
-                            base={"none": margins["none"], "v": margins["v"]})
-        classes |= {"pair_margin": mc["pair_margin"], "distribution": mc["distribution"]}
+        reference = class_reference(lm, layer, v, alpha, pairs, class_distribution(lm, prompts, continuations), s.delta,
+                                    base={"none": margins["none"], "v": margins["v"]})
+        monte_carlo = {"reference": asdict(reference), "predicted": predicted_fractions(gradient, v, s.class_sample(), s.delta)}
     report = {
         "config": {
             "trait": spec.name, "trait_spec": spec.summary(), "layer": layer, "alpha": alpha, "n_draws": s.n_draws, "env": s.env, "n_prompts": len(prompts),
@@ -513,7 +541,67 @@ def run_identifiability(
         "verdict": {k: {"verdict": r["verdict"], "reason": r["reason"]} for k, r in readouts.items()},
         "statement": STATEMENT.format(delta=s.delta, level=s.level),
     }
+    return jsonable({"report": report, "monte_carlo": monte_carlo})
+
+
+def identifiability_class_chunk(
+    lm: LoadedModel,
+    trait: str | TraitSpec,
+    layer: int,
+    alpha: float,
+    settings: IdentifiabilitySettings,
+    v: torch.Tensor,
+    readouts: Mapping[str, Any],
+    part: DrawRange,
+) -> dict[str, Any]:
+    """The per-draw class-size readouts of the draws ``part`` (:func:`~steerscope.audit.readouts.class_chunk`) around
+    the audited ``v`` (``[d]``), JSON-safe; ``readouts``: the :func:`identifiability_readouts` payload as stored."""
+    report = readouts["report"]
+    chunk = class_chunk(lm, lm.check_layer(layer), v, alpha, _pairs(as_spec(trait), settings.n_pairs),
+                        class_distribution(lm, report["prompts"], report["reference_continuations"]),
+                        ClassReference(**readouts["monte_carlo"]["reference"]), settings.class_sample(), part)
+    return jsonable(chunk)
+
+
+def identifiability_report(settings: IdentifiabilitySettings, readouts: Mapping[str, Any], chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The report of :func:`run_identifiability` from the :func:`identifiability_readouts` payload and the
+    :func:`identifiability_class_chunk` payloads of :func:`class_parts` (in order), as stored."""
+    report = copy.deepcopy(dict(readouts["report"]))
+    for name in ("readouts", "verdict"):  # in the order of READOUTS (a stored payload's keys are sorted)
+        report[name] = {k: report[name][k] for k in READOUTS if k in report[name]}
+    if settings.class_draws:
+        sample, monte_carlo = settings.class_sample(), readouts["monte_carlo"]
+        mc = class_summary(ClassReference(**monte_carlo["reference"]), sample, settings.delta, join_chunks(sample, chunks),
+                           monte_carlo["predicted"])
+        report["class_size"] |= {"pair_margin": mc["pair_margin"], "distribution": mc["distribution"]}
     return jsonable(report)
+
+
+def run_identifiability(
+    lm: LoadedModel,
+    trait: str | TraitSpec,
+    layer: int,
+    alpha: float,
+    settings: IdentifiabilitySettings | None = None,
+    scorer: Scorer | None = None,
+    vector=None,
+) -> dict[str, Any]:
+    """Full audit of ``trait``'s mean-diff vector at ``layer``; returns a JSON-serialisable report.
+
+    ``trait``: a built-in trait's name or a :class:`~steerscope.traitspec.TraitSpec`. ``vector``: the
+    SteeringVector when the caller already has it (default :func:`audit_vector`); ``scorer``
+    defaults to the spec's scorer. Without one (a spec whose scorer is None) there is no trait-score
+    readout, and v against the unsteered model is read on the pair margin.
+    :func:`identifiability_readouts`, :func:`identifiability_class_chunk` per :func:`class_parts` and
+    :func:`identifiability_report`, each payload read back as a run store gives it.
+    """
+    s = settings or IdentifiabilitySettings()
+    layer = lm.check_layer(layer)
+    vec = vector if vector is not None else audit_vector(lm, trait, layer)
+    readouts = stored_payload(identifiability_readouts(lm, trait, layer, alpha, s, scorer, vec))
+    chunks = [stored_payload(identifiability_class_chunk(lm, trait, layer, alpha, s, vec.directions[layer], readouts, part))
+              for part in class_parts(s)]
+    return identifiability_report(s, readouts, chunks)
 
 
 def scorer_accuracy(scorer: Scorer) -> float | None:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import statistics
-
+from collections.abc import Mapping
 from typing import Any
 
 from steerscope.formatting import ci, num
+
+#: The reachability audit's behaviour columns in the order they are reported (a stored payload's keys are sorted).
+BEHAVIOUR_COLUMNS = ("steered", "unsteered", "nearest_prompt", "instruction")
+
+
+def probe_columns(probes: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(probe, readouts)`` of a black-box probes result in the probes' order (a stored payload's keys are sorted)."""
+    return [(name, probes["columns"][name]) for name in probes.get("order", probes["columns"])]
 
 
 LABELS = {"trait_score": "Trait score", "pair_margin": "Pair margin", "distribution": "Next-token distribution"}
@@ -252,7 +260,7 @@ def black_box_lines(probes: dict[str, Any] | None) -> list[str]:
         f"{st['tune_steps']} Adam steps, projected to tokens {probes['tuned_prompt']['text']!r} (the soft version is not a prompt).", "",
         "| probe | trait score | KL | top-1 agreement | state distance | × unsteered | cosine |", "|---|---|---|---|---|---|---|",
     ]
-    for name, c in probes["columns"].items():
+    for name, c in probe_columns(probes):
         lines.append(f"| {name} | {num(c.get('trait_score'), '.3f')} | {num(c.get('kl_from_steered'), '.4f')} | "
                      f"{num(c.get('top1_agreement'), '.2f')} | {num(c.get('state_distance'), '.3g')} | "
                      f"{num(c.get('state_distance_over_unsteered'), '.3f')} | {num(c.get('state_cosine'), '.3f')} |")
@@ -308,7 +316,7 @@ def reachability_markdown(report: dict[str, Any]) -> str:
         "| column | side | trait score | KL(steered ‖ column) per token |", "|---|---|---|---|",
     ]
     for side in ("white_box", "black_box"):
-        for name, row in beh[side].items():
+        for name, row in ((n, beh[side][n]) for n in BEHAVIOUR_COLUMNS if n in beh[side]):
             lines.append(f"| {name} | {side.replace('_', '-')} | {num(row.get('trait_score'), '.3f')} | {num(row.get('kl_from_steered'), '.4f')} |")
     if beh.get("instruction"):
         lines.append(f"\nBlack-box baseline instruction: {beh['instruction']!r}.")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from steerscope.invert import Inversion, SearchConfig, Threshold, calibrate_thre
 from steerscope.jsonable import jsonable
 from steerscope.models.loading import LoadedModel
 from steerscope.relax import Relaxation, RelaxConfig, relax
+from steerscope.runstore import stored_payload
 from steerscope.score.base import Scorer
 from steerscope.sequence_search import SequenceConfig, SequenceResult, sequence_search
 
@@ -321,7 +322,7 @@ def _window_summary(rows: Sequence[dict], noise: float) -> dict:
     return {
         "n_positions": len(rows), "natural_exact_recovery": float(np.mean(nat)),
         "median_natural_distance": statistics.median(r["natural_distance"] for r in rows),
-        "median_margin": statistics.median(r["margin"] for r in rows if not math.isnan(r["margin"])),
+        "median_margin": statistics.median(r["margin"] for r in rows if r["margin"] is not None and not math.isnan(r["margin"])),
         "median_steered_distance": statistics.median(r["steered_distance"] for r in rows),
         "median_displacement": statistics.median(r["displacement"] for r in rows),
         "median_steered_over_noise": statistics.median(ratio),
@@ -349,22 +350,17 @@ def verdict(per_prompt: Sequence[dict]) -> str:
     return "not-found-within-budget"
 
 
-def run_reachability(
-    lm: LoadedModel,
-    vector: torch.Tensor,
-    layer: int,
-    alpha: float,
-    prompts: Sequence[str],
-    calibration_prompts: Sequence[str],
-    capture_layer: int | None = None,
-    trait: str | None = None,
-    scorer: Scorer | None = None,
-    settings: AuditSettings | None = None,
-    vector_info: dict | None = None,
-    instructions: tuple[str, str] | None = None,
-    probe_prompts: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Full reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``; returns a JSON-serialisable report.
+def threshold_of(payload: Mapping[str, Any]) -> Threshold:
+    """The ε and noise floor of a stored :meth:`Threshold.to_json` (what every part of the audit reads)."""
+    return Threshold(float(payload["epsilon"]), float(payload["noise"]), float(payload["margin"]))
+
+
+class ReachabilityAudit:
+    """The reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``, in parts that a run store
+    keeps as cells: the threshold, then one part per prompt, per α of the sweep, the random vector and
+    the black-box probes (none reading another), then Theorem 4.5 and the behaviour (reading the first
+    prompts' parts), then the report. Each part returns a JSON-safe payload; the parts after the
+    threshold read the payloads before them as a store gives them back.
 
     States are compared at ``capture_layer`` (default: ``layer``, i.e. right after the addition).
     ``trait`` names the trait in the report; ``instructions`` (positive pole, negative pole) give the
@@ -372,76 +368,136 @@ def run_reachability(
     (default: ``prompts``) the audited and demonstration prompts of the black-box probes
     (:meth:`~steerscope.audit.blackbox.BlackBoxSettings.split`), run when ``settings.black_box.prompts`` > 0.
     """
-    settings = settings or AuditSettings()
-    layer = lm.check_layer(layer)
-    capture_layer = layer if capture_layer is None else lm.check_layer(capture_layer)
-    if capture_layer < layer:
-        raise SteerscopeError(f"the capture layer ({capture_layer}) must not precede the steering layer ({layer})")
-    if vector.ndim != 1 or vector.shape[0] != lm.d_model or not torch.isfinite(vector).all():
-        raise SteerscopeError(f"the steering vector must be a finite [{lm.d_model}] tensor, got shape {tuple(vector.shape)}")
-    if not prompts or not calibration_prompts:
-        raise SteerscopeError("the audit needs at least one prompt and one calibration prompt")
-    if settings.steer_at not in STEER_AT:
-        raise SteerscopeError(f"steer_at must be one of {', '.join(STEER_AT)}, got {settings.steer_at!r}")
-    probes = settings.black_box.split(probe_prompts or prompts) if settings.black_box.prompts else None
-    vector = vector.detach().float().cpu()
-    wins = windows(lm, prompts, settings)
-    seqs = [w.ids for w in wins]
-    calib = [encode_prompt(lm.tokenizer, p) for p in calibration_prompts]
-    for ids in calib:
-        lm.check_context(ids)
-    threshold = calibrate_threshold(lm, capture_layer, calib, seed=settings.seed, last=settings.max_positions)
-    per_prompt: list[dict[str, Any]] = []
-    rows_all, nearest = [], []
-    for w in wins:
-        nat_states = hidden_states(lm, w.ids, capture_layer)
-        st_states = steered_states(lm, w.ids, vector, alpha, layer, capture_layer, w.steered_at(settings))
-        natural = _search(lm, nat_states, capture_layer, threshold, w, settings, seeded=False)
-        steered = _search(lm, st_states, capture_layer, threshold, w, settings, seeded=True)
-        relaxed, joint = continuous_and_joint(lm, st_states, capture_layer, threshold, w, steered, settings)
-        rows = position_rows(lm, w.ids, natural, steered, (st_states - nat_states).norm(dim=-1), threshold.noise)
-        rows = _joint_columns(rows, relaxed, joint)
-        nearest.append(w.ids[:w.start] + joint.tokens + w.ids[w.end:])
-        rows_all += rows
-        per_prompt.append({"prompt": w.prompt, "n_tokens": len(w.ids), "start": w.start, "end": w.end, "positions": rows,
-                           "searched_text": lm.tokenizer.decode(w.ids[w.start:w.end]),
-                           "steered_trajectory_found": all(steered.accepted) or joint.accepted,
-                           "found_by": "sequential" if all(steered.accepted) else "whole-span" if joint.accepted else None,
-                           "relaxation": relaxed.to_json(), "sequence_search": joint.to_json(),
-                           "nearest_prompt": lm.tokenizer.decode(nearest[-1])})
-    k = min(settings.sweep_prompts, len(seqs))
-    sweep = [steered_summary(lm, wins[:k], vector, a, layer, capture_layer, threshold, settings) for a in settings.alphas]
-    rand = random_draw(vector, settings.seed + RANDOM_SEED_OFFSET)
-    random_control = steered_summary(lm, wins[:k], rand, alpha, layer, capture_layer, threshold, settings)
-    random_control |= {"seed": settings.seed + RANDOM_SEED_OFFSET, "norm": float(rand.norm())}
-    first = per_prompt[0]
-    i = max(1, min(first["start"] + max(0, (first["end"] - first["start"]) // 2 - 1), len(seqs[0]) - 2))
-    runner_up = next((r["natural_runner_up"] for r in first["positions"] if r["position"] == i), None)
-    vocab = lm.model.get_input_embeddings().weight.shape[0]  # type: ignore[index]
-    replacement = runner_up if runner_up is not None else (seqs[0][i] + 1) % vocab
-    adversarial = adversarial_collision(lm, seqs[0], layer, i, replacement, threshold, settings)
-    behaviour = behaviour_comparison(lm, prompts[:k], seqs[:k], nearest[:k], vector, alpha, layer, instructions, scorer,
-                                     settings.max_new_tokens)
-    found = [p for p in per_prompt if p["steered_trajectory_found"]]
-    summary = _window_summary(rows_all, threshold.noise)
-    summary |= {
-        "verdict": verdict(per_prompt),
-        "reachable_prompt": found[0]["nearest_prompt"] if found else None,
-        "vector_norm": float(vector.norm()), "steering_norm": abs(alpha) * float(vector.norm()),
-        "noise_floor": threshold.noise, "epsilon": threshold.epsilon,
-    }
-    report = {
-        "config": {"layer": layer, "capture_layer": capture_layer, "alpha": alpha, "trait": trait, "positions": settings.positions,
-                   "max_positions": settings.max_positions, "alphas": list(settings.alphas), "sweep_prompts": k, "seed": settings.seed,
-                   "search": settings.search.__dict__, "relax": settings.relax.__dict__, "sequence": settings.sequence.__dict__,
-                   "steered_search_seeded": True, "vocab": int(lm.model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
-                   "adversarial_exhaustive": settings.adversarial_exhaustive, "max_new_tokens": settings.max_new_tokens,
-                   "steered_positions": settings.steer_at, "n_prompts": len(prompts), "calibration_prompts": list(calibration_prompts)},
-        "model": lm.info(), "vector": vector_info or {}, "assumptions": check_assumptions(lm),
-        "threshold": threshold.to_json(), "summary": summary, "prompts": per_prompt, "alpha_sweep": sweep,
-        "random_control": random_control, "adversarial": adversarial, "behaviour": behaviour, "statement": STATEMENT,
-    }
-    if probes is not None:
-        report["black_box_probes"] = black_box_probes(lm, vector, layer, alpha, *probes, capture_layer, instructions, scorer,
-                                                      settings.black_box)
-    return jsonable(report)
+
+    def __init__(self, lm: LoadedModel, vector: torch.Tensor, layer: int, alpha: float, prompts: Sequence[str],
+                 calibration_prompts: Sequence[str], capture_layer: int | None = None, trait: str | None = None,
+                 scorer: Scorer | None = None, settings: AuditSettings | None = None, vector_info: dict | None = None,
+                 instructions: tuple[str, str] | None = None, probe_prompts: Sequence[str] = ()):
+        self.settings = settings = settings or AuditSettings()
+        self.lm, self.alpha, self.trait, self.scorer, self.instructions = lm, alpha, trait, scorer, instructions
+        self.layer = lm.check_layer(layer)
+        self.capture_layer = self.layer if capture_layer is None else lm.check_layer(capture_layer)
+        if self.capture_layer < self.layer:
+            raise SteerscopeError(f"the capture layer ({self.capture_layer}) must not precede the steering layer ({self.layer})")
+        if vector.ndim != 1 or vector.shape[0] != lm.d_model or not torch.isfinite(vector).all():
+            raise SteerscopeError(f"the steering vector must be a finite [{lm.d_model}] tensor, got shape {tuple(vector.shape)}")
+        if not prompts or not calibration_prompts:
+            raise SteerscopeError("the audit needs at least one prompt and one calibration prompt")
+        if settings.steer_at not in STEER_AT:
+            raise SteerscopeError(f"steer_at must be one of {', '.join(STEER_AT)}, got {settings.steer_at!r}")
+        self.probes = settings.black_box.split(probe_prompts or prompts) if settings.black_box.prompts else None
+        self.vector = vector.detach().float().cpu()
+        self.vector_info = vector_info or {}
+        self.prompts, self.calibration_prompts = list(prompts), list(calibration_prompts)
+        self.wins = windows(lm, prompts, settings)
+        self.calibration = [encode_prompt(lm.tokenizer, p) for p in calibration_prompts]
+        for ids in self.calibration:
+            lm.check_context(ids)
+        self.k = min(settings.sweep_prompts, len(self.wins))
+
+    def threshold(self) -> dict[str, Any]:
+        """The calibrated ε (:func:`~steerscope.invert.calibrate_threshold`), as :meth:`Threshold.to_json`."""
+        s = self.settings
+        return jsonable(calibrate_threshold(self.lm, self.capture_layer, self.calibration, seed=s.seed, last=s.max_positions).to_json())
+
+    def prompt(self, index: int, threshold: Mapping[str, Any]) -> dict[str, Any]:
+        """The natural and steered searches, relaxation and whole-span search of prompt ``index``: its report
+        entry, and under ``nearest_ids`` the tokens of the nearest prompt found."""
+        lm, s, w, th = self.lm, self.settings, self.wins[index], threshold_of(threshold)
+        nat_states = hidden_states(lm, w.ids, self.capture_layer)
+        st_states = steered_states(lm, w.ids, self.vector, self.alpha, self.layer, self.capture_layer, w.steered_at(s))
+        natural = _search(lm, nat_states, self.capture_layer, th, w, s, seeded=False)
+        steered = _search(lm, st_states, self.capture_layer, th, w, s, seeded=True)
+        relaxed, joint = continuous_and_joint(lm, st_states, self.capture_layer, th, w, steered, s)
+        rows = position_rows(lm, w.ids, natural, steered, (st_states - nat_states).norm(dim=-1), th.noise)
+        nearest = w.ids[:w.start] + joint.tokens + w.ids[w.end:]
+        return jsonable({"prompt": w.prompt, "n_tokens": len(w.ids), "start": w.start, "end": w.end,
+                         "positions": _joint_columns(rows, relaxed, joint),
+                         "searched_text": lm.tokenizer.decode(w.ids[w.start:w.end]),
+                         "steered_trajectory_found": all(steered.accepted) or joint.accepted,
+                         "found_by": "sequential" if all(steered.accepted) else "whole-span" if joint.accepted else None,
+                         "relaxation": relaxed.to_json(), "sequence_search": joint.to_json(),
+                         "nearest_prompt": lm.tokenizer.decode(nearest), "nearest_ids": nearest})
+
+    def sweep(self, alpha: float, threshold: Mapping[str, Any]) -> dict[str, Any]:
+        """One entry of the α sweep: the steered search at strength ``alpha`` on the first ``sweep_prompts`` prompts."""
+        th = threshold_of(threshold)
+        return jsonable(steered_summary(self.lm, self.wins[:self.k], self.vector, alpha, self.layer, self.capture_layer, th, self.settings))
+
+    def random_control(self, threshold: Mapping[str, Any]) -> dict[str, Any]:
+        """The steered search with a random vector of the same norm at α, on the first ``sweep_prompts`` prompts."""
+        s, th = self.settings, threshold_of(threshold)
+        rand = random_draw(self.vector, s.seed + RANDOM_SEED_OFFSET)
+        control = steered_summary(self.lm, self.wins[:self.k], rand, self.alpha, self.layer, self.capture_layer, th, s)
+        return jsonable(control | {"seed": s.seed + RANDOM_SEED_OFFSET, "norm": float(rand.norm())})
+
+    def black_box(self) -> dict[str, Any] | None:
+        """The black-box probes (:func:`~steerscope.audit.blackbox.black_box_probes`); None when they are off."""
+        if self.probes is None:
+            return None
+        return jsonable(black_box_probes(self.lm, self.vector, self.layer, self.alpha, *self.probes, self.capture_layer,
+                                         self.instructions, self.scorer, self.settings.black_box))
+
+    def adversarial(self, first: Mapping[str, Any], threshold: Mapping[str, Any]) -> dict[str, Any]:
+        """Theorem 4.5 on the first prompt (``first``: its part), at the middle of its searched span; the
+        replacement token is the natural search's runner-up there."""
+        ids = self.wins[0].ids
+        i = max(1, min(first["start"] + max(0, (first["end"] - first["start"]) // 2 - 1), len(ids) - 2))
+        runner_up = next((r["natural_runner_up"] for r in first["positions"] if r["position"] == i), None)
+        vocab = self.lm.model.get_input_embeddings().weight.shape[0]  # type: ignore[index]
+        replacement = runner_up if runner_up is not None else (ids[i] + 1) % vocab
+        return jsonable(adversarial_collision(self.lm, ids, self.layer, i, replacement, threshold_of(threshold), self.settings))
+
+    def behaviour(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """:func:`behaviour_comparison` on the first ``sweep_prompts`` prompts (``parts``: their parts, for the nearest prompts)."""
+        k = self.k
+        return jsonable(behaviour_comparison(self.lm, self.prompts[:k], [w.ids for w in self.wins[:k]],
+                                             [p["nearest_ids"] for p in parts[:k]], self.vector, self.alpha, self.layer,
+                                             self.instructions, self.scorer, self.settings.max_new_tokens))
+
+    def report(self, threshold: Mapping[str, Any], parts: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON-serialisable report from the threshold and the other parts' payloads: ``parts`` holds
+        ``prompts`` (:meth:`prompt` of each, in order), ``alpha_sweep`` (:meth:`sweep` of each α, in
+        order), ``random_control``, ``adversarial``, ``behaviour`` and ``black_box_probes`` (None when off)."""
+        s, lm = self.settings, self.lm
+        per_prompt = [{k: v for k, v in p.items() if k != "nearest_ids"} for p in parts["prompts"]]
+        found = [p for p in per_prompt if p["steered_trajectory_found"]]
+        summary = _window_summary([r for p in per_prompt for r in p["positions"]], float(threshold["noise"]))
+        summary |= {
+            "verdict": verdict(per_prompt),
+            "reachable_prompt": found[0]["nearest_prompt"] if found else None,
+            "vector_norm": float(self.vector.norm()), "steering_norm": abs(self.alpha) * float(self.vector.norm()),
+            "noise_floor": threshold["noise"], "epsilon": threshold["epsilon"],
+        }
+        report = {
+            "config": {"layer": self.layer, "capture_layer": self.capture_layer, "alpha": self.alpha, "trait": self.trait,
+                       "positions": s.positions, "max_positions": s.max_positions, "alphas": list(s.alphas), "sweep_prompts": self.k,
+                       "seed": s.seed, "search": s.search.__dict__, "relax": s.relax.__dict__, "sequence": s.sequence.__dict__,
+                       "steered_search_seeded": True, "vocab": int(lm.model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
+                       "adversarial_exhaustive": s.adversarial_exhaustive, "max_new_tokens": s.max_new_tokens,
+                       "steered_positions": s.steer_at, "n_prompts": len(self.prompts), "calibration_prompts": self.calibration_prompts},
+            "model": lm.info(), "vector": self.vector_info, "assumptions": check_assumptions(lm),
+            "threshold": dict(threshold), "summary": summary, "prompts": per_prompt, "alpha_sweep": parts["alpha_sweep"],
+            "random_control": parts["random_control"], "adversarial": parts["adversarial"], "behaviour": parts["behaviour"],
+            "statement": STATEMENT,
+        }
+        if parts["black_box_probes"] is not None:
+            report["black_box_probes"] = parts["black_box_probes"]
+        return jsonable(report)
+
+    def run(self) -> dict[str, Any]:
+        """Every part in order, each payload read back as a run store gives it (what the audit's cells hold), then the report."""
+        threshold = stored_payload(self.threshold())
+        prompts = [stored_payload(self.prompt(i, threshold)) for i in range(len(self.wins))]
+        parts = {"prompts": prompts, "alpha_sweep": [stored_payload(self.sweep(a, threshold)) for a in self.settings.alphas],
+                 "random_control": stored_payload(self.random_control(threshold)), "black_box_probes": stored_payload(self.black_box()),
+                 "adversarial": stored_payload(self.adversarial(prompts[0], threshold)), "behaviour": stored_payload(self.behaviour(prompts))}
+        return self.report(threshold, parts)
+
+
+def run_reachability(lm: LoadedModel, vector: torch.Tensor, layer: int, alpha: float, prompts: Sequence[str],
+                     calibration_prompts: Sequence[str], **options: Any) -> dict[str, Any]:
+    """Full reachability audit of ``alpha·vector`` (``[d]``) added at ``layer``; returns a JSON-serialisable
+    report. ``options``: those of :class:`ReachabilityAudit` (``capture_layer``, ``trait``, ``scorer``,
+    ``settings``, ``vector_info``, ``instructions``, ``probe_prompts``)."""
+    return ReachabilityAudit(lm, vector, layer, alpha, prompts, calibration_prompts, **options).run()

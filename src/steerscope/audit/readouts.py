@@ -7,7 +7,9 @@
   position of layer ℓ, taken at the steered state ``x = α·v`` by autograd;
 * :func:`class_fraction`: Monte Carlo over random ``u ⊥ v`` at several norm ratios of whether
   ``v + u`` stays equivalent to ``v`` at δ on the pair margin and on the next-token distribution,
-  next to the first-order prediction from ``g`` (:func:`~steerscope.audit.equivalence.predicted_fraction`).
+  next to the first-order prediction from ``g`` (:func:`~steerscope.audit.equivalence.predicted_fraction`);
+  it is :func:`class_reference` (what the draws are compared with), :func:`class_chunk` per range of
+  draws (:func:`class_ranges`, independent of each other) and :func:`class_summary` of their values.
 
 Membership in the class is judged on the prompt set's means (efficacy within ``[1 − δ, 1 + δ]``;
 mean JS from v at most that of ``(1 − δ)·v``); the fraction's interval is Clopper–Pearson over draws.
@@ -15,6 +17,7 @@ mean JS from v at most that of ``(1 − δ)·v``); the fraction's interval is Cl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,10 +108,140 @@ class ClassSample:
             raise SteerscopeError(f"need at least one draw and positive norm ratios, got {self.draws} and {self.ratios}")
 
 
-def _draws(v: torch.Tensor, ratio: float, n: int, seed: int) -> list[torch.Tensor]:
+#: Draws per chunk of the class-size Monte Carlo (one run-store cell each). A multiple of
+#: :data:`DIVERGENCE_CHUNK` whose pair-margin rows (two per pair and draw) fill whole batches at the
+#: default batch size of 32, so that chunks run the batched passes of one unchunked pass.
+CLASS_CHUNK = 48
+
+
+@dataclass(frozen=True)
+class DrawRange:
+    """The draws ``start ≤ i < stop`` at the norm ratio ``sample.ratios[k]`` of a :class:`ClassSample`."""
+
+    k: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class ClassReference:
+    """What every draw is compared with: the unsteered mean pair margin ``none_mean``, v's effect on it
+    ``effect`` and the mean JS of ``(1 − δ)·v`` from v, ``js_margin`` (None without a distribution readout)."""
+
+    none_mean: float
+    effect: float
+    js_margin: float | None
+
+
+def class_ranges(sample: ClassSample) -> list[DrawRange]:
+    """The chunks of ``sample``: every ratio's draws in ranges of :data:`CLASS_CHUNK`, ratio by ratio."""
+    return [DrawRange(k, start, min(start + CLASS_CHUNK, sample.draws))
+            for k in range(len(sample.ratios)) for start in range(0, sample.draws, CLASS_CHUNK)]
+
+
+def _draws(v: torch.Tensor, ratio: float, seed: int, start: int, stop: int) -> list[torch.Tensor]:
+    """``ratio·u_i`` for ``start ≤ i < stop``, ``u_i`` = :func:`orthogonal_draw` of ``v`` (``[d]``) with seed ``seed + i``."""
     from steerscope.audit.identifiability import orthogonal_draw
 
-    return [ratio * orthogonal_draw(v, seed + i) for i in range(n)]
+    return [ratio * orthogonal_draw(v, seed + i) for i in range(start, stop)]
+
+
+def class_reference(
+    lm: LoadedModel,
+    layer: int,
+    v: torch.Tensor,
+    alpha: float,
+    pairs: Sequence[ContrastivePair],
+    distribution: tuple[Sequence[str], Sequence[str]] | None,
+    delta: float,
+    batch_size: int = 32,
+    base: Mapping[str, np.ndarray] | None = None,
+) -> ClassReference:
+    """The :class:`ClassReference` of ``v`` (``[d]``); ``base``: the pair margins ``{"none", "v": [P]}`` when
+    the caller already has them; ``distribution``: ``(prompts, continuations)`` (None: no JS margin)."""
+    v32 = v.detach().float().cpu()
+    if base is None:
+        base = pair_margins_by_condition(lm, layer, {"none": None, "v": v32}, alpha, pairs, batch_size)
+    none_mean = float(np.mean(base["none"]))
+    effect = float(np.mean(base["v"] - base["none"]))
+    if effect == 0 or not math.isfinite(effect):
+        raise SteerscopeError(f"v moves the mean pair margin by {effect}: its equivalence class is undefined")
+    js_margin = None
+    if distribution is not None:
+        prompts, conts = distribution
+        ref = condition_divergences(lm, prompts, conts, [{layer: v32}, {layer: (1 - delta) * v32}], [alpha, alpha])
+        js_margin = float(ref.mean("js")[1].mean())
+    return ClassReference(none_mean, effect, js_margin)
+
+
+def class_chunk(
+    lm: LoadedModel,
+    layer: int,
+    v: torch.Tensor,
+    alpha: float,
+    pairs: Sequence[ContrastivePair],
+    distribution: tuple[Sequence[str], Sequence[str]] | None,
+    reference: ClassReference,
+    sample: ClassSample,
+    part: DrawRange,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Per-draw readouts of the draws ``part`` of ``sample`` (seeds ``sample.seed + 1000·k + i``) around ``v`` (``[d]``):
+    ``{"efficacy": [n], "js": [n]}`` with ``n = stop − start`` (``"js"``, the mean JS from v, only with a ``distribution``)."""
+    if not (0 <= part.k < len(sample.ratios) and 0 <= part.start < part.stop <= sample.draws):
+        raise SteerscopeError(f"{part} is not a range of draws of {sample}")
+    v32 = v.detach().float().cpu()
+    us = _draws(v32, sample.ratios[part.k], sample.seed + 1000 * part.k, part.start, part.stop)
+    margins = pair_margins_by_condition(lm, layer, {f"u{i}": v32 + u for i, u in enumerate(us)}, alpha, pairs, batch_size)
+    out = {"efficacy": np.array([(np.mean(margins[f"u{i}"]) - reference.none_mean) / reference.effect for i in range(len(us))])}
+    if distribution is not None:
+        prompts, conts = distribution
+        out["js"] = np.concatenate([_mean_js(lm, layer, v32, us[s:s + DIVERGENCE_CHUNK], alpha, prompts, conts)
+                                    for s in range(0, len(us), DIVERGENCE_CHUNK)])
+    return out
+
+
+def join_chunks(sample: ClassSample, chunks: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """Per ratio of ``sample``, the per-draw values ``{"efficacy": [draws], "js": [draws]}`` of ``chunks`` (the
+    :func:`class_chunk` outputs of :func:`class_ranges`, in order; lists and None for NaN accepted)."""
+    parts = class_ranges(sample)
+    if len(chunks) != len(parts):
+        raise SteerscopeError(f"the class-size Monte Carlo has {len(parts)} chunks, got {len(chunks)}")
+    out: list[dict[str, np.ndarray]] = []
+    for k in range(len(sample.ratios)):
+        mine = [c for p, c in zip(parts, chunks) if p.k == k]
+        out.append({name: np.asarray([x for c in mine for x in c[name]], dtype=float) for name in mine[0]})
+    return out
+
+
+def predicted_fractions(gradient: np.ndarray, v: torch.Tensor, sample: ClassSample, delta: float) -> list[float]:
+    """The first-order share of the class (:func:`~steerscope.audit.equivalence.predicted_fraction`) per ratio of ``sample``
+    (``gradient``, ``v``: ``[d]``)."""
+    v64 = v.detach().float().cpu().double().numpy()
+    return [predicted_fraction(gradient, v64, ratio, delta) for ratio in sample.ratios]
+
+
+def class_summary(
+    reference: ClassReference,
+    sample: ClassSample,
+    delta: float,
+    values: Sequence[Mapping[str, np.ndarray]],
+    predicted: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """:func:`class_fraction`'s result from the per-ratio per-draw ``values`` (:func:`join_chunks`) and the
+    first-order ``predicted`` share per ratio (None: left out)."""
+    out: dict[str, Any] = {"pair_margin": {}, "distribution": {}, "delta": delta, "draws": sample.draws}
+    for k, (ratio, per_draw) in enumerate(zip(sample.ratios, values)):
+        eff = per_draw["efficacy"]
+        row = fraction(list(np.abs(eff - 1) <= delta)) | {"efficacy_quantiles": np.quantile(eff, [0.05, 0.5, 0.95]).tolist()}
+        if predicted is not None:
+            row["predicted"] = predicted[k]
+        out["pair_margin"][f"{ratio:g}"] = row
+        if "js" in per_draw:
+            js, js_margin = per_draw["js"], math.nan if reference.js_margin is None else reference.js_margin
+            out["distribution"][f"{ratio:g}"] = fraction(list(js <= js_margin)) | {
+                "js_margin": js_margin, "js_over_margin_quantiles": np.quantile(js / js_margin, [0.05, 0.5, 0.95]).tolist()}
+    return out
 
 
 def class_fraction(
@@ -130,30 +263,9 @@ def class_fraction(
     Returns ``{"pair_margin": {r: {...}}, "distribution": {r: {...}}}`` (deterministic); each
     pair-margin entry carries the first-order ``predicted`` share when ``gradient`` is given.
     ``base``: the pair margins ``{"none", "v": [P]}`` when the caller already has them.
+    The draws run in chunks of :data:`CLASS_CHUNK` (:func:`class_chunk`).
     """
-    v32 = v.detach().float().cpu()
-    if base is None:
-        base = pair_margins_by_condition(lm, layer, {"none": None, "v": v32}, alpha, pairs, batch_size)
-    effect = float(np.mean(base["v"] - base["none"]))
-    if effect == 0:
-        raise SteerscopeError("v does not move the mean pair margin: its equivalence class is undefined")
-    js_margin = None
-    if distribution is not None:
-        prompts, conts = distribution
-        ref = condition_divergences(lm, prompts, conts, [{layer: v32}, {layer: (1 - margin.delta) * v32}], [alpha, alpha])
-        js_margin = float(ref.mean("js")[1].mean())
-    out: dict[str, Any] = {"pair_margin": {}, "distribution": {}, "delta": margin.delta, "draws": sample.draws}
-    for k, ratio in enumerate(sample.ratios):
-        us = _draws(v32, ratio, sample.draws, sample.seed + 1000 * k)
-        margins = pair_margins_by_condition(lm, layer, {f"u{i}": v32 + u for i, u in enumerate(us)}, alpha, pairs, batch_size)
-        eff = np.array([(np.mean(margins[f"u{i}"]) - np.mean(base["none"])) / effect for i in range(len(us))])
-        row = fraction(list(np.abs(eff - 1) <= margin.delta)) | {"efficacy_quantiles": np.quantile(eff, [0.05, 0.5, 0.95]).tolist()}
-        if gradient is not None:
-            row["predicted"] = predicted_fraction(gradient, v32.double().numpy(), ratio, margin.delta)
-        out["pair_margin"][f"{ratio:g}"] = row
-        if distribution is not None and js_margin is not None:
-            js = np.concatenate([_mean_js(lm, layer, v32, us[s:s + DIVERGENCE_CHUNK], alpha, prompts, conts)
-                                 for s in range(0, len(us), DIVERGENCE_CHUNK)])
-            out["distribution"][f"{ratio:g}"] = fraction(list(js <= js_margin)) | {
-                "js_margin": js_margin, "js_over_margin_quantiles": np.quantile(js / js_margin, [0.05, 0.5, 0.95]).tolist()}
-    return out
+    reference = class_reference(lm, layer, v, alpha, pairs, distribution, margin.delta, batch_size, base)
+    chunks = [class_chunk(lm, layer, v, alpha, pairs, distribution, reference, sample, part, batch_size) for part in class_ranges(sample)]
+    predicted = None if gradient is None else predicted_fractions(gradient, v, sample, margin.delta)
+    return class_summary(reference, sample, margin.delta, join_chunks(sample, chunks), predicted)

@@ -4,21 +4,24 @@
    configuration fixes the layer (``layer``, e.g. in a sweep) or a given vector brings its own;
 2. ``vector``: the mean-difference vector at the chosen layer (train pairs);
 3. ``calibrate``: one cell per strength of the grid (α = 0 is the baseline), then the choice of α;
-4. ``identifiability``: v against v + u (u ⊥ v) with controls (:mod:`steerscope.audit.identifiability`);
+4. ``identifiability``: v against v + u (u ⊥ v) with controls (:mod:`steerscope.audit.identifiability`):
+   the readouts, then one cell per chunk of class-size draws, then the report;
 5. ``nullspace``: the logit-Jacobian spectrum at the layer and the gain of v, for δ at the last position
    and (on fewer prompts, it costs about 20× more) for δ at every position, as the audits steer
-   (:mod:`steerscope.audit.nullspace`);
+   (:mod:`steerscope.audit.nullspace`): one cell per chunk of prompts and the covariance, then the report;
 6. ``recover``: ica, sparse, multienv (from the trait's per-environment pairs) and crosslayer recovery,
    each with its assumption tested on the data and its direction compared with the audited vector
    (:mod:`steerscope.recover.assumptions`); Jacobian Gram matrices (``grams/L…``)
    and layer maps (``maps/L…``) are cells shared by traits at the same layer;
-7. ``reachability``: prompt inversion of natural and steered states (:mod:`steerscope.audit.reachability`).
+7. ``reachability``: prompt inversion of natural and steered states (:mod:`steerscope.audit.reachability`):
+   the threshold, one cell per prompt, per α of the sweep, the random control and the black-box probes,
+   then Theorem 4.5 and the behaviour columns, then the report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +163,40 @@ register_stage(Stage(
 
 # --- 4. identifiability --------------------------------------------------------------------------
 
+def _identifiability_cells(settings: Mapping[str, Any]) -> int:
+    """The readouts, one cell per range of class-size draws, and the report."""
+    from steerscope.audit.identifiability import IdentifiabilitySettings, class_parts
+
+    sizes = IdentifiabilitySettings(class_draws=settings["id_class_draws"], class_ratios=tuple(settings["id_class_ratios"]))
+    return 2 + len(class_parts(sizes))
+
+
 def _identifiability(a: Auditor, run: TraitRun) -> None:
-    from steerscope.audit.identifiability import run_identifiability, scorer_accuracy
+    from steerscope.audit import identifiability as ident
+    from steerscope.audit.readouts import DrawRange
 
-    def compute():
+    assert run.vector is not None  # set by the vector stage
+    v, settings, key = run.vector, a.p.identifiability(a.seed), f"{run.trait}/identifiability"
+
+    def readouts_cell():
         scorer = a.scorer(run.trait)
-        assert run.vector is not None  # set by the vector stage
-        vec = SteeringVector({run.layer: run.vector}, {"h_norms": {str(run.layer): run.h_norm}, "method": run.method})
-        report_ = run_identifiability(a.lm, a.specs[run.trait], run.layer, run.alpha, a.p.identifiability(a.seed), scorer=scorer,
-                                      vector=vec)
-        return report_ | {"scorer_accuracy": scorer_accuracy(scorer) if scorer is not None else None}, None
+        vec = SteeringVector({run.layer: v}, {"h_norms": {str(run.layer): run.h_norm}, "method": run.method})
+        payload = ident.identifiability_readouts(a.lm, a.specs[run.trait], run.layer, run.alpha, settings, scorer=scorer, vector=vec)
+        return payload | {"scorer_accuracy": ident.scorer_accuracy(scorer) if scorer is not None else None}, None
 
-    a.cell(f"{run.trait}/identifiability", "identifiability", compute, run.trait)
+    readouts = a.cell(f"{key}/readouts", "identifiability", readouts_cell, run.trait).payload
+
+    def chunk_cell(part: DrawRange):
+        return ident.identifiability_class_chunk(a.lm, a.specs[run.trait], run.layer, run.alpha, settings, v, readouts, part), None
+
+    computes = {f"{key}/class/r={settings.class_ratios[p.k]:g}/{p.start}-{p.stop}": partial(chunk_cell, p)
+                for p in ident.class_parts(settings)}
+    chunks = [cell.payload for cell in a.batch("identifiability", computes, run.trait)]
+
+    def report_cell():
+        return ident.identifiability_report(settings, readouts, chunks) | {"scorer_accuracy": readouts["scorer_accuracy"]}, None
+
+    a.cell(key, "identifiability", report_cell, run.trait)
 
 
 register_stage(Stage(
@@ -180,30 +205,61 @@ register_stage(Stage(
                "id_class_ratios": (1.0,)},
      "full": {"id_draws": 4, "id_prompts": 12, "id_samples": 3, "id_tokens": 24, "id_pairs": None, "id_class_draws": 200,
               "id_class_ratios": (0.25, 0.5, 1.0)}},
-    _identifiability, _one_cell, _single("identifiability", "identifiability"),
+    _identifiability, _identifiability_cells, _single("identifiability", "identifiability"),
     plots=one_plot("effect_ratio", plots.plot_effect_ratio, lambda res: res["identifiability"]),
     section=report.identifiability_section, heading=("identifiability", "is it identifiable?"), independent=True))
 
 
 # --- 5. null space -------------------------------------------------------------------------------
 
+#: Prompts whose null spaces are compared by principal angles (the first ones; they share the first chunk).
+ANGLE_PROMPTS = 8
+
+
+def _nullspace_chunks(settings: Mapping[str, Any]) -> dict[str, tuple[int, int, bool]]:
+    """The Jacobian cells of the null-space stage: key suffix → (first prompt, stop, δ at every position)."""
+    from steerscope.audit.nullspace import PROMPT_CHUNK, prompt_chunks
+
+    n_prompts = settings["ns_prompts"]
+    return ({f"prompts={start}-{stop}": (start, stop, False) for start, stop in prompt_chunks(n_prompts, PROMPT_CHUNK, ANGLE_PROMPTS)}
+            | {f"all_positions={start}-{stop}": (start, stop, True)
+               for start, stop in prompt_chunks(min(settings["ns_all_positions"], n_prompts), PROMPT_CHUNK, ANGLE_PROMPTS)})
+
+
+def _nullspace_covariance(a: Auditor, run: TraitRun, prompts: Sequence[str]) -> tuple[dict[str, Any], None]:
+    from steerscope.audit.nullspace import covariance_spectra
+    from steerscope.jacobian import TOLERANCES
+
+    return covariance_spectra(a.lm, prompts, [run.layer], TOLERANCES)[run.layer], None
+
+
 def _nullspace(a: Auditor, run: TraitRun) -> None:
-    from steerscope.audit.nullspace import nullspace_audit
+    from steerscope.audit import nullspace as ns
     from steerscope.data.prompts import builtin_prompt_mix
+    from steerscope.jacobian import TOLERANCES
+
+    assert run.vector is not None  # set by the vector stage
+    vector = run.vector.double().cpu()
+    prompts = builtin_prompt_mix(a.p.ns_prompts)
+    key, angle_prompts = f"{run.trait}/nullspace", min(ANGLE_PROMPTS, len(prompts))
+    ranges = {f"{key}/{suffix}": r for suffix, r in _nullspace_chunks(a.config["settings"]).items()}
+    computes = {k: partial(ns.gram_chunk, a.lm, prompts, run.layer, start, stop, ns.ChunkSettings(angle_prompts=angle_prompts, spread=spread))
+                for k, (start, stop, spread) in ranges.items()} | {f"{key}/covariance": partial(_nullspace_covariance, a, run, prompts)}
+    cells = dict(zip(computes, a.batch("nullspace", computes, run.trait)))
 
     def compute():
-        assert run.vector is not None  # set by the vector stage
-        prompts = builtin_prompt_mix(a.p.ns_prompts)
-        result = nullspace_audit(a.lm, prompts, [run.layer], vectors={run.layer: run.vector}, angle_prompts=min(8, len(prompts)),
-                                 all_positions=a.p.ns_all_positions)
-        result["layers"][str(run.layer)].pop("seconds", None)  # wall time belongs to the store, not to the results
+        chunks = [ns.cell_chunk(cells[k].payload, cells[k].blob) for k, (_, _, spread) in ranges.items() if not spread]
+        spread_chunks = [ns.cell_chunk(cells[k].payload, cells[k].blob) for k, (_, _, spread) in ranges.items() if spread]
+        result = ns.audit_header(a.lm, len(prompts), [run.layer], (-1,), TOLERANCES, angle_prompts, a.p.ns_all_positions)
+        entry = ns.jacobian_entry(chunks, spread_chunks, TOLERANCES, vector)
+        result["layers"][str(run.layer)] = entry | {"covariance": cells[f"{key}/covariance"].payload}
         return result, None
 
-    a.cell(f"{run.trait}/nullspace", "nullspace", compute, run.trait)
+    a.cell(key, "nullspace", compute, run.trait)
 
 
 register_stage(Stage("nullspace", {"quick": {"ns_prompts": 16, "ns_all_positions": 1}, "full": {"ns_prompts": 64, "ns_all_positions": 8}},
-                     _nullspace, _one_cell,
+                     _nullspace, lambda settings: len(_nullspace_chunks(settings)) + 2,
                      _single("nullspace", "nullspace"), plots=one_plot("spectra", plots.plot_spectra, lambda res: res["nullspace"]),
                      section=report.nullspace_section, independent=True))
 
@@ -298,19 +354,44 @@ register_stage(Stage(
 
 def _reachability(a: Auditor, run: TraitRun) -> None:
     from steerscope.audit.blackbox import probe_pool
-    from steerscope.audit.reachability import run_reachability
+    from steerscope.audit.reachability import ReachabilityAudit
 
-    def compute():
-        assert run.vector is not None  # set by the vector stage
-        spec = a.specs[run.trait]
-        pool = spec.env_prompts("in_distribution")
-        given = a.given.get(run.trait)
-        source = given.file if given else f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
-        return run_reachability(a.lm, run.vector, run.layer, run.alpha, pool[: a.p.reach_prompts], threshold_prompts(), trait=run.trait,
-                                scorer=a.scorer(run.trait), settings=a.p.reachability(a.seed), instructions=spec.instructions,
-                                vector_info={"source": source, "method": run.method}, probe_prompts=probe_pool(spec)), None
+    assert run.vector is not None  # set by the vector stage
+    spec, given, t, vector = a.specs[run.trait], a.given.get(run.trait), run.trait, run.vector
+    source = given.file if given else f"{'built-in ' if spec.builtin else ''}{spec.name} pairs (train split)"
+    prompts = spec.env_prompts("in_distribution")[: a.p.reach_prompts]
 
-    a.cell(f"{run.trait}/reachability", "reachability", compute, run.trait)
+    @cache
+    def audit() -> ReachabilityAudit:  # built when a cell is computed (it builds the scorer)
+        return ReachabilityAudit(a.lm, vector, run.layer, run.alpha, prompts, threshold_prompts(), trait=t, scorer=a.scorer(t),
+                                 settings=a.p.reachability(a.seed), instructions=spec.instructions,
+                                 vector_info={"source": source, "method": run.method}, probe_prompts=probe_pool(spec))
+
+    key = f"{t}/reachability"
+    threshold = a.cell(f"{key}/threshold", "reachability", lambda: (audit().threshold(), None), t).payload
+    keys = {"prompts": [f"{key}/prompt={i}" for i in range(len(prompts))], "alpha_sweep": [f"{key}/alpha={x:g}" for x in a.p.reach_alphas]}
+    first: dict[str, Any] = {k: partial(_pair, lambda i: audit().prompt(i, threshold), i) for i, k in enumerate(keys["prompts"])}
+    first |= {k: partial(_pair, lambda x: audit().sweep(x, threshold), x) for x, k in zip(a.p.reach_alphas, keys["alpha_sweep"])}
+    first[f"{key}/random_control"] = partial(_pair, lambda: audit().random_control(threshold))
+    if a.p.reach_black_box:
+        first[f"{key}/black_box_probes"] = partial(_pair, lambda: audit().black_box())
+    done = {cell.key: cell.payload for cell in a.batch("reachability", first, t)}
+    parts: dict[str, Any] = {name: [done[k] for k in ks] for name, ks in keys.items()}
+    parts |= {"random_control": done[f"{key}/random_control"], "black_box_probes": done.get(f"{key}/black_box_probes")}
+    after = {f"{key}/adversarial": partial(_pair, lambda: audit().adversarial(parts["prompts"][0], threshold)),
+             f"{key}/behaviour": partial(_pair, lambda: audit().behaviour(parts["prompts"]))}
+    parts |= {cell.key.rsplit("/", 1)[1]: cell.payload for cell in a.batch("reachability", after, t)}
+    a.cell(key, "reachability", lambda: (audit().report(threshold, parts), None), t)
+
+
+def _pair(compute, *args) -> tuple[Any, None]:
+    """``(compute(*args), None)``: a cell without a blob."""
+    return compute(*args), None
+
+
+def _reachability_cells(settings: Mapping[str, Any]) -> int:
+    """Threshold, one per prompt and per α, the random control, black-box probes (when on), Theorem 4.5, behaviour and the report."""
+    return settings["reach_prompts"] + len(settings["reach_alphas"]) + 5 + (settings["reach_black_box"] > 0)
 
 
 def _reachability_plots(trait: str, res: Mapping[str, Any], folder: Path) -> dict[str, Path]:
@@ -326,7 +407,7 @@ register_stage(Stage(
      "full": {"reach_prompts": 8, "reach_positions": 12, "reach_alphas": (0.5, 1.0, 2.0, 4.0, 8.0), "reach_sweep_prompts": 3,
               "reach_tokens": 24, "reach_budget": 512, "reach_max_candidates": None, "reach_relax_steps": 300,
               "reach_span_iterations": 32, "reach_span_batch": 64, "reach_black_box": 20}},
-    _reachability, _one_cell, _single("reachability", "reachability"),
+    _reachability, _reachability_cells, _single("reachability", "reachability"),
     answers=(Answer("reachable", "Is the steered state reachable by a prompt?", answers.reachable),),
     plots=_reachability_plots, section=report.reachability_section,
     heading=("reachability", "is the steered state reachable?"), independent=True))
