@@ -77,6 +77,44 @@ def test_parts_computed_one_at_a_time_in_reverse_give_the_local_cells(lm, config
         assert committed[key].payload == cell.payload and committed[key].blob == cell.blob, key
 
 
+def test_stage_parts_that_split_their_batches_give_the_local_cells(lm, config, local):
+    """Each stage part may split its own batches (the reachability prompts, …) while the other stages of its
+    group are still missing; its cells are then computed one at a time, last first, by auditors told which
+    stage they belong to, and the audit continues until it is complete: the local run's cells."""
+    committed: dict = {}
+    nested: list[tuple[str, tuple[str, ...]]] = []
+    while True:
+        made, keys = _run(lm, config, committed, FanOut(split=True))
+        committed |= {cell.key: cell for cell in made}
+        if keys is None:
+            break
+        queue = [(key, None) for key in keys]
+        while queue:
+            key, within = queue.pop()
+            part, end = _run(lm, config, committed, FanOut(split=True, only=key, within=within))
+            assert not any(cell.key in committed for cell in part)
+            committed |= {cell.key: cell for cell in part}
+            if isinstance(end, tuple):  # a stage part stopped at its batch
+                assert within is None and key.startswith("formality/stage/") and all(k not in committed for k in end)
+                nested.append((key, end))
+                queue += [(k, key) for k in end]
+            else:
+                assert end == key
+    reach = "formality/reachability"
+    assert ("formality/stage/reachability", (f"{reach}/prompt=0", f"{reach}/prompt=1", f"{reach}/alpha=1",
+                                           f"{reach}/random_control")) in nested
+    assert sorted(committed) == sorted(local)
+    for key, cell in local.items():
+        assert committed[key].payload == cell.payload and committed[key].blob == cell.blob, key
+
+
+def test_a_cell_part_of_a_stage_part_is_refused_elsewhere(lm, config, local):
+    """A cell part names its stage: given a stage that does not hold it, the worker says so."""
+    committed = {k: c for k, c in local.items() if not k.startswith("formality/reachability/prompt=")}
+    with pytest.raises(SteerscopeError, match="has no cell 'formality/reachability/prompt=1'"):
+        _run(lm, config, committed, FanOut(only="formality/reachability/prompt=1", within="formality/stage/monitor"))
+
+
 def test_a_lone_missing_stage_splits_at_its_own_batch(lm, config, local):
     """With one independent stage left to compute, the stages run in order and the one left splits its
     batch (the four recovery methods); checking which stages are complete computes nothing."""

@@ -76,11 +76,14 @@ def test_a_worker_killed_mid_sweep_is_retried_and_the_sweep_completes(cluster, p
 
 def test_an_audit_alone_splits_its_independent_cells_over_the_idle_workers(cluster, plan, reference, tmp_path):
     """One audit on 2 actors: its α values, then its seven independent stages, are split over the workers
-    (each part computed from the committed cells), and results.json is the local run's."""
+    (each part computed from the committed cells); the reachability stage's part splits again, into its
+    prompts, α sweep and random control; and results.json is the local run's."""
     events = []
     run_sweep(read_plan(make_plan(plan.parent, TRAITS[:1], LAYERS[:1])), tmp_path / "ray",
               SweepSettings(RayBackend(workers=2), _resume_worker.word_scorers(), on_event=lambda audit, what: events.append(what)))
-    assert [what.split()[2] for what in events if what.startswith("split")] == ["3", "7"], events
+    splits = [what for what in events if what.startswith("split")]
+    assert [what.split()[2] for what in splits[:2]] == ["3", "7"], events
+    assert any(what.startswith("split reachability into 4 parts") for what in splits[2:]), events
     same_results(tmp_path / "ray", reference)
 
 

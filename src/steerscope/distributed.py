@@ -239,10 +239,12 @@ class _Audit:
 
 @dataclass
 class _Part:
-    """One part (a stage, or a cell of a batch) that ``audit`` stopped at, computed on its own actor."""
+    """One part (a stage, or a cell of a batch) that ``audit`` stopped at, computed on its own actor;
+    ``within``: the stage part whose batch it was split off (its other stages may still be missing)."""
 
     audit: _Audit
     key: str
+    within: str | None = None
 
 
 @dataclass
@@ -310,7 +312,8 @@ class _Driver:
             item = _Audit(item, exit.enter_context(self.sweep.audit(item)), exit)
         audit = item.audit if isinstance(item, _Part) else item
         audit.part_streams += isinstance(item, _Part)
-        fan_out = FanOut(only=item.key) if isinstance(item, _Part) else FanOut(split=bool(self.idle) and not self.waiting)
+        # a stage part always splits its batches (more, smaller parts for whichever actor frees first)
+        fan_out = FanOut(True, item.key, item.within) if isinstance(item, _Part) else FanOut(split=bool(self.idle) and not self.waiting)
         actor, fingerprint = worker
         audit.store.set_fingerprint(fingerprint)
         cells = actor.cells.remote(audit.job.config, [audit.job.spec], list(audit.store.cells()), fingerprint, fan_out)
@@ -340,9 +343,14 @@ class _Driver:
             return
         if isinstance(got, SplitAt):
             stream.split = audit.stopped = True
-            audit.parts = set(got.keys)
-            self.waiting.extendleft(_Part(audit, key) for key in reversed(got.keys))
-            self.sweep.event(audit.job.name, f"split into {len(got.keys)} parts side by side: {', '.join(got.keys)}")
+            within = None
+            if isinstance(stream.item, _Part):  # a stage part split its own batch: its cells replace it
+                audit.parts.discard(stream.item.key)
+                within = stream.item.key
+            audit.parts |= set(got.keys)
+            self.waiting.extendleft(_Part(audit, key, within) for key in reversed(got.keys))
+            where = f"{within.rsplit('/', 1)[-1]} " if within else ""
+            self.sweep.event(audit.job.name, f"split {where}into {len(got.keys)} parts side by side: {', '.join(got.keys)}")
         elif isinstance(got, PartDone):
             audit.parts.discard(got.key)
         else:

@@ -128,11 +128,15 @@ class FanOut:
 
     ``split``: where two or more parts are missing, stop there (raise :class:`Split` naming them) so
     that they can be computed side by side. ``only``: compute this one part, every cell before it read
-    from the store, and stop (raise :class:`Done`). Neither: compute everything in order, as a local run does.
+    from the store, and stop (raise :class:`Done`); a stage part may still split its batches, a cell
+    part splits nothing. ``within``: the stage part that the cell part
+    ``only`` belongs to (a batch that a stage computed alone split off), while the other stages of its
+    group may still be missing. Neither: compute everything in order, as a local run does.
     """
 
     split: bool = False
     only: str | None = None
+    within: str | None = None
 
 
 class Split(Exception):
@@ -224,7 +228,7 @@ class Auditor:
         missing = [key for key in computes if self.store.get(key) is None]
         if missing and self._probing:
             raise _Missing(missing[0])
-        if self.fan_out.split and len(missing) > 1:
+        if self.fan_out.split and only is None and len(missing) > 1:
             raise Split(missing)
         return [self.cell(key, stage, compute, trait) for key, compute in computes.items()]
 
@@ -242,12 +246,16 @@ class Auditor:
     def side_by_side(self, group: Sequence[Stage], state: TraitRun) -> None:
         """Run the independent stages ``group``: in order, or split off or one alone as :attr:`fan_out` says."""
         parts = {f"{state.trait}/stage/{stage.name}": stage for stage in group}
-        only = self.fan_out.only
-        if only is not None and only in parts:
-            self.fan_out = FanOut()  # the part computes its own cells, batches in order
-            parts[only].run(self, state)
-            raise Done(only)
-        if self.fan_out.split:
+        fan_out = self.fan_out
+        alone = fan_out.within or fan_out.only
+        if alone is not None and alone in parts:
+            # the stage alone: its batches split (as `split` says), or its one cell `only` is computed
+            self.fan_out = FanOut(split=fan_out.split, only=fan_out.only if fan_out.within else None)
+            parts[alone].run(self, state)
+            if fan_out.within:
+                raise SteerscopeError(f"stage part {alone!r} has no cell {fan_out.only!r} to compute")
+            raise Done(alone)
+        if fan_out.split and fan_out.only is None:
             missing = [key for key, stage in parts.items() if not self.complete(stage, state)]
             if len(missing) > 1:
                 raise Split(missing)
