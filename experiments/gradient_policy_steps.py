@@ -9,10 +9,11 @@ state is inverted alone (the tokens before it given) with :func:`steerscope.inve
 of 32 candidates, each followed by ``steps`` Adam steps of the proxy, up to ``--budget`` candidates,
 then the exhaustive fallback in id order (capped at ``--cap`` candidates). ``--fixed-order``: the
 gain half of each round continues down the first-order order at the mean embedding
-(:class:`~steerscope.invert.SearchConfig` ``fixed_order``). ε is calibrated on the two prompts of
+(:class:`~steerscope.invert.SearchConfig` ``fixed_order``). ``--prior``: the model's own likeliest next
+tokens are scored first and the fallback goes down that order (``SearchConfig.prior``). ε is calibrated on the two prompts of
 ``--where end``. Reports, per ``steps``: candidates per position, their mean as a share of the
 vocabulary, exact recoveries and seconds. Prints a line per setting and writes JSON after each.
-Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user|text] [--fixed-order]
+Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user|text] [--fixed-order] [--prior]
        [--steps 1,5,10] [--cap N] [--out PATH]
 """
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, required=True)
     parser.add_argument("--where", choices=("end", "user", "text"), default="end")
     parser.add_argument("--fixed-order", action="store_true", help="the gain half continues down the first-order order at the start")
+    parser.add_argument("--prior", action="store_true", help="score the model's likeliest next tokens first")
     parser.add_argument("--steps", default="1,5,10")
     parser.add_argument("--budget", type=int, default=512)
     parser.add_argument("--cap", type=int, default=None, help="candidates per position at most (default: the vocabulary)")
@@ -77,17 +79,18 @@ def main() -> None:
     sequences = [ids for ids, _ in positions(lm)[::6]]
     eps = calibrate_threshold(lm, args.layer, sequences, last=8).epsilon
     vocab = embedding_space(lm)[0].shape[0]
-    out = args.out or Path(__file__).parent / "results" / f"policy_steps_{args.model}_L{args.layer}_{args.where}{'_fixed' if args.fixed_order else ''}.json"
+    out = args.out or Path(__file__).parent / "results" / f"policy_steps_{args.model}_L{args.layer}_{args.where}{'_fixed' if args.fixed_order else ''}{'_prior' if args.prior else ''}.json"
     where = {"end": positions, "user": user_positions, "text": text_positions}[args.where](lm)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
-        row = run(lm, args.layer, eps, SearchConfig(steps=steps, budget=args.budget, max_candidates=args.cap, fixed_order=args.fixed_order), where)
+        row = run(lm, args.layer, eps, SearchConfig(steps=steps, budget=args.budget, max_candidates=args.cap, fixed_order=args.fixed_order,
+                                                  prior=args.prior), where)
         row["mean_share"] = sum(row["tried"]) / len(row["tried"]) / vocab
         rows.append(row)
         print(f"steps {steps:>3}: exact {row['exact']}/{row['positions']}, mean {100 * row['mean_share']:.2f} % of {vocab:,}, "
               f"tried {sorted(row['tried'])}, {row['seconds']:.0f} s", flush=True)
         out.write_text(json.dumps({"model": args.model, "layer": args.layer, "where": args.where, "epsilon": eps, "vocab": vocab,
-                                   "budget": args.budget, "cap": args.cap, "fixed_order": args.fixed_order, "threads": args.threads, "rows": rows}, indent=1))
+                                   "budget": args.budget, "cap": args.cap, "fixed_order": args.fixed_order, "prior": args.prior, "threads": args.threads, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

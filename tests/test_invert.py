@@ -54,11 +54,12 @@ def test_threshold_lies_between_noise_floor_and_half_margin(lm):
     assert len(last.noise_floor) == 4
 
 
-@pytest.mark.parametrize("policy, fixed_order", [("gradient", False), ("gradient", True), ("exhaustive", False)])
-def test_natural_states_are_recovered_exactly(lm, policy, fixed_order):
+@pytest.mark.parametrize("policy, fixed_order, prior", [("gradient", False, False), ("gradient", True, False), ("gradient", False, True),
+                                                       ("exhaustive", False, False)])
+def test_natural_states_are_recovered_exactly(lm, policy, fixed_order, prior):
     ids = _ids(lm)
     th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
-    cfg = SearchConfig(policy=policy, chunk=64, fixed_order=fixed_order)
+    cfg = SearchConfig(policy=policy, chunk=64, fixed_order=fixed_order, prior=prior)
     res = invert(lm, hidden_states(lm, ids, LAYER), LAYER, th.epsilon, config=cfg)
     assert res.tokens == ids
     assert all(res.accepted) and max(res.distances) <= th.epsilon
@@ -80,6 +81,25 @@ def test_a_fixed_order_starts_with_the_same_round_and_recovers_without_the_fallb
     th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
     whole = invert(lm, target, LAYER, th.epsilon, config=SearchConfig(fixed_order=True, fallback=False, budget=len(lm.tokenizer)))
     assert whole.tokens == ids and all(whole.accepted)  # the order runs out without error; the nearest half covers the rest
+
+
+def test_the_prior_scores_the_models_likeliest_next_tokens_first(lm):
+    """With ``prior``, the first batch at a position is the model's own top next tokens after the prefix, and the
+    fallback goes down that ranking: a state planted at the prior's rank 0 is found in that batch, one at rank 39
+    in the fallback's first chunk of 8 (after the batch of 32)."""
+    from steerscope.invert import NextTokenPrior
+
+    ids = _ids(lm)[:9]
+    full = lm.model(torch.tensor([ids])).logits[0, -1].detach()
+    order = NextTokenPrior(lm, ids).order(len(lm.tokenizer))
+    assert int(order[0]) == int(full.argmax()) and torch.equal(order, full[: len(lm.tokenizer)].argsort(descending=True, stable=True))
+    th = calibrate_threshold(lm, LAYER, [_ids(lm, "what is the weather like in the city")])
+    cfg = SearchConfig(prior=True, budget=1, chunk=8, max_candidates=64)
+    for rank, tried in ((0, 32), (39, 40)):
+        token = int(order[rank])
+        target = hidden_states(lm, ids + [token], LAYER)
+        res = invert(lm, target, LAYER, th.epsilon, prefix=ids, config=cfg)
+        assert res.tokens[-1] == token and res.accepted == [True] and res.tried == [tried], (rank, res.tried)
 
 
 def test_last_layer_and_given_prefix(tiny_models):

@@ -135,6 +135,37 @@ class PrefixCache:
         return h.to(self.lm.device)  # the block may run on another device than the embedding
 
 
+class NextTokenPrior:
+    """The model's own ranking of the next token after a growing prefix (the whole model, with a KV cache):
+    the likeliest continuations of the tokens found so far first. None before the first token."""
+
+    def __init__(self, lm: LoadedModel, ids: Sequence[int] = ()):
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.cache = DynamicCache(config=lm.model.config)
+        self.length = 0
+        self.logits: torch.Tensor | None = None
+        if ids:
+            self.extend(ids)
+
+    def extend(self, ids: Sequence[int]) -> None:
+        x = torch.tensor([list(ids)], device=self.lm.device)
+        pos = torch.arange(self.length, self.length + len(ids), device=self.lm.device)[None]
+        mask = torch.ones((1, self.length + len(ids)), dtype=torch.long, device=self.lm.device)
+        with torch.no_grad():
+            out = self.lm.model(input_ids=x, position_ids=pos, attention_mask=mask, logits_to_keep=1,
+                                **with_cache(self.lm.model, self.cache))
+        self.logits = out.logits[0, -1].float().cpu()
+        self.length += len(ids)
+
+    def order(self, vocab: int) -> torch.Tensor | None:
+        """``[vocab]`` token ids, the likeliest next token first (ids the head has beyond ``vocab`` left out)."""
+        if self.logits is None:
+            return None
+        return self.logits[:vocab].argsort(descending=True, stable=True)
+
+
 def score_candidates(lm: LoadedModel, layer: int, prefix: Sequence[int], candidates: Sequence[int], target: torch.Tensor,
                      batch_size: int = 256) -> torch.Tensor:
     """``[B]`` distances ``‖h_ℓ(prefix ⊕ c)_t − target‖₂`` (``t = len(prefix)``, ``target`` ``[d]``), batched over a KV cache."""
@@ -281,7 +312,9 @@ class SearchConfig:
     in all per position (None: the whole vocabulary, so an unmatched position is certified).
     ``chunk``: batch size of exhaustive scoring; ``k``: candidates kept. ``fixed_order``: the gain half
     of each round continues down the first-order order at the starting proxy instead of re-ranking at
-    the moved proxy (the nearest half still follows the proxy).
+    the moved proxy (the nearest half still follows the proxy). ``prior``: the model's own most likely
+    next tokens after the tokens found so far (:class:`NextTokenPrior`) are scored first, one batch of
+    them before the gradient rounds, and the fallback goes down that order instead of id order.
     """
 
     policy: str = "gradient"
@@ -294,6 +327,7 @@ class SearchConfig:
     k: int = 10
     max_candidates: int | None = None
     fixed_order: bool = False
+    prior: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -387,12 +421,15 @@ def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed
         pos.add(batch, _distances(state.states(batch), target))
 
 
-def _exhaustive_search(state: PrefixCache, target: torch.Tensor, eps: float, pos: _Position, cfg: SearchConfig) -> None:
-    """Score the unvisited tokens in id order until one is within ``eps`` or ``cfg.max_candidates`` are spent."""
+def _exhaustive_search(state: PrefixCache, target: torch.Tensor, eps: float, pos: _Position, cfg: SearchConfig,
+                       order: torch.Tensor | None = None) -> None:
+    """Score the unvisited tokens in ``order`` (default: id order) until one is within ``eps`` or
+    ``cfg.max_candidates`` are spent."""
     left = cfg.cap(len(pos.visited)) - pos.tried
     if left <= 0:
         return
-    for chunk in (~pos.visited).nonzero().squeeze(1)[:left].split(cfg.chunk):
+    ids = (~pos.visited).nonzero().squeeze(1) if order is None else order[~pos.visited[order]]
+    for chunk in ids[:left].split(cfg.chunk):
         if pos.best <= eps:
             return
         pos.add(chunk, _distances(state.states(chunk), target))
@@ -428,6 +465,7 @@ def invert(
     embed = embedding_space(lm)
     weight, scale = embed
     state = PrefixCache(lm, layer, list(prefix))
+    prior = NextTokenPrior(lm, list(prefix)) if cfg.prior and cfg.policy == "gradient" else None
     result = Inversion(tokens=list(prefix), start=len(prefix), epsilon=float(epsilon))
     mean_embed = weight.float().mean(0) * scale
     if seeds and len(seeds) < target.shape[0]:
@@ -437,10 +475,15 @@ def invert(
         if seeds:
             seed = torch.tensor([int(seeds[t])])
             pos.add(seed, _distances(state.states(seed), target[t]))
+        order = prior.order(weight.shape[0]) if prior is not None else None
+        if order is not None and pos.best > epsilon:
+            likely = order[~pos.visited[order]][: max(0, min(cfg.batch, cfg.cap(weight.shape[0]) - pos.tried))]
+            if len(likely):
+                pos.add(likely, _distances(state.states(likely), target[t]))
         if cfg.policy == "gradient":
             _gradient_search(state, target[t], epsilon, embed, mean_embed, pos, cfg)
         if cfg.policy == "exhaustive" or (cfg.fallback and pos.best > epsilon):
-            _exhaustive_search(state, target[t], epsilon, pos, cfg)
+            _exhaustive_search(state, target[t], epsilon, pos, cfg, order)
         token = int(pos.ids[0])
         result.tokens.append(token)
         result.distances.append(pos.best)
@@ -450,4 +493,6 @@ def invert(
         result.tried.append(pos.tried)
         result.exhaustive.append(pos.tried == weight.shape[0])
         state.extend([token])
+        if prior is not None:
+            prior.extend([token])
     return result
