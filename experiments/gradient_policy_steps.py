@@ -7,13 +7,14 @@ most 6 per prompt, as the reachability audit searches them) or at positions 1–
 texts of the natural control (``--where text``: test replies, no template), each position's natural
 state is inverted alone (the tokens before it given) with :func:`steerscope.invert.invert`: rounds
 of 32 candidates, each followed by ``steps`` Adam steps of the proxy, up to ``--budget`` candidates,
-then the exhaustive fallback in id order (capped at ``--cap`` candidates). ``--fixed-order``: the
+then the fallback (capped at ``--cap`` candidates). ``--fixed-order``: the
 gain half of each round continues down the first-order order at the mean embedding
-(:class:`~steerscope.invert.SearchConfig` ``fixed_order``). ``--prior``: the model's own likeliest next
-tokens are scored first and the fallback goes down that order (``SearchConfig.prior``). ε is calibrated on the two prompts of
+(:class:`~steerscope.invert.SearchConfig` ``fixed_order``). The model's own likeliest next
+tokens are scored first and the fallback goes down that order (``SearchConfig.prior``, the default);
+``--no-prior``: without them, the fallback in id order (the policy before the prior). ε is calibrated on the two prompts of
 ``--where end``. Reports, per ``steps``: candidates per position, their mean as a share of the
 vocabulary, exact recoveries and seconds. Prints a line per setting and writes JSON after each.
-Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user|text] [--fixed-order] [--prior]
+Usage: python experiments/gradient_policy_steps.py MODEL --layer L [--where end|user|text] [--fixed-order] [--no-prior]
        [--steps 1,5,10] [--cap N] [--out PATH]
 """
 
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, required=True)
     parser.add_argument("--where", choices=("end", "user", "text"), default="end")
     parser.add_argument("--fixed-order", action="store_true", help="the gain half continues down the first-order order at the start")
-    parser.add_argument("--prior", action="store_true", help="score the model's likeliest next tokens first")
+    parser.add_argument("--no-prior", dest="prior", action="store_false", help="without the model's likeliest next tokens first")
     parser.add_argument("--steps", default="1,5,10")
     parser.add_argument("--budget", type=int, default=512)
     parser.add_argument("--cap", type=int, default=None, help="candidates per position at most (default: the vocabulary)")

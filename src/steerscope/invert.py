@@ -8,10 +8,11 @@ of the prefix already recovered, each candidate token ``c`` is scored as a one-t
 the first candidate with ``d ≤ ε`` is accepted. Without one, the best candidate found is kept (the
 search continues) and the position is marked not accepted.
 
-Candidate policies: ``"gradient"`` (a continuous proxy input embedding is moved by gradient steps
-on ``½·d²``; the unvisited tokens with the best first-order gain along the gradient and those whose
-input embeddings are nearest to the proxy are scored in small batches; exhaustive fallback after
-a budget) and ``"exhaustive"`` (the vocabulary in id order,
+Candidate policies: ``"gradient"`` (first the model's own likeliest next tokens after the prefix found
+so far; then a continuous proxy input embedding is moved by gradient steps on ``½·d²``, and the
+unvisited tokens with the best first-order gain along the gradient and those whose input embeddings
+are nearest to the proxy are scored in small batches; after a budget, the fallback scores the rest
+down the model's next-token ranking) and ``"exhaustive"`` (the vocabulary in id order,
 in chunks, until a token is accepted). The threshold ``ε`` is calibrated per model and layer on
 natural states (:func:`calibrate_threshold`).
 
@@ -308,13 +309,14 @@ class SearchConfig:
     (half ranked by the first-order gain along the gradient, half nearest to the proxy embedding),
     each followed by ``steps`` Adam steps (learning rate ``lr`` × the RMS norm of the input
     embeddings, per coordinate) on the proxy, starting from the mean input embedding, for at most
-    ``budget`` candidates; then the rest of the vocabulary when ``fallback``, up to ``max_candidates``
+    ``budget`` candidates (the prior's batch not counted); then the rest of the vocabulary when ``fallback``, up to ``max_candidates``
     in all per position (None: the whole vocabulary, so an unmatched position is certified).
     ``chunk``: batch size of exhaustive scoring; ``k``: candidates kept. ``fixed_order``: the gain half
     of each round continues down the first-order order at the starting proxy instead of re-ranking at
-    the moved proxy (the nearest half still follows the proxy). ``prior``: the model's own most likely
-    next tokens after the tokens found so far (:class:`NextTokenPrior`) are scored first, one batch of
-    them before the gradient rounds, and the fallback goes down that order instead of id order.
+    the moved proxy (the nearest half still follows the proxy). ``prior`` (default): the model's own most
+    likely next tokens after the tokens found so far (:class:`NextTokenPrior`) are scored first, one batch
+    of them before the gradient rounds, and the fallback goes down that order instead of id order (the
+    first position of a sequence without a given prefix has no prior: id order).
     """
 
     policy: str = "gradient"
@@ -327,7 +329,7 @@ class SearchConfig:
     k: int = 10
     max_candidates: int | None = None
     fixed_order: bool = False
-    prior: bool = False
+    prior: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -387,10 +389,10 @@ def proposal_weights(target: torch.Tensor) -> torch.Tensor:
 
 
 def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed: tuple[torch.Tensor, float],
-                     init: torch.Tensor, pos: _Position, cfg: SearchConfig) -> None:
+                     init: torch.Tensor, pos: _Position, cfg: SearchConfig, budget: int) -> None:
     """Rounds of: gradient ``g`` of the proposal loss ``½·‖w ⊙ (h(e) − target)‖²`` (``w``: :func:`proposal_weights`)
     at the proxy ``e``; score the unvisited tokens with the best first-order gain ``g·E_v`` (half the batch)
-    and those nearest to ``e`` (the other half); Adam steps on ``e``."""
+    and those nearest to ``e`` (the other half); Adam steps on ``e``; until ``budget`` candidates are scored."""
     weight, scale = embed
     rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
     e = init.clone().float().requires_grad_(True)
@@ -398,7 +400,7 @@ def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed
     tgt = target.to(state.lm.device)
     w = proposal_weights(tgt)
     order: torch.Tensor | None = None
-    while pos.tried < min(cfg.budget, cfg.cap(len(pos.visited))) and pos.best > eps:
+    while pos.tried < min(budget, cfg.cap(len(pos.visited))) and pos.best > eps:
         for step in range(max(cfg.steps, 1)):
             with torch.enable_grad():
                 loss = 0.5 * ((state.embed_state(e[None])[0] - tgt) * w).pow(2).sum()
@@ -476,12 +478,13 @@ def invert(
             seed = torch.tensor([int(seeds[t])])
             pos.add(seed, _distances(state.states(seed), target[t]))
         order = prior.order(weight.shape[0]) if prior is not None else None
+        likely = torch.empty(0, dtype=torch.long)
         if order is not None and pos.best > epsilon:
             likely = order[~pos.visited[order]][: max(0, min(cfg.batch, cfg.cap(weight.shape[0]) - pos.tried))]
             if len(likely):
                 pos.add(likely, _distances(state.states(likely), target[t]))
-        if cfg.policy == "gradient":
-            _gradient_search(state, target[t], epsilon, embed, mean_embed, pos, cfg)
+        if cfg.policy == "gradient":  # the prior's batch does not count against the gradient rounds' budget
+            _gradient_search(state, target[t], epsilon, embed, mean_embed, pos, cfg, cfg.budget + len(likely))
         if cfg.policy == "exhaustive" or (cfg.fallback and pos.best > epsilon):
             _exhaustive_search(state, target[t], epsilon, pos, cfg, order)
         token = int(pos.ids[0])

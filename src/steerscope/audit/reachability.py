@@ -319,10 +319,11 @@ def _window_summary(rows: Sequence[dict], noise: float) -> dict:
     ratio = [r["steered_distance"] / noise for r in rows]
     disp_ratio = [r["steered_distance"] / r["displacement"] for r in rows if r["displacement"] > 0]
     status = [r["steered_status"] for r in rows]
+    margins = [r["margin"] for r in rows if r["margin"] is not None and not math.isnan(r["margin"])]
     return {
         "n_positions": len(rows), "natural_exact_recovery": float(np.mean(nat)),
         "median_natural_distance": statistics.median(r["natural_distance"] for r in rows),
-        "median_margin": statistics.median(r["margin"] for r in rows if r["margin"] is not None and not math.isnan(r["margin"])),
+        "median_margin": statistics.median(margins) if margins else None,  # none when no runner-up was scored
         "median_steered_distance": statistics.median(r["steered_distance"] for r in rows),
         "median_displacement": statistics.median(r["displacement"] for r in rows),
         "median_steered_over_noise": statistics.median(ratio),
