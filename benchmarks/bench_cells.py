@@ -402,14 +402,19 @@ def c_recover(c: Context, method: str) -> Work:
     return work  # ica: iterative on [2N, d] activations; no d³ term
 
 
-def _search(B: int, prefix: float, tried: Sequence[float], budget: int, batch: int, seeded: bool) -> Work:
+def _search(B: int, prefix: float, tried: Sequence[float], budget: int, batch: int, seeded: bool, prior: int = 0) -> Work:
     """One sequential inversion (invert.invert): the prefix's KV cache, then per position the candidates tried,
-    gradient rounds (one product through blocks 0..ℓ and two V × d products each) and the extension of the cache."""
-    work = Work(forward=prefix * B)
-    for t in tried:
-        rounds = math.ceil(min(t - (1 if seeded else 0), budget) / batch) if t > 1 or not seeded else 0
-        work += Work(candidates=t, candidate_blocks=t * B, forward=(1 + rounds) * B, backward=rounds, backward_blocks=rounds * B,
-                     head=2 * rounds)
+    gradient rounds (one product through blocks 0..ℓ and two V × d products each) and the extension of the cache.
+    ``prior``: the blocks of the whole model, when the search scores the model's likeliest next tokens first
+    (``SearchConfig.prior``): its own KV cache of the prefix, then per position one token through every block and
+    the head, and a batch of candidates before the gradient rounds (none at a first position without a prefix)."""
+    work = Work(forward=prefix * B + prefix * prior)
+    for j, t in enumerate(tried):
+        left = t - (1 if seeded else 0)
+        likely = min(batch, left) if prior and (prefix or j) and left > 0 else 0
+        rounds = math.ceil(min(left - likely, budget) / batch) if t > 1 or not seeded else 0
+        work += Work(candidates=t, candidate_blocks=t * B, forward=(1 + rounds) * B + prior, backward=rounds, backward_blocks=rounds * B,
+                     head=2 * rounds + (1 if prior else 0))
     return work
 
 
@@ -417,12 +422,16 @@ def reachability_parts(c: Context) -> dict[str, Work]:
     """The work of each cell of the reachability stage that computes (key suffix after ``{trait}/reachability/``):
     the threshold; per prompt, per α of the sweep, the random control and the black-box probes (side by side);
     then Theorem 4.5 and the behaviour columns. The report cell does no work."""
+    from steerscope.invert import SearchConfig
+
     s, n, L, B = c.sizes, c.lengths, c.shape.n_layers, c.layer + 1
     V = c.shape.vocab
     budget, batch = s["reach_budget"], 32
     limit = min(V, s["reach_max_candidates"] or V)
     positions, tokens = s["reach_positions"], s["reach_tokens"]
     payload = c.payloads.get("reachability")
+    # the model's likeliest next tokens first: in the measured run's search settings, else the default
+    prior = L if (payload["config"]["search"].get("prior", False) if payload else SearchConfig().prior) else 0
     # threshold calibration: 2 prompts, their last `positions` positions, the token and ~64 competitors each
     last = min(positions, n.threshold)
     parts = {"threshold": Work(forward=2 * n.threshold * B + 2 * n.threshold * B, head=2 * last,
@@ -437,7 +446,7 @@ def reachability_parts(c: Context) -> dict[str, Work]:
         windows = [(n.prompt, end - width, end, [natural] * width, [limit] * width, None, None) for _ in range(s["reach_prompts"])]
     for i, (n_tok, start, end, nat, st, relaxed, joint) in enumerate(windows):
         m = end - start
-        work = Work(forward=2 * n_tok * B) + _search(B, start, nat, budget, batch, False) + _search(B, start, st, budget, batch, True)
+        work = Work(forward=2 * n_tok * B) + _search(B, start, nat, budget, batch, False, prior) + _search(B, start, st, budget, batch, True, prior)
         steps = relaxed["steps"] if relaxed else (s.get("reach_relax_steps") if payload is None else 0) or 0
         if steps:
             # loss.backward() with the weights requiring gradients: their gradients are computed too (twice the work)
@@ -456,12 +465,12 @@ def reachability_parts(c: Context) -> dict[str, Work]:
         n_pos = sweep["n_positions"] if sweep else k * (window[2] - window[1])
         accepted = sweep["accepted_rate"] if sweep else 0.0
         tried = [1.0] * round(n_pos * accepted) + [1.0 + limit - 1] * round(n_pos * (1 - accepted))
-        parts[name] = Work(forward=k * 2 * window[0] * B) + _search(B, k * window[1], tried, budget, batch, True)
+        parts[name] = Work(forward=k * 2 * window[0] * B) + _search(B, k * window[1], tried, budget, batch, True, prior)
     adv = payload["adversarial"] if payload else None
     i = adv["i"] if adv else window[1] + max(0, (window[2] - window[1]) // 2 - 1)
     first, second = (adv["collision"]["tried"], adv["next"]["tried"]) if adv else (batch, limit)
-    parts["adversarial"] = (Work(forward=(2 * window[0] + 2 * (i + 2)) * B) + _search(B, i, [first], budget, batch, False)
-                            + _search(B, i + 1, [second], budget, batch, False))
+    parts["adversarial"] = (Work(forward=(2 * window[0] + 2 * (i + 2)) * B) + _search(B, i, [first], budget, batch, False, prior)
+                            + _search(B, i + 1, [second], budget, batch, False, prior))
     columns = 4 if n.instructions else 3
     parts["behaviour"] = gen(columns * k, window[0], tokens, L) + tf(k * columns, window[0] + tokens, window[0] + tokens, L) + Work(texts=columns * k)
     probes = (payload or {}).get("black_box_probes")

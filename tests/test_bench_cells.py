@@ -115,7 +115,10 @@ def test_a_projection_scans_the_vocabulary_at_every_steered_position(bc, instrum
         measured = bc.contexts(store, lm.tokenizer, bc.shape_of_config("tiny", lm.model.config))["formality"]
     sizes = bc.profile_sizes("full")
     cells = bc.audit_works(shape, "formality", 13, True, lm.tokenizer, sizes, measured)
-    reach = cells["formality/reachability"]
+    reach = bc.Work()
+    for key, work in cells.items():  # the stage's cells
+        if key.startswith("formality/reachability/"):
+            reach += work
     width = round(min(sizes["reach_positions"], measured.lengths.user))
     main = sizes["reach_prompts"] * width * shape.vocab
     sweeps = (len(sizes["reach_alphas"]) + 1) * min(sizes["reach_sweep_prompts"], sizes["reach_prompts"]) * width * shape.vocab
