@@ -33,6 +33,8 @@ sys.path.insert(0, str(WORKER.parent))
 from test_pipeline import _default_sigint  # noqa: E402
 
 OUTPUTS = ("results.json", "report.html")
+#: Cells of the audited run (tests/_resume_worker.py's small configuration); the reference run checks it.
+CELLS = 35
 ROWS: list[dict] = []  # one per kill point that passed, for $STEERSCOPE_FAULT_TABLE
 NOTES: list[str] = []  # what the full-disk and read-only tests showed
 
@@ -99,7 +101,7 @@ def _point(name: str, interrupted: str, fault: str, cells: int | None, start: in
     return KillPoint(name, interrupted, ((fault,),), cells, start, journal)
 
 
-# Cell 18 (formality/side_effects, 13 kB of JSON) spans several pages, so its commit has many system calls.
+# Cell 30 (formality/side_effects, 13 kB of JSON) spans several pages, so its commit has many system calls.
 POINTS = [
     _point("create-commit", "the transaction creating the store (under its temporary name), before COMMIT", "create:commit", -1),
     _point("create-link", "the new store complete under its temporary name, not yet linked to run.sqlite", "create:link", -1),
@@ -108,37 +110,38 @@ POINTS = [
            1, journal="not hot"),
     KillPoint("killed-twice", "after cell 6, then on resume inside the commit of cell 11 (database partly written)",
               (("6", "after", "KILL"), ("cell=5:io=db-write@2",)), 10, journal="hot"),
-    KillPoint("cell-12-computing", "while cell 12 (formality/recover/ica, the slowest) is computed", (("1", "before", "KILL"),), 11, 11),
-    _point("cell-12-insert", "cell 12: INSERT done, COMMIT not issued", "cell=1:commit", 11, 11, journal="not hot"),
-    _point("cell-18-insert", "cell 18 (formality/side_effects, 13 kB): INSERT done, COMMIT not issued", "cell=1:commit", 17, 17,
+    KillPoint("cell-17-computing", "while cell 17 (formality/recover/ica, the slowest) is computed", (("1", "before", "KILL"),), 16, 16),
+    _point("cell-17-insert", "cell 17: INSERT done, COMMIT not issued", "cell=1:commit", 16, 16, journal="not hot"),
+    _point("cell-30-insert", "cell 30 (formality/side_effects, 13 kB): INSERT done, COMMIT not issued", "cell=1:commit", 29, 29,
            journal="not hot"),
-    _point("cell-18-journal-written", "cell 18's commit: journal pages written, journal header not final (journal not hot)",
-           "cell=1:io=journal-sync@1", 17, 17, journal="not hot"),
-    _point("cell-18-journal-synced", "cell 18's commit: journal complete and synced, database untouched (hot journal)",
-           "cell=1:io=db-write@1", 17, 17, journal="hot"),
-    _point("cell-18-db-partly-written", "cell 18's commit: 2 of its database pages written (hot journal)", "cell=1:io=db-write@3",
-           17, 17, journal="hot"),
-    _point("cell-18-db-written", "cell 18's commit: every database page written, not synced (hot journal)", "cell=1:io=db-sync@1",
-           17, 17, journal="hot"),
-    _point("cell-18-before-journal-delete", "cell 18's commit: database synced, journal not yet deleted (the commit point)",
-           "cell=1:io=journal-unlink@1", 17, 17, journal="hot"),
-    KillPoint("cell-23-after", "just after the last cell was committed, before the 'finished' event", (("1", "after", "KILL"),), 23, 22),
-    _point("finished-event-commit", "the commit of the 'finished' event, before COMMIT", "event=finished:commit", 23, "complete",
+    _point("cell-30-journal-written", "cell 30's commit: journal pages written, journal header not final (journal not hot)",
+           "cell=1:io=journal-sync@1", 29, 29, journal="not hot"),
+    _point("cell-30-journal-synced", "cell 30's commit: journal complete and synced, database untouched (hot journal)",
+           "cell=1:io=db-write@1", 29, 29, journal="hot"),
+    _point("cell-30-db-partly-written", "cell 30's commit: 2 of its database pages written (hot journal)", "cell=1:io=db-write@3",
+           29, 29, journal="hot"),
+    _point("cell-30-db-written", "cell 30's commit: every database page written, not synced (hot journal)", "cell=1:io=db-sync@1",
+           29, 29, journal="hot"),
+    _point("cell-30-before-journal-delete", "cell 30's commit: database synced, journal not yet deleted (the commit point)",
+           "cell=1:io=journal-unlink@1", 29, 29, journal="hot"),
+    KillPoint(f"cell-{CELLS}-after", "just after the last cell was committed, before the 'finished' event", (("1", "after", "KILL"),),
+              CELLS, CELLS - 1),
+    _point("finished-event-commit", "the commit of the 'finished' event, before COMMIT", "event=finished:commit", CELLS, "complete",
            journal="not hot"),
     _point("finished-event-journal", "the commit of the 'finished' event: database synced, journal not yet deleted",
-           "event=finished:io=journal-unlink@1", 23, "complete", journal="hot"),
+           "event=finished:io=journal-unlink@1", CELLS, "complete", journal="hot"),
     _point("vector-file-rename", "report writing: vector_formality.safetensors complete in its temp file, not renamed",
-           "replace=vector_formality.safetensors", 23, "complete"),
+           "replace=vector_formality.safetensors", CELLS, "complete"),
     _point("plot-rename", "report writing: the first plot complete in its temp file, not renamed",
-           "replace=formality_calibration.png", 23, "complete"),
+           "replace=formality_calibration.png", CELLS, "complete"),
     _point("results-json-half-written", "report writing: half of results.json written to its temp file", "partial=results.json",
-           23, "complete"),
+           CELLS, "complete"),
     _point("results-json-rename", "report writing: results.json complete in its temp file, not renamed", "replace=results.json",
-           23, "complete"),
+           CELLS, "complete"),
     _point("report-html-half-written", "report writing: half of report.html written to its temp file (results.json in place)",
-           "partial=report.html", 23, "complete"),
+           "partial=report.html", CELLS, "complete"),
     _point("report-html-rename", "report writing: report.html complete in its temp file, not renamed", "replace=report.html",
-           23, "complete"),
+           CELLS, "complete"),
 ]
 _RNG = random.Random(20)
 DELAYS = [round(_RNG.uniform(low, low + 0.2), 2) for low in (0.1, 0.3, 0.5)]  # fractions of an uninterrupted run's wall time
@@ -324,6 +327,7 @@ def reference(tmp_path_factory, server) -> tuple[Path, float]:
     start = time.perf_counter()
     proc = server.run(folder)
     assert proc.returncode == 0, proc.stderr
+    assert _store_state(folder)[0] == CELLS  # the kill points' cell numbers are this run's
     return folder, time.perf_counter() - start
 
 
@@ -384,7 +388,7 @@ def test_kill_then_resume_gives_identical_results(point, reference, server, shim
     assert (folder / "results.json").read_bytes() == (ref / "results.json").read_bytes()
     assert _leftovers(folder) == []
     final, events = _store_state(folder)
-    assert final == 23 and events[-1] == "finished"
+    assert final == CELLS and events[-1] == "finished"
     shown = "no run.sqlite" if cells < 0 else str(cells)
     if point.runs[0][0].startswith("delay=") and codes[-1] == 0:
         shown = "finished before the kill"
@@ -452,7 +456,7 @@ def test_full_disk_while_committing_cells(reference, tmp_path):
         assert "while committing cell" in line and "run the same command again" in line, line
         assert ("the disk is full" in line and "free space" in line) or (disk.mechanism == "RLIMIT_FSIZE" and "write failed" in line), line
         cells, events = _store_state(folder)
-        assert 0 < cells < 23 and events == ["created"]
+        assert 0 < cells < CELLS and events == ["created"]
         assert not (folder / "results.json").exists() and _leftovers(folder) == []
         disk.free()
         resumed = _worker(folder)
@@ -478,7 +482,7 @@ def test_full_disk_while_writing_the_report(reference, tmp_path):
             assert "could not write the outputs of" in text and "the run store is intact: free space" in text, text
         assert not (folder / "report.html").exists() and _leftovers(folder) == []
         assert all(_complete(folder, ref, name) for name in OUTPUTS if (folder / name).exists())
-        assert _store_state(folder) == (23, ["created", "finished", "resumed", "finished"])
+        assert _store_state(folder) == (CELLS, ["created", "finished", "resumed", "finished"])
         disk.free()
         resumed = _worker(folder)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -597,4 +601,4 @@ def test_a_second_process_on_the_same_run_folder_is_refused(reference, tmp_path)
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     assert (folder / "results.json").read_bytes() == (ref / "results.json").read_bytes()
-    assert _store_state(folder) == (23, ["created", "finished"])
+    assert _store_state(folder) == (CELLS, ["created", "finished"])
