@@ -5,9 +5,16 @@ recorded in ``golden/tiny_audit_results.json`` (torch 2.13.0, transformers 5.24.
 
 - strings, booleans, integers and nulls (verdicts, statuses, chosen layer and α, counts, tokens):
   exactly equal;
-- floats: relative 1e-4 or absolute 1e-6, whichever is larger — the size of a change of kernels
-  between releases in float32 forward passes. Measured: the recorded results are byte-identical
-  under transformers 5.18.0 and 5.24.0 (torch 2.13.0).
+- floats: relative 1e-3 or absolute 1e-5, whichever is larger — the size of a change of float32
+  kernels, between releases or between CPUs. Measured: the recorded results are byte-identical
+  under transformers 5.18.0 and 5.24.0 (torch 2.13.0) on the CPU that recorded them; on a CPU
+  without AVX2 the same versions move p-values and efficacies by up to 4.4e-4 relative (an
+  efficacy of 0.0162 by 7e-6);
+- a recovery row whose own assumption test fails (``assumption.holds`` false: e.g. Gaussian-like
+  sources, which ICA can rotate among) is compared by its verdict fields only. The audit itself
+  says its direction is not determined by the data, and FastICA does land elsewhere under a change
+  of rounding (on the CPU without AVX2: matched component 5 → 3, cosine to the audited vector
+  0.66 → 0.76, the same verdict).
 
 A release that moves any number further fails here with the list of what changed. After an
 intended change of the audit, record the results again with
@@ -25,7 +32,8 @@ import pytest
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_audit_results.json"
 WORKER = Path(__file__).with_name("_resume_worker.py")
-REL, ABS = 1e-4, 1e-6
+REL, ABS = 1e-3, 1e-5
+VERDICT_FIELDS = ("method", "trait", "identifiable", "identifies", "class_dim", "symmetry", "reason")
 
 
 def differences(old, new, path="$"):
@@ -43,10 +51,36 @@ def differences(old, new, path="$"):
     return [] if type(old) is type(new) and old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
+def verdicts_only(results: dict) -> dict:
+    """``results`` with each recovery row whose assumption fails cut down to its verdict fields."""
+    def cut(row):
+        if row.get("assumption", {}).get("holds") is not False:
+            return row
+        kept = {k: row[k] for k in VERDICT_FIELDS if k in row}
+        return kept | {"assumption.holds": False, "agreement.agrees": row.get("agreement", {}).get("agrees")}
+    traits = {name: t | {"recovery": [cut(r) for r in t.get("recovery", [])]} for name, t in results["traits"].items()}
+    return results | {"traits": traits}
+
+
 def test_the_comparison_can_fail():
     assert differences({"a": [1.0, "yes"]}, {"a": [1.0 + 1e-7, "yes"]}) == []
-    assert differences({"a": [1.0, "yes"]}, {"a": [1.001, "no"]}) == ["$.a[0]: 1.0 -> 1.001", "$.a[1]: 'yes' -> 'no'"]
+    assert differences({"a": [1.0, "yes"]}, {"a": [1.01, "no"]}) == ["$.a[0]: 1.0 -> 1.01", "$.a[1]: 'yes' -> 'no'"]
     assert differences({"n": 3, "x": None}, {"n": 3.0, "y": None}) == ["$: key 'x' missing", "$: key 'y' added", "$.n: 3 -> 3.0"]
+
+
+def test_an_unidentified_recovery_row_is_compared_by_its_verdicts():
+    row = {"method": "ica", "identifiable": False, "class_dim": 8, "assumption": {"holds": False, "statistic": 7.1},
+           "agreement": {"agrees": False, "cos": 0.66}}
+    rotated = row | {"assumption": {"holds": False, "statistic": 17.8}, "agreement": {"agrees": False, "cos": 0.76}}
+    assert differences(verdicts_only({"traits": {"t": {"recovery": [row]}}}),
+                       verdicts_only({"traits": {"t": {"recovery": [rotated]}}})) == []
+    flipped = rotated | {"identifiable": True}
+    assert differences(verdicts_only({"traits": {"t": {"recovery": [row]}}}),
+                       verdicts_only({"traits": {"t": {"recovery": [flipped]}}})) != []
+    held = row | {"assumption": {"holds": True, "statistic": 7.1}}
+    moved = held | {"agreement": {"agrees": False, "cos": 0.76}}
+    assert differences(verdicts_only({"traits": {"t": {"recovery": [held]}}}),
+                       verdicts_only({"traits": {"t": {"recovery": [moved]}}})) == ["$.traits.t.recovery[0].agreement.cos: 0.66 -> 0.76"]
 
 
 def test_audit_numbers_stay_within_the_stated_tolerances_of_the_recorded_release(tmp_path):
@@ -56,6 +90,6 @@ def test_audit_numbers_stay_within_the_stated_tolerances_of_the_recorded_release
     new = json.loads((tmp_path / "run" / "results.json").read_text())
     if os.environ.get("STEERSCOPE_UPDATE_GOLDEN"):
         GOLDEN.write_text((tmp_path / "run" / "results.json").read_text())
-    changed = differences(json.loads(GOLDEN.read_text()), new)
+    changed = differences(verdicts_only(json.loads(GOLDEN.read_text())), verdicts_only(new))
     if changed:
         pytest.fail(f"{len(changed)} numbers moved beyond the tolerances (first 20):\n" + "\n".join(changed[:20]))
