@@ -61,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     lm = ss.load_model(args.model, device="cpu")
     layer = args.layer if args.layer is not None else round(0.4 * lm.n_layers)
-    weight, scale = embedding_space(lm)
+    space = embedding_space(lm)
+    weight, scale = space.weight, space.scale
     weight = weight.float()
     table = Table(title=f"Rank of the true token by first-order gain, {args.model} layer {layer}")
     for col in ("positions", "massive ratio", "median", "max", "≤ 256", "≤ 1 % of vocab"):

@@ -27,7 +27,7 @@ import steerscope as ss
 from steerscope.audit.reachability import AuditSettings, adversarial_collision
 from steerscope.data import TRAITS
 from steerscope.encoding import encode_prompt, prompt_user_span
-from steerscope.invert import calibrate_threshold, embedding_space, nearest_rows
+from steerscope.invert import calibrate_threshold, embedding_space
 
 
 def prompts(n: int) -> list[str]:
@@ -58,13 +58,13 @@ def main() -> None:
     layer = args.layer if args.layer is not None else round(0.4 * lm.n_layers)
     calib = [encode_prompt(lm.tokenizer, p) for p in ss.builtin_prompts("sentiment", "topic_shift")[:2]]
     threshold = calibrate_threshold(lm, layer, calib, last=8)
-    weight, _ = embedding_space(lm)
+    space = embedding_space(lm)
     settings = AuditSettings(adversarial_exhaustive=True)
     rows = []
     for prompt in prompts(args.prompts):
         ids = encode_prompt(lm.tokenizer, prompt)
         for i in positions(prompt_user_span(lm.tokenizer, prompt, ids), args.per_prompt):
-            near = nearest_rows(weight, weight[ids[i]].float(), 2)
+            near = space.nearest(space.weight[ids[i]], 2)
             replacement = int(near[near != ids[i]][0])
             t0 = time.perf_counter()
             adv = adversarial_collision(lm, ids, layer, i, replacement, threshold, settings)

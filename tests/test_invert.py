@@ -37,9 +37,21 @@ def test_batched_kv_scoring_equals_one_by_one_and_full_recompute(lm):
 
 def test_embedding_space_matches_the_module(tiny_models):
     for arch, scale in (("llama", 1.0), ("gemma3", math.sqrt(32))):
-        weight, found = embedding_space(tiny_models[arch])
-        assert found == pytest.approx(scale, rel=1e-5)
-        assert weight.shape == (len(tiny_models[arch].tokenizer), 32)
+        space = embedding_space(tiny_models[arch])
+        assert space.scale == pytest.approx(scale, rel=1e-5)
+        assert space.weight.shape == (len(tiny_models[arch].tokenizer), 32)
+        assert torch.allclose(space.sq_norms, space.weight.float().norm(dim=-1) ** 2, rtol=1e-5)
+
+
+def test_nearest_rows_are_those_of_a_brute_force_distance(tiny_models):
+    space = embedding_space(tiny_models["gemma3"])
+    e = space.weight[7].float() + 0.01 * torch.randn(space.weight.shape[1], generator=torch.Generator().manual_seed(0))
+    brute = (space.weight.float() - e).norm(dim=-1)
+    assert space.nearest(e, 5).tolist() == brute.topk(5, largest=False).indices.tolist()
+    exclude = torch.zeros(space.weight.shape[0], dtype=torch.bool)
+    exclude[brute.topk(3, largest=False).indices] = True
+    assert space.nearest(e, 4, exclude).tolist() == brute.masked_fill(exclude, math.inf).topk(4, largest=False).indices.tolist()
+    assert len(space.nearest(e, 10**9, exclude)) == space.weight.shape[0] - 3  # k beyond the rows left: all of them
 
 
 def test_threshold_lies_between_noise_floor_and_half_margin(lm):

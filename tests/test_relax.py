@@ -21,7 +21,7 @@ def llama(tiny_models):
 def planted(llama):
     """A prompt ``p``, and ``q``: ``p`` with three tokens of its span ``start..end-1`` replaced."""
     p = encode_prompt(llama.tokenizer, "tell me about your weekend")
-    vocab = embedding_space(llama)[0].shape[0]
+    vocab = embedding_space(llama).weight.shape[0]
     end = len(p) - 2
     start = end - 3
     q = list(p[:end])
@@ -34,7 +34,8 @@ def planted(llama):
 
 def test_relaxation_reaches_a_planted_continuous_state(llama, planted):
     p, _, start, _ = planted
-    weight, scale = embedding_space(llama)
+    space = embedding_space(llama)
+    weight, scale = space.weight, space.scale
     soft = torch.randn(len(p) - start, llama.d_model, generator=torch.Generator().manual_seed(3))
     soft = soft / soft.norm(dim=-1, keepdim=True) * weight.norm(dim=-1).mean() * scale  # token-sized, no token's embedding
     with torch.no_grad():

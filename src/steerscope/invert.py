@@ -64,8 +64,34 @@ def hidden_states(lm: LoadedModel, ids: Sequence[int], layer: int) -> torch.Tens
                     use_cache=False)[0].cpu()
 
 
-def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
-    """``(W, scale)``: the model feeds ``scale·W[v]`` (``W``: ``[V, d]``) to block 0 for token ``v``.
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """The model feeds ``scale·weight[v]`` (``weight``: ``[V, d]``) to block 0 for token ``v``.
+
+    ``sq_norms`` (``[V]``, float32, on the weight's device): the rows' squared L2 norms, computed once,
+    so that a nearest-row query is one matrix–vector product.
+    """
+
+    weight: torch.Tensor
+    scale: float
+    sq_norms: torch.Tensor
+
+    @property
+    def rms(self) -> float:
+        """Root mean square norm of the scaled rows ``scale·W[v]``, the size of a typical input embedding."""
+        return float(self.sq_norms.mean().sqrt()) * abs(self.scale)
+
+    def nearest(self, e: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Ids (CPU) of the ``k`` rows of ``weight`` nearest to ``e`` (``[d]``, unscaled) in L2, skipping ``exclude`` (``[V]`` bool)."""
+        d2 = self.sq_norms - 2 * (self.weight.float() @ e.float().to(self.weight.device))
+        if exclude is not None:
+            d2 = d2.masked_fill(exclude.to(d2.device), math.inf)
+        k = min(k, int(torch.isfinite(d2).sum()))
+        return d2.topk(k, largest=False).indices.cpu()
+
+
+def embedding_space(lm: LoadedModel) -> EmbeddingSpace:
+    """The :class:`EmbeddingSpace` of ``lm``'s input embedding.
 
     Some models (Gemma) multiply the looked-up row inside the embedding module; the scale is
     measured by comparing the module's output with the raw rows.
@@ -75,10 +101,11 @@ def embedding_space(lm: LoadedModel) -> tuple[torch.Tensor, float]:
     ids = torch.arange(min(weight.shape[0], 256), device=weight.device)
     with torch.no_grad():
         out, rows = module(ids).float(), weight[ids].float()
-    scale = float((out * rows).sum() / (rows * rows).sum())
-    if not torch.allclose(out, scale * rows, rtol=1e-4, atol=1e-6):
-        raise SteerscopeError(f"the input embedding of {lm.name} is not a (scaled) lookup table; inversion needs one")
-    return weight.detach(), scale
+        scale = float((out * rows).sum() / (rows * rows).sum())
+        if not torch.allclose(out, scale * rows, rtol=1e-4, atol=1e-6):
+            raise SteerscopeError(f"the input embedding of {lm.name} is not a (scaled) lookup table; inversion needs one")
+        w = weight.detach().float()
+        return EmbeddingSpace(weight.detach(), scale, (w * w).sum(-1))
 
 
 class PrefixCache:
@@ -225,7 +252,8 @@ def calibrate_threshold(
     uniformly random from ``seed``) are scored.
     """
     layer = lm.check_layer(layer)
-    weight, _scale = embedding_space(lm)
+    space = embedding_space(lm)
+    weight = space.weight
     gen = torch.Generator().manual_seed(seed)
     noise, margins, norms = [], [], []
     for ids in sequences:
@@ -233,7 +261,7 @@ def calibrate_threshold(
         start = 0 if last is None else max(0, len(ids) - last)
         state = PrefixCache(lm, layer, list(ids[:start]))
         for t, token in enumerate(ids[start:], start):
-            near = nearest_rows(weight, weight[token].float(), n_competitors // 2 + 1)
+            near = space.nearest(weight[token], n_competitors // 2 + 1)
             rand = torch.randint(0, weight.shape[0], (n_competitors - n_competitors // 2,), generator=gen)
             others = torch.unique(torch.cat([near, rand]))
             others = others[others != token]
@@ -252,16 +280,6 @@ def calibrate_threshold(
             f"half the nearest competing distance {margin / 2:.3g} (the layer is not numerically injective here)"
         )
     return Threshold(math.sqrt(top * margin / 2), top, margin, noise, margins, n_competitors)
-
-
-def nearest_rows(weight: torch.Tensor, e: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """Ids of the ``k`` rows of ``weight`` (``[V, d]``) nearest to ``e`` (``[d]``) in L2, skipping ``exclude`` (``[V]`` bool)."""
-    w = weight.float()
-    d2 = (w * w).sum(-1) - 2 * (w @ e.float())
-    if exclude is not None:
-        d2 = d2.masked_fill(exclude.to(d2.device), math.inf)
-    k = min(k, int(torch.isfinite(d2).sum()))
-    return d2.topk(k, largest=False).indices.cpu()
 
 
 # --- the search --------------------------------------------------------------------------------
@@ -388,13 +406,13 @@ def proposal_weights(target: torch.Tensor) -> torch.Tensor:
     return (mag < MASSIVE_RATIO * mag.median()).to(target.dtype)
 
 
-def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed: tuple[torch.Tensor, float],
+def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed: EmbeddingSpace,
                      init: torch.Tensor, pos: _Position, cfg: SearchConfig, budget: int) -> None:
     """Rounds of: gradient ``g`` of the proposal loss ``½·‖w ⊙ (h(e) − target)‖²`` (``w``: :func:`proposal_weights`)
     at the proxy ``e``; score the unvisited tokens with the best first-order gain ``g·E_v`` (half the batch)
     and those nearest to ``e`` (the other half); Adam steps on ``e``; until ``budget`` candidates are scored."""
-    weight, scale = embed
-    rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
+    weight, scale = embed.weight, embed.scale
+    rms = embed.rms
     e = init.clone().float().requires_grad_(True)
     opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(e.numel()))
     tgt = target.to(state.lm.device)
@@ -418,7 +436,7 @@ def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed
                 opt.step()
         seen = pos.visited.clone()
         seen[first] = True
-        second = nearest_rows(weight, e.detach() / scale, cfg.batch - len(first), seen.to(weight.device))
+        second = embed.nearest(e.detach() / scale, cfg.batch - len(first), seen)
         batch = torch.cat([first, second])
         pos.add(batch, _distances(state.states(batch), target))
 
@@ -465,7 +483,7 @@ def invert(
         raise SteerscopeError(f"the target has {target.shape[0]} positions but {lm.name} has a context of {lm.context_length} tokens")
     target = target.detach().float().cpu()
     embed = embedding_space(lm)
-    weight, scale = embed
+    weight, scale = embed.weight, embed.scale
     state = PrefixCache(lm, layer, list(prefix))
     prior = NextTokenPrior(lm, list(prefix)) if cfg.prior and cfg.policy == "gradient" else None
     result = Inversion(tokens=list(prefix), start=len(prefix), epsilon=float(epsilon))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.invert import nearest_rows, PrefixCache, embedding_space
+from steerscope.invert import PrefixCache, embedding_space
 from steerscope.models.loading import LoadedModel
 
 
@@ -84,10 +84,11 @@ def relax(lm: LoadedModel, target: torch.Tensor, layer: int, prefix: Sequence[in
     layer = lm.check_layer(layer)
     cfg = config or RelaxConfig()
     check_span(lm, target, prefix, init)
-    weight, scale = embedding_space(lm)
+    space = embedding_space(lm)
+    weight, scale = space.weight, space.scale
     span = target[len(prefix):].detach().float()
     state = PrefixCache(lm, layer, list(prefix))
-    rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
+    rms = space.rms
     init_ids = torch.tensor(list(init))
     e = (weight[init_ids.to(weight.device)].float() * scale).clone().requires_grad_(True)
     opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(lm.d_model))
@@ -108,7 +109,7 @@ def relax(lm: LoadedModel, target: torch.Tensor, layer: int, prefix: Sequence[in
             opt.step()
     assert kept is not None and initial is not None
     _, best_e, best_step, best_dist = kept
-    projected = torch.stack([nearest_rows(weight, row / scale, 1)[0] for row in best_e])
+    projected = torch.stack([space.nearest(row / scale, 1)[0] for row in best_e])
     proj_dist = span_distances(state.span_states(projected[None]), span)[0]
     return Relaxation(
         start=len(prefix), distances=best_dist.tolist(), initial_distances=initial.tolist(),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.invert import PrefixCache, embedding_space, proposal_weights
+from steerscope.invert import EmbeddingSpace, PrefixCache, embedding_space, proposal_weights
 from steerscope.models.loading import LoadedModel
 from steerscope.relax import check_span, span_distances
 
@@ -62,9 +62,9 @@ class SequenceResult:
         return dict(self.__dict__)
 
 
-def _top_tokens(state: PrefixCache, tokens: torch.Tensor, target: torch.Tensor, embed: tuple[torch.Tensor, float], k: int) -> torch.Tensor:
+def _top_tokens(state: PrefixCache, tokens: torch.Tensor, target: torch.Tensor, embed: EmbeddingSpace, k: int) -> torch.Tensor:
     """``[n, k]`` token ids of best first-order gain per span position (the current token excluded)."""
-    weight, scale = embed
+    weight, scale = embed.weight, embed.scale
     e = (weight[tokens.to(weight.device)].float() * scale).requires_grad_(True)
     w = torch.stack([proposal_weights(row) for row in target]).to(e.device)
     with torch.enable_grad():

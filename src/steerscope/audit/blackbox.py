@@ -40,7 +40,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.generate import GenerationConfig, generate_from_ids
 from steerscope.hooks import record
 from steerscope.intervene import Steering, steer
-from steerscope.invert import nearest_rows, embedding_space
+from steerscope.invert import embedding_space
 from steerscope.models.loading import LoadedModel
 from steerscope.score.base import Scorer
 from steerscope.traitspec import TraitSpec
@@ -181,9 +181,10 @@ class TunedPrompt:
 def tune_prompt(lm: LoadedModel, train: Sequence[tuple[str, list[int]]], settings: BlackBoxSettings) -> TunedPrompt:
     """Prompt tuning: soft embeddings before the user's words of each training prompt, trained on the
     cross-entropy of its completion tokens (``train``: ``(prompt, completion ids)``), then projected."""
-    weight, scale = embedding_space(lm)
+    space = embedding_space(lm)
+    weight, scale = space.weight, space.scale
     gen = torch.Generator().manual_seed(settings.seed)
-    rms = float(weight.float().norm(dim=-1).pow(2).mean().sqrt()) * abs(scale)
+    rms = space.rms
     start = torch.randint(0, weight.shape[0], (settings.tune_tokens,), generator=gen)
     e = (weight[start.to(weight.device)].float() * scale).clone().requires_grad_(True)
     opt = torch.optim.Adam([e], lr=settings.tune_lr * rms / math.sqrt(lm.d_model))
@@ -208,7 +209,7 @@ def tune_prompt(lm: LoadedModel, train: Sequence[tuple[str, list[int]]], setting
         opt.step()
         losses.append(total)
     soft = e.detach()
-    tokens = [int(nearest_rows(weight, row / scale, 1)[0]) for row in soft]
+    tokens = [int(space.nearest(row / scale, 1)[0]) for row in soft]
     return TunedPrompt(soft.cpu(), tokens, losses)
 
 
