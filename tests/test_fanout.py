@@ -101,8 +101,9 @@ def test_stage_parts_that_split_their_batches_give_the_local_cells(lm, config, l
             else:
                 assert end == key
     reach = "formality/reachability"
-    assert ("formality/stage/reachability", (f"{reach}/prompt=0", f"{reach}/prompt=1", f"{reach}/alpha=1",
-                                           f"{reach}/random_control")) in nested
+    assert ("formality/stage/reachability", (f"{reach}/prompt=0", f"{reach}/prompt=1", f"{reach}/random_control")) in nested
+    # the sweep at the audit's own α (1) is read from the prompts' searches, in the batch after them
+    assert ("formality/stage/reachability", (f"{reach}/adversarial", f"{reach}/behaviour", f"{reach}/alpha=1")) in nested
     assert sorted(committed) == sorted(local)
     for key, cell in local.items():
         assert committed[key].payload == cell.payload and committed[key].blob == cell.blob, key

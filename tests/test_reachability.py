@@ -280,3 +280,20 @@ def test_parts_computed_alone_in_reverse_give_the_report(llama, report):
     assert parts["black_box_probes"] is None  # off in these settings
     assert fresh().report(threshold, parts) == report
     assert "nearest_ids" not in report["prompts"][0] and [a["alpha"] for a in report["alpha_sweep"]] == list(SETTINGS.alphas)
+
+
+def test_the_sweep_at_the_audits_own_alpha_is_read_from_the_prompts_searches(llama):
+    """At the audit's own α the sweep's steered searches are those of the prompts: reading them gives
+    exactly what searching again gives, and only the other α are searched."""
+    from steerscope.audit.reachability import ReachabilityAudit
+    from steerscope.runstore import stored_payload
+
+    v = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
+    audit = ReachabilityAudit(llama, v, 1, 1.0, PROMPTS, CALIBRATION, trait="formality", scorer=CountScorer(),
+                              settings=SETTINGS, instructions=BUILTIN_INSTRUCTIONS["formality"])
+    assert audit.searched_alphas() == [3.0]
+    threshold = stored_payload(audit.threshold())
+    prompts = [stored_payload(audit.prompt(i, threshold)) for i in range(len(PROMPTS))]
+    read = stored_payload(audit.sweep_of_prompts(prompts))
+    assert read == stored_payload(audit.sweep(1.0, threshold))
+    assert read["n_positions"] == N_POSITIONS * SETTINGS.sweep_prompts and read["alpha"] == 1.0

@@ -235,6 +235,11 @@ def steered_summary(lm, wins: Sequence[Window], vector, alpha, layer, capture_la
         accepted += inv.accepted
         disp += shift
         same += [a == b for a, b in zip(inv.tokens[w.start:], w.ids[w.start:w.end])]
+    return _sweep_entry(alpha, best, disp, accepted, same)
+
+
+def _sweep_entry(alpha: float, best: list[float], disp: list[float], accepted: list[bool], same: list[bool]) -> dict:
+    """One α of the sweep from per-position best-found distances, displacements, acceptances and token agreements."""
     return {"alpha": alpha, "median_steered_distance": statistics.median(best), "median_displacement": statistics.median(disp),
             "accepted_rate": float(np.mean(accepted)), "tokens_equal_original": float(np.mean(same)), "n_positions": len(best)}
 
@@ -425,6 +430,17 @@ class ReachabilityAudit:
         th = threshold_of(threshold)
         return jsonable(steered_summary(self.lm, self.wins[:self.k], self.vector, alpha, self.layer, self.capture_layer, th, self.settings))
 
+    def searched_alphas(self) -> list[float]:
+        """The α of the sweep that :meth:`sweep` searches; the audit's own α is :meth:`sweep_of_prompts`."""
+        return [a for a in self.settings.alphas if a != self.alpha]
+
+    def sweep_of_prompts(self, prompts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The α sweep's entry at the audit's own α, read from the first ``sweep_prompts`` prompts' parts (``prompts``):
+        their steered searches are the ones :meth:`sweep` would run at that α, so it is not searched twice."""
+        rows = [r for p in prompts[:self.k] for r in p["positions"]]
+        return jsonable(_sweep_entry(self.alpha, [r["steered_distance"] for r in rows], [r["displacement"] for r in rows],
+                                     [r["steered_accepted"] for r in rows], [r["steered_token_is_original"] for r in rows]))
+
     def random_control(self, threshold: Mapping[str, Any]) -> dict[str, Any]:
         """The steered search with a random vector of the same norm at α, on the first ``sweep_prompts`` prompts."""
         s, th = self.settings, threshold_of(threshold)
@@ -490,7 +506,9 @@ class ReachabilityAudit:
         """Every part in order, each payload read back as a run store gives it (what the audit's cells hold), then the report."""
         threshold = stored_payload(self.threshold())
         prompts = [stored_payload(self.prompt(i, threshold)) for i in range(len(self.wins))]
-        parts = {"prompts": prompts, "alpha_sweep": [stored_payload(self.sweep(a, threshold)) for a in self.settings.alphas],
+        searched = {a: stored_payload(self.sweep(a, threshold)) for a in self.searched_alphas()}
+        sweep = [searched[a] if a in searched else stored_payload(self.sweep_of_prompts(prompts)) for a in self.settings.alphas]
+        parts = {"prompts": prompts, "alpha_sweep": sweep,
                  "random_control": stored_payload(self.random_control(threshold)), "black_box_probes": stored_payload(self.black_box()),
                  "adversarial": stored_payload(self.adversarial(prompts[0], threshold)), "behaviour": stored_payload(self.behaviour(prompts))}
         return self.report(threshold, parts)

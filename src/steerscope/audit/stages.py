@@ -371,16 +371,20 @@ def _reachability(a: Auditor, run: TraitRun) -> None:
     threshold = a.cell(f"{key}/threshold", "reachability", lambda: (audit().threshold(), None), t).payload
     keys = {"prompts": [f"{key}/prompt={i}" for i in range(len(prompts))], "alpha_sweep": [f"{key}/alpha={x:g}" for x in a.p.reach_alphas]}
     first: dict[str, Any] = {k: partial(_pair, lambda i: audit().prompt(i, threshold), i) for i, k in enumerate(keys["prompts"])}
-    first |= {k: partial(_pair, lambda x: audit().sweep(x, threshold), x) for x, k in zip(a.p.reach_alphas, keys["alpha_sweep"])}
+    # The sweep's entry at the audit's own α is read from the prompts' steered searches, after them.
+    own = {k for x, k in zip(a.p.reach_alphas, keys["alpha_sweep"]) if x == run.alpha}
+    first |= {k: partial(_pair, lambda x: audit().sweep(x, threshold), x) for x, k in zip(a.p.reach_alphas, keys["alpha_sweep"]) if k not in own}
     first[f"{key}/random_control"] = partial(_pair, lambda: audit().random_control(threshold))
     if a.p.reach_black_box:
         first[f"{key}/black_box_probes"] = partial(_pair, lambda: audit().black_box())
     done = {cell.key: cell.payload for cell in a.batch("reachability", first, t)}
+    prompt_parts = [done[k] for k in keys["prompts"]]
+    after = {f"{key}/adversarial": partial(_pair, lambda: audit().adversarial(prompt_parts[0], threshold)),
+             f"{key}/behaviour": partial(_pair, lambda: audit().behaviour(prompt_parts))}
+    after |= {k: partial(_pair, lambda: audit().sweep_of_prompts(prompt_parts)) for k in own}
+    done |= {cell.key: cell.payload for cell in a.batch("reachability", after, t)}
     parts: dict[str, Any] = {name: [done[k] for k in ks] for name, ks in keys.items()}
-    parts |= {"random_control": done[f"{key}/random_control"], "black_box_probes": done.get(f"{key}/black_box_probes")}
-    after = {f"{key}/adversarial": partial(_pair, lambda: audit().adversarial(parts["prompts"][0], threshold)),
-             f"{key}/behaviour": partial(_pair, lambda: audit().behaviour(parts["prompts"]))}
-    parts |= {cell.key.rsplit("/", 1)[1]: cell.payload for cell in a.batch("reachability", after, t)}
+    parts |= {name: done.get(f"{key}/{name}") for name in ("random_control", "black_box_probes", "adversarial", "behaviour")}
     a.cell(key, "reachability", lambda: (audit().report(threshold, parts), None), t)
 
 
