@@ -64,7 +64,7 @@ def hidden_states(lm: LoadedModel, ids: Sequence[int], layer: int) -> torch.Tens
                     use_cache=False)[0].cpu()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EmbeddingSpace:
     """The model feeds ``scale·weight[v]`` (``weight``: ``[V, d]``) to block 0 for token ``v``.
 
@@ -412,9 +412,8 @@ def _gradient_search(state: PrefixCache, target: torch.Tensor, eps: float, embed
     at the proxy ``e``; score the unvisited tokens with the best first-order gain ``g·E_v`` (half the batch)
     and those nearest to ``e`` (the other half); Adam steps on ``e``; until ``budget`` candidates are scored."""
     weight, scale = embed.weight, embed.scale
-    rms = embed.rms
     e = init.clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([e], lr=cfg.lr * rms / math.sqrt(e.numel()))
+    opt = torch.optim.Adam([e], lr=cfg.lr * embed.rms / math.sqrt(e.numel()))
     tgt = target.to(state.lm.device)
     w = proposal_weights(tgt)
     order: torch.Tensor | None = None
