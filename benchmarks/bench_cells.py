@@ -421,7 +421,9 @@ def _search(B: int, prefix: float, tried: Sequence[float], budget: int, batch: i
 def reachability_parts(c: Context) -> dict[str, Work]:
     """The work of each cell of the reachability stage that computes (key suffix after ``{trait}/reachability/``):
     the threshold; per prompt, per α of the sweep, the random control and the black-box probes (side by side);
-    then Theorem 4.5 and the behaviour columns. The report cell does no work."""
+    then Theorem 4.5 and the behaviour columns. The report cell does no work, nor does the sweep's entry at the
+    audit's own α, read from the prompts' searches (a projection, without a measured α, searches every α; a run
+    folder written before the audit read that entry searched it, which this model does not count)."""
     from steerscope.invert import SearchConfig
 
     s, n, L, B = c.sizes, c.lengths, c.shape.n_layers, c.layer + 1
@@ -461,7 +463,11 @@ def reachability_parts(c: Context) -> dict[str, Work]:
     k = min(s["reach_sweep_prompts"], s["reach_prompts"])
     sweeps = payload["alpha_sweep"] + [payload["random_control"]] if payload else [None] * (len(s["reach_alphas"]) + 1)
     window = windows[0]
+    own = payload["config"]["alpha"] if payload else None
     for name, sweep in zip([f"alpha={a:g}" for a in s["reach_alphas"]] + ["random_control"], sweeps):
+        if name != "random_control" and sweep is not None and sweep["alpha"] == own:
+            parts[name] = Work()
+            continue
         n_pos = sweep["n_positions"] if sweep else k * (window[2] - window[1])
         accepted = sweep["accepted_rate"] if sweep else 0.0
         tried = [1.0] * round(n_pos * accepted) + [1.0 + limit - 1] * round(n_pos * (1 - accepted))
@@ -490,6 +496,7 @@ def c_reachability(c: Context) -> Work:
 
 #: The phases of the reachability stage's cells (key suffixes): the cells of a phase run side by side, the phases in order.
 REACHABILITY_PHASES = (("threshold",), ("prompt=", "alpha=", "random_control", "black_box_probes"), ("adversarial", "behaviour"))
+# The sweep's entry at the audit's own α is a cell of the last phase, but it takes no time: counted in the second, it changes no maximum.
 
 
 def _natural_tried(c: Context) -> float:
