@@ -77,13 +77,15 @@ def test_a_worker_killed_mid_sweep_is_retried_and_the_sweep_completes(cluster, p
 def test_an_audit_alone_splits_its_independent_cells_over_the_idle_workers(cluster, plan, reference, tmp_path):
     """One audit on 2 actors: its α values, then its seven independent stages, are split over the workers
     (each part computed from the committed cells); the reachability stage's part splits again, into its
-    prompts, α sweep and random control; and results.json is the local run's."""
+    prompts and random control (the sweep's one α is the audit's own, read from the prompts after them);
+    and results.json is the local run's."""
     events = []
     run_sweep(read_plan(make_plan(plan.parent, TRAITS[:1], LAYERS[:1])), tmp_path / "ray",
               SweepSettings(RayBackend(workers=2), _resume_worker.word_scorers(), on_event=lambda audit, what: events.append(what)))
     splits = [what for what in events if what.startswith("split")]
     assert [what.split()[2] for what in splits[:2]] == ["3", "7"], events
-    assert any(what.startswith("split reachability into 4 parts") for what in splits[2:]), events
+    assert any(what.startswith("split reachability into 3 parts") and what.endswith("prompt=1, formality/reachability/random_control")
+               for what in splits[2:]), events
     same_results(tmp_path / "ray", reference)
 
 
